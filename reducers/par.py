@@ -1,0 +1,118 @@
+"""PAR, prompt-aware token reduction (arXiv 2410.07278), as specified in ALGORITHMS.md.
+
+The paper publishes no code; the steps below are the written specification (steps 2–7; step 1, prompt
+rewriting, belongs to the model backend, which hands over `joint` and `query`):
+2. relevance r = min-max normalised cos(J_i, q);
+3. clusters = connected components of {S_ij ≥ γ} over feature cosine similarity S (optionally 4-neighbour);
+4. hybrid relevance h = α r + (1 − α) R_c (R_c = mean r of the cluster); retrieve the top ⌈ρ·N⌉ by h;
+5. route the retrieved tokens with h ≥ τ;
+6. redundancy: visit routed tokens by descending r, keep one unless a kept token has S ≥ δ with it;
+7. keep at least one token (argmax h; it then counts as routed too); tokens = X[kept] in raster order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import Reduction, VisualTokens, check_ranges, slider
+from .graph import components
+
+
+@dataclass(frozen=True)
+class PARParams:
+    tau: float = slider(0.3, 0.0, 1.0, 0.01, "Routing threshold τ: a retrieved token goes on only if its relevance h ≥ τ")
+    delta: float = slider(
+        0.9, 0.0, 1.0, 0.005, "Redundancy threshold δ: of two kept tokens with similarity ≥ δ only the more relevant stays"
+    )
+    cluster_threshold: float = slider(
+        0.8, 0.0, 1.0, 0.01, "Clustering threshold γ: patches with feature similarity ≥ γ are linked in the graph"
+    )
+    retrieval_ratio: float = slider(0.5, 0.01, 1.0, 0.01, "Retrieval ratio ρ: the top ⌈ρ·N⌉ tokens by relevance are retrieved")
+    alpha: float = slider(0.5, 0.0, 1.0, 0.05, "α in h = α·r + (1 − α)·R_cluster: token-level vs cluster-level relevance")
+    spatial: bool = False  # link only 4-neighbour patches in the clustering graph
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def relevance(joint: Tensor, query: Tensor) -> Tensor:
+    """[N] min-max normalised cosine similarity of joint [N, e] to the query [e]; zeros if constant."""
+    s = F.normalize(joint.float(), dim=-1) @ F.normalize(query.float(), dim=0)  # [N]
+    span = s.max() - s.min()
+    return (s - s.min()) / span if span > 0 else torch.zeros_like(s)
+
+
+def cluster_mean(values: Tensor, labels: Tensor, count: int) -> Tensor:
+    """[C] mean of `values` [N] over each label in 0..count-1."""
+    total = torch.zeros(count, dtype=values.dtype, device=values.device).index_add_(0, labels, values)
+    size = torch.bincount(labels, minlength=count).to(values.dtype)
+    return total / size
+
+
+def retrieval_size(ratio: float, n: int) -> int:
+    """⌈ρ·N⌉, at least 1; rounding first so that 0.07·100 is 7, not 8."""
+    return max(1, min(n, math.ceil(round(ratio * n, 9))))
+
+
+def suppress_redundant(sim: Tensor, order: Tensor, delta: float) -> Tensor:
+    """Greedy redundancy rule over candidates `order` [R] (most relevant first) → kept subset [K].
+
+    A candidate is kept unless an already-kept one has S ≥ δ with it. The loop runs over candidates with a
+    vector update per kept token (the rule is inherently sequential in the kept set).
+    """
+    close = (sim[order][:, order] >= delta).cpu().numpy()  # [R, R]
+    suppressed = np.zeros(order.numel(), dtype=bool)
+    keep = []
+    for i in range(order.numel()):
+        if not suppressed[i]:
+            keep.append(i)
+            suppressed |= close[i]
+    return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
+
+
+def par(vt: VisualTokens, params: PARParams | None = None) -> Reduction:
+    """Prompt-aware reduction of one image's visual tokens; `vt` needs `joint` and `query`."""
+    p = params if params is not None else PARParams()
+    vt.require("joint", "query", method="PAR")
+    n, device = vt.n, vt.features.device
+    r = relevance(vt.joint, vt.query)  # [N]
+    sim = vt.feature_similarity  # [N, N], memoised per image
+    count, labels_np = components(sim, p.cluster_threshold, vt.grid if p.spatial else None)
+    labels = torch.as_tensor(labels_np, device=device)
+    h = p.alpha * r + (1 - p.alpha) * cluster_mean(r, labels, count)[labels]  # [N]
+
+    retrieved_idx = h.topk(retrieval_size(p.retrieval_ratio, n)).indices
+    retrieved = torch.zeros(n, dtype=torch.bool, device=device)
+    retrieved[retrieved_idx] = True
+    routed = retrieved & (h >= p.tau)
+
+    candidates = torch.nonzero(routed).flatten()
+    order = candidates[torch.sort(r[candidates], descending=True, stable=True).indices]
+    kept = suppress_redundant(sim, order, p.delta)
+    stages = {"tokens": n, "retrieved": int(retrieved.sum()), "routed": int(routed.sum()), "kept": kept.numel()}
+    if kept.numel() == 0:  # step 7: never hand the LLM nothing
+        kept = h.argmax().view(1)
+        routed = routed.clone()
+        routed[kept] = True
+    kept = torch.sort(kept).values  # raster order
+    tokens = vt.features[kept]
+    stages["to LLM"] = tokens.shape[0]
+    return Reduction(
+        method="par",
+        kept=kept,
+        tokens=tokens,
+        grid=vt.grid,
+        stages=stages,
+        relevance=r,
+        hybrid=h,
+        labels=labels,
+        n_clusters=count,
+        retrieved=retrieved,
+        routed=routed,
+    )

@@ -1,0 +1,119 @@
+"""PruMerge and PruMerge+ (arXiv 2403.15388), equal to the official LLaVA-PruMerge computation, bugs fixed.
+
+Official: 42Shawn/LLaVA-PruMerge, llava/model/multimodal_encoder/clip_encoder.py
+(`token_prune_merge_advanced`, `..._plus`, `outlier_dectection`). Differences, all deliberate:
+- the IQR fence is per image (official pools the whole batch) and its multiplier k is a parameter (official 1.5);
+- no outlier → keep the argmax patch (official: r = 0, topk of 0 tokens, 1/r divides by zero);
+- the PruMerge+ stride is at least 1 and the sample range ends at N − 1 (official hard-codes 575);
+- the merge is one top-k over a masked M×N key-similarity matrix instead of a Python loop per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .base import Reduction, VisualTokens, check_ranges, slider
+
+
+@dataclass(frozen=True)
+class PruMergeParams:
+    iqr_multiplier: float = slider(
+        1.5, 0.0, 5.0, 0.05, "k in the IQR fence Q3 + k·(Q3 − Q1): patches with CLS attention above it are kept"
+    )
+    plus: bool = False  # PruMerge+: add uniform spatial samples to the outliers
+    merge: bool = True  # merge each kept token with its key-nearest neighbours, plus one aggregate token
+    neighbours: int = slider(32, 1, 256, 1, "How many key-similar patches are merged into each kept token")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if int(self.neighbours) != self.neighbours:
+            raise ValueError(f"PruMergeParams.neighbours must be an integer, got {self.neighbours}")
+
+
+def iqr_fence(attn: Tensor, k: float) -> tuple[float, float, float]:
+    """Q1, Q3 (linear interpolation, as numpy's default percentile) and the upper fence Q3 + k·(Q3 − Q1)."""
+    q1, q3 = torch.quantile(attn.double(), torch.tensor([0.25, 0.75], dtype=torch.float64, device=attn.device))
+    q1, q3 = float(q1), float(q3)
+    return q1, q3, q3 + k * (q3 - q1)
+
+
+def iqr_outliers(attn: Tensor, fence: float) -> Tensor:
+    """[K] indices with attention strictly above the fence, by descending attention (K ≥ 1: the argmax)."""
+    idx = torch.nonzero(attn.double() > fence).flatten()  # [K]
+    if idx.numel() == 0:
+        return attn.argmax().view(1)
+    order = torch.sort(attn[idx].float(), descending=True, stable=True).indices
+    return idx[order]
+
+
+def uniform_samples(kept: Tensor, n: int) -> Tensor:
+    """PruMerge+ extra samples: {0, s, 2s, … < N − 1} not already kept, s = int(int(1/r)/3), r = |kept|/N."""
+    ratio = kept.numel() / n
+    stride = max(1, int(int(1 / ratio) / 3))
+    seq = torch.arange(0, n - 1, stride, device=kept.device)  # [⌈(N−1)/s⌉]
+    return seq[~torch.isin(seq, kept)]
+
+
+def key_neighbours(keys_n: Tensor, kept: Tensor, k: int) -> Tensor:
+    """[M, k] for each kept patch, the k other patches (kept or not) with the largest key cosine similarity."""
+    sim = keys_n[kept] @ keys_n.T  # [M, N]
+    sim[torch.arange(kept.numel(), device=kept.device), kept] = -torch.inf  # j ≠ i
+    return sim.topk(k, dim=1).indices
+
+
+def merge_tokens(x: Tensor, attn: Tensor, kept: Tensor, nbr: Tensor) -> tuple[Tensor, Tensor]:
+    """Unnormalised attention-weighted merge, as official.
+
+    x [N, d], attn [N], kept [M], nbr [M, k] → tokens [M + 1, d] (X_i + Σ_j a_j X_j, then Σ_{j∉kept} a_j X_j),
+    weights [M, k].
+    """
+    xf, af = x.float(), attn.float()
+    weight = af[nbr]  # [M, k]
+    merged = xf[kept] + torch.einsum("mk,mkd->md", weight, xf[nbr])  # [M, d]
+    rest = af.clone()
+    rest[kept] = 0.0
+    extra = (rest @ xf).unsqueeze(0)  # [1, d]
+    return torch.cat([merged, extra]).to(x.dtype), weight
+
+
+def prumerge(vt: VisualTokens, params: PruMergeParams | None = None) -> Reduction:
+    """PruMerge (`plus=False`) or PruMerge+ (`plus=True`) of one image's visual tokens."""
+    p = params if params is not None else PruMergeParams()
+    vt.require("cls_attn", *(("keys",) if p.merge else ()), method="PruMerge")
+    n, attn = vt.n, vt.cls_attn
+    q1, q3, fence = iqr_fence(attn, p.iqr_multiplier)
+    outliers = iqr_outliers(attn, fence)  # [K]
+    samples = uniform_samples(outliers, n) if p.plus else outliers[:0]  # [S]
+    kept = torch.cat([outliers, samples])  # [M]
+    stages = {"tokens": n, "outliers": outliers.numel()}
+    if p.plus:
+        stages["+ samples"] = kept.numel()
+    nbr = weight = None
+    k = min(int(p.neighbours), n - 1)
+    if p.merge and k > 0:
+        nbr = key_neighbours(vt.normalised_keys, kept, k)
+        tokens, weight = merge_tokens(vt.features, attn, kept, nbr)
+    elif p.merge:  # a single token has no neighbours: the aggregate of the (empty) rest is zero
+        tokens = torch.cat([vt.features[kept], torch.zeros_like(vt.features[:1])])
+    else:
+        tokens = vt.features[kept]
+    stages["to LLM"] = tokens.shape[0]
+    return Reduction(
+        method="prumerge+" if p.plus else "prumerge",
+        kept=kept,
+        tokens=tokens,
+        grid=vt.grid,
+        stages=stages,
+        extra_token=p.merge,
+        attn=attn,
+        q1=q1,
+        q3=q3,
+        fence=fence,
+        outliers=outliers,
+        samples=samples,
+        merge_index=nbr,
+        merge_weight=weight,
+    )
