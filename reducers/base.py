@@ -119,6 +119,16 @@ class VisualTokens:
         if missing:
             raise ValueError(f"{method} needs VisualTokens.{', '.join(missing)}")
 
+    def derive(self, **changes) -> "VisualTokens":
+        """A copy with some fields replaced (e.g. another query or attention mode) that keeps the memoised
+        per-image quantities whose inputs did not change, so a slider move never recomputes them."""
+        new = dataclasses.replace(self, **changes)
+        carried = {"feature_similarity": "features", "normalised_keys": "keys"}
+        for memo, source in carried.items():
+            if memo in self.__dict__ and source not in changes:
+                new.__dict__[memo] = self.__dict__[memo]
+        return new
+
     # Memoised per-image quantities -------------------------------------------------------------
     @cached_property
     def feature_similarity(self) -> Tensor:
