@@ -123,11 +123,25 @@ class VisualTokens:
         """A copy with some fields replaced (e.g. another query or attention mode) that keeps the memoised
         per-image quantities whose inputs did not change, so a slider move never recomputes them."""
         new = dataclasses.replace(self, **changes)
-        carried = {"feature_similarity": "features", "normalised_keys": "keys"}
+        carried = {"feature_similarity": "features", "normalised_keys": "keys", "_components": "features"}
         for memo, source in carried.items():
             if memo in self.__dict__ and source not in changes:
                 new.__dict__[memo] = self.__dict__[memo]
         return new
+
+    def clusters(self, threshold: float, spatial: bool = False) -> tuple[int, Tensor]:
+        """Connected components of {S ≥ threshold} over `feature_similarity` (4-neighbour edges only if
+        `spatial`): (count, labels [N]). Memoised per (threshold, spatial), at most 64 entries per image."""
+        from .graph import components  # local: graph imports nothing from here, but keep base light
+
+        memo = self.__dict__.setdefault("_components", {})
+        key = (float(threshold), bool(spatial))
+        if key not in memo:
+            if len(memo) >= 64:
+                memo.pop(next(iter(memo)))
+            count, labels = components(self.feature_similarity, threshold, self.grid if spatial else None)
+            memo[key] = (count, torch.as_tensor(labels, device=self.features.device))
+        return memo[key]
 
     # Memoised per-image quantities -------------------------------------------------------------
     @cached_property

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Reduction, VisualTokens, check_ranges, slider
-from .graph import components
 
 
 @dataclass(frozen=True)
@@ -83,8 +82,7 @@ def par(vt: VisualTokens, params: PARParams | None = None) -> Reduction:
     n, device = vt.n, vt.features.device
     r = relevance(vt.joint, vt.query)  # [N]
     sim = vt.feature_similarity  # [N, N], memoised per image
-    count, labels_np = components(sim, p.cluster_threshold, vt.grid if p.spatial else None)
-    labels = torch.as_tensor(labels_np, device=device)
+    count, labels = vt.clusters(p.cluster_threshold, p.spatial)  # memoised per image and threshold
     h = p.alpha * r + (1 - p.alpha) * cluster_mean(r, labels, count)[labels]  # [N]
 
     retrieved_idx = h.topk(retrieval_size(p.retrieval_ratio, n)).indices
