@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .graph import components
+
 
 @dataclass(frozen=True)
 class Slider:
@@ -132,8 +134,6 @@ class VisualTokens:
     def clusters(self, threshold: float, spatial: bool = False) -> tuple[int, Tensor]:
         """Connected components of {S ≥ threshold} over `feature_similarity` (4-neighbour edges only if
         `spatial`): (count, labels [N]). Memoised per (threshold, spatial), at most 64 entries per image."""
-        from .graph import components  # local: graph imports nothing from here, but keep base light
-
         memo = self.__dict__.setdefault("_components", {})
         key = (float(threshold), bool(spatial))
         if key not in memo:
