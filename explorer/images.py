@@ -1,0 +1,86 @@
+"""Turn whatever a user uploads into an upright RGB image, or a clear one-sentence reason why not.
+
+Handles: 0-byte and non-image files, truncated files, decompression bombs (refused above a stated limit),
+EXIF orientation, CMYK, 16-bit greyscale, alpha (composited on white), palettes, animated images (first
+frame), tiny images. No global PIL settings are changed.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class InputError(ValueError):
+    """Bad user input; the message is one sentence meant for a person."""
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / top * 255.0 if im.mode != "F" else arr * 255.0, 0, 255)
+        return Image.fromarray(arr.round().astype(np.uint8), "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def load_image(source, max_pixels: int) -> Image.Image:
+    """An upright RGB copy of `source` (a path, a Gradio file payload dict, or a PIL image).
+
+    Raises InputError with a sentence a person understands for anything unusable.
+    """
+    if source is None:
+        raise InputError("Please upload an image (or click one of the examples).")
+    if isinstance(source, dict):  # a Gradio FileData payload when preprocessing is off
+        source = source.get("path") or source.get("url")
+        if not source:
+            raise InputError("Please upload an image (or click one of the examples).")
+    if isinstance(source, Image.Image):
+        im = source
+    else:
+        path = Path(str(source))
+        if not path.is_file():
+            raise InputError("The uploaded file could not be found on the server; please upload it again.")
+        if os.path.getsize(path) == 0:
+            raise InputError("The uploaded file is empty (0 bytes); please choose an image file.")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(path)
+        except Image.DecompressionBombError:
+            raise InputError(_too_large_message(None, max_pixels)) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise InputError("This file is not an image that can be read (try a PNG, JPEG, WebP or GIF).") from None
+    width, height = im.size
+    if width < 1 or height < 1:
+        raise InputError("The image has no pixels.")
+    if width * height > max_pixels:
+        raise InputError(_too_large_message((width, height), max_pixels))
+    try:
+        if getattr(im, "is_animated", False):
+            im.seek(0)  # first frame of an animation
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return _to_rgb(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        if "truncated" in str(err).lower() or isinstance(err, OSError):
+            raise InputError("The image file is truncated or corrupt; please upload a complete image.") from None
+        raise InputError("This image could not be decoded; please try another file.") from None
+
+
+def _too_large_message(size: tuple[int, int] | None, max_pixels: int) -> str:
+    limit = f"{max_pixels / 1e6:.0f} megapixels"
+    if size is None:
+        return f"The image is far too large to open safely; the limit is {limit}."
+    w, h = size
+    return f"The image is {w}×{h} = {w * h / 1e6:.0f} megapixels; the limit is {limit}. Please downscale it."
