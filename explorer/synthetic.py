@@ -1,0 +1,119 @@
+"""A synthetic backend: seeded random encoder outputs with the backend's interface, and no model at all.
+
+For benchmarks at grid sizes no tower here produces (e.g. 48×60 = 2880 tokens) and for fast UI tests.
+Everything it returns is labelled synthetic; it never pretends to answer (`answer` echoes token counts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from reducers import VisualTokens
+
+
+@dataclass(frozen=True)
+class SyntheticEncoded:
+    key: str
+    tokens: VisualTokens
+    attn_head_mean: torch.Tensor
+    view: Image.Image
+    view_array: np.ndarray
+    crop_box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class SyntheticQuery:
+    embedding: torch.Tensor
+    phrase: str
+    prompts: tuple[str, ...]
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class SyntheticAnswer:
+    text: str
+    n_visual_tokens: int
+    prefill_s: float
+    total_s: float
+    n_prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class TinyLMConfig:
+    hidden_size: int = 576
+    intermediate_size: int = 1536
+    num_hidden_layers: int = 30
+
+
+class SyntheticBackend:
+    """Encoder outputs whose patches come from smooth random fields (so similarity has spatial structure)."""
+
+    untrained_vision = True
+    notice = "Synthetic encoder outputs — no model: patches, clusters and answers carry no meaning."
+
+    def __init__(self, grid=(24, 24), width=1024, joint_width=768, view_side=672, cache_size=8, seed=0):
+        self.grid = tuple(grid)
+        self.width, self.joint_width, self.view_side, self.seed = width, joint_width, view_side, seed
+        self.name = f"synthetic {grid[0]}×{grid[1]}"
+        self.lm_config = TinyLMConfig()
+        self._cache: OrderedDict[str, SyntheticEncoded] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def lookup(self, key: str):
+        with self._lock:
+            return self._cache.get(key)
+
+    def encode(self, image: Image.Image) -> SyntheticEncoded:
+        pixels = np.asarray(image.convert("RGB"))
+        key = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()[:16]
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        h, w = self.grid
+        gen = torch.Generator().manual_seed(int(key[:8], 16) ^ self.seed)
+        coarse = torch.randn(1, self.width, max(2, h // 4), max(2, w // 4), generator=gen)
+        smooth = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[0]
+        feats = (smooth.flatten(1).T + 0.5 * torch.randn(h * w, self.width, generator=gen)).contiguous()
+        keys = feats @ torch.randn(self.width, self.width, generator=gen) / self.width**0.5
+        attn = torch.softmax(3 * torch.randn(h * w, generator=gen), 0)
+        head_mean = torch.softmax(2 * torch.randn(h * w, generator=gen), 0)
+        joint = feats[:, : self.joint_width] + 0.1 * torch.randn(h * w, self.joint_width, generator=gen)
+        tokens = VisualTokens(features=feats, keys=keys, cls_attn=attn, grid=self.grid, joint=joint)
+        side = min(image.size)
+        x0, y0 = (image.size[0] - side) / 2, (image.size[1] - side) / 2
+        box = (x0, y0, x0 + side, y0 + side)
+        vw = self.view_side
+        vh = round(vw * h / w)
+        view = image.convert("RGB").resize((vw, vh), Image.BILINEAR, box=box)
+        enc = SyntheticEncoded(key, tokens, head_mean, view, np.asarray(view), box)
+        with self._lock:
+            self._cache[key] = enc
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return enc
+
+    def encode_query(self, prompt: str, rewrite: bool = True) -> SyntheticQuery:
+        digest = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)
+        q = torch.randn(self.joint_width, generator=torch.Generator().manual_seed(digest))
+        return SyntheticQuery(F.normalize(q, dim=0), prompt, (prompt,))
+
+    def n_text_tokens(self, prompt: str) -> int:
+        return 16 + len(prompt.split())
+
+    def answer(self, enc, prompt: str, tokens=None, max_new_tokens=None) -> SyntheticAnswer:
+        t = time.perf_counter()
+        n = enc.tokens.n if tokens is None else int(tokens.shape[0])
+        dt = time.perf_counter() - t
+        return SyntheticAnswer(f"(synthetic backend: {n} visual tokens, no language model)", n, dt, dt,
+                               n + self.n_text_tokens(prompt))
