@@ -8,6 +8,7 @@ re-runs only the reducer and the drawing on the cached encode; the sweep and the
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,12 +22,6 @@ from .images import InputError
 from .service import OFFLINE, Explorer, answer_dict, settings_from_controls
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-EXAMPLE_PROMPTS = {
-    "astronaut": "What is the astronaut holding?",
-    "coffee": "Is there a spoon next to the cup?",
-    "chelsea": "What colour is the cat's fur?",
-    "rocket": "What is on the launch pad?",
-}
 DEFAULT_PROMPT = "What is in the picture?"
 METHOD_CHOICES = [(label, name) for name, label in ex.METHOD_LABELS.items()]
 INTRO = """# Visual Token Reduction Explorer
@@ -45,6 +40,15 @@ those with score ≥ τ are routed, and of two routed patches more similar than 
 PAR's code is not public: every step here follows the written specification and is shown as it happens."""
 
 
+def load_examples() -> list[tuple[Path, str]]:
+    """(image path, prompt) pairs from assets/examples.json (images credited in assets/CREDITS.md)."""
+    index = ASSETS / "examples.json"
+    if not index.is_file():
+        return []
+    rows = json.loads(index.read_text())
+    return [(ASSETS / row["file"], row.get("prompt") or DEFAULT_PROMPT) for row in rows if (ASSETS / row["file"]).is_file()]
+
+
 def _slider(params_cls, name: str, label: str) -> gr.Slider:
     f = next(f for f in dataclasses.fields(params_cls) if f.name == name)
     spec = f.metadata["slider"]
@@ -59,7 +63,7 @@ def _error(err: Exception) -> gr.Error:
 
 def build_demo(explorer: Explorer) -> gr.Blocks:
     config = explorer.config
-    examples = sorted(p for p in ASSETS.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    examples = load_examples()
 
     def explore(image, prompt, method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier,
                 alpha=0.5, spatial=False, rewrite=True, attention="official", merge=True, neighbours=32,
@@ -157,7 +161,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                 explore_btn = gr.Button("Explore", variant="primary")
                 if examples:
                     gr.Examples(
-                        [[str(p), EXAMPLE_PROMPTS.get(p.stem, DEFAULT_PROMPT)] for p in examples],
+                        [[str(path), text] for path, text in examples],
                         inputs=[image, prompt], label="Examples (click one)", examples_per_page=8,
                     )
             with gr.Column(scale=5):

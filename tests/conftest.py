@@ -1,7 +1,48 @@
-"""Test-wide settings: never touch the network or send analytics."""
+"""Test-wide settings (never touch the network or send analytics) and the shared launched-app fixtures."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+
+
+def _launch(explorer):
+    from explorer.ui import build_demo
+
+    demo = build_demo(explorer)
+    demo.queue(max_size=64, default_concurrency_limit=2)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True,
+                show_error=False, max_file_size="50mb")
+    return demo
+
+
+@pytest.fixture(scope="session")
+def offline_explorer():
+    """The app's service on the offline default (SmolLM2 from the wheel, seeded vision tower), loaded once."""
+    from explorer.config import ExplorerConfig
+    from explorer.service import Explorer
+
+    explorer = Explorer(ExplorerConfig())
+    explorer.backend()  # load now, so the first test does not pay for it inside a timeout
+    return explorer
+
+
+@pytest.fixture(scope="session")
+def app(offline_explorer):
+    """A launched app on the offline default: yields (demo, local_url). Shared by the client and browser tests."""
+    demo = _launch(offline_explorer)
+    try:
+        yield demo, demo.local_url
+    finally:
+        demo.close()
+
+
+@pytest.fixture()
+def client(app):
+    """A fresh gradio_client session against the launched app."""
+    from gradio_client import Client
+
+    return Client(app[1], verbose=False)
