@@ -2,8 +2,10 @@
 
 `view` is that region as RGB, H×W pixels; patch (r, c) of an h×w grid covers rows
 [floor(r·H/h), floor((r+1)·H/h)) and columns [floor(c·W/w), floor((c+1)·W/w)). Every picture is built from a
-per-patch array [h, w, …] expanded through a cached pixel → patch index map and blended once, so a redraw
-costs a few milliseconds at 672 px. No matplotlib on this path: the heat colormap is a table built once.
+per-patch array [h, w, …] expanded to pixels and blended once. A `Canvas` holds what every redraw of one view
+re-uses (index maps, the dimmed copy, the gridded copy, the patch frames), so a slider move costs a few ms at
+672 px; the module-level functions build a throwaway Canvas. No matplotlib here: the heat colormap is a
+table built once at import.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ import numpy as np
 KEPT_OUTLINE = np.array([255, 214, 0], np.float32)  # kept patches: amber outline
 SAMPLE_OUTLINE = np.array([0, 200, 255], np.float32)  # PruMerge+ samples: cyan outline
 GRID_COLOUR = np.array([255, 255, 255], np.float32)
+WHITE = np.array([255, 255, 255], np.float32)
+BORDER = np.array([20, 20, 20], np.float32)
+SINGLETON_GREY = 150.0
+FRAME_PX = 2  # outline thickness inside a patch
+GRID_ALPHA = 0.12
 
 
 def _as_array(view) -> np.ndarray:
@@ -24,15 +31,34 @@ def _as_array(view) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3], dtype=np.uint8)
 
 
+def _numpy(values, dtype=None) -> np.ndarray:
+    """A tensor (any dtype, any device) or array-like as a numpy array."""
+    if hasattr(values, "detach"):  # a torch tensor; half precisions (bfloat16 has no numpy dtype) → float32
+        values = values.detach().cpu()
+        if values.dtype.is_floating_point and values.dtype.itemsize < 4:
+            values = values.float()
+        values = values.numpy()
+    return np.asarray(values, dtype=dtype)
+
+
 def _mask(values, n: int) -> np.ndarray:
+    """[N] bool from a bool mask or from indices."""
     if values is None:
         return np.zeros(n, bool)
-    arr = np.asarray(values.cpu() if hasattr(values, "cpu") else values)
+    arr = _numpy(values)
     if arr.dtype == bool and arr.size == n:
         return arr.reshape(n)
     out = np.zeros(n, bool)
     out[arr.astype(np.int64).reshape(-1)] = True
     return out
+
+
+def _indices(values, n: int) -> np.ndarray:
+    """Indices from indices or from a bool mask."""
+    arr = _numpy(values)
+    if arr.dtype == bool and arr.size == n:
+        return np.flatnonzero(arr.reshape(n))
+    return arr.astype(np.int64).reshape(-1)
 
 
 @lru_cache(maxsize=32)
@@ -50,48 +76,128 @@ def patch_grid_index(view_shape: tuple[int, int], grid: tuple[int, int]):
     return rows, cols, row_edge, col_edge
 
 
-def _expand(per_patch: np.ndarray, view_shape, grid) -> np.ndarray:
-    """[h, w, …] → [H, W, …] by the pixel → patch index map."""
-    rows, cols, _, _ = patch_grid_index(tuple(view_shape[:2]), tuple(grid))
-    return per_patch[rows[:, None], cols[None, :]]
-
-
-def _borders(labels: np.ndarray, view_shape, grid) -> np.ndarray:
-    """[H, W] bool: pixels on the first row/column of a patch whose label differs from the previous patch."""
+@lru_cache(maxsize=32)
+def _frame(view_shape: tuple[int, int], grid: tuple[int, int], thickness: int = FRAME_PX) -> np.ndarray:
+    """[H, W] bool: pixels within `thickness` of their own patch's edge."""
+    height, width = view_shape
     h, w = grid
-    lab = labels.reshape(h, w)
-    top = np.zeros((h, w), bool)
-    left = np.zeros((h, w), bool)
-    top[1:] = lab[1:] != lab[:-1]
-    left[:, 1:] = lab[:, 1:] != lab[:, :-1]
-    rows, cols, row_edge, col_edge = patch_grid_index(tuple(view_shape[:2]), tuple(grid))
-    return (top[rows[:, None], cols[None, :]] & row_edge[:, None]) | (left[rows[:, None], cols[None, :]] & col_edge[None, :])
-
-
-def _outline(mask: np.ndarray, view_shape, grid, thickness: int = 2) -> np.ndarray:
-    """[H, W] bool: a `thickness`-pixel frame inside every patch where mask [N] is True."""
-    rows, cols, _, _ = patch_grid_index(tuple(view_shape[:2]), tuple(grid))
-    height, width = view_shape[:2]
-    h, w = grid
-    # distance of each pixel row/col to its patch's nearest edge
-    r_start = (np.arange(h) * height) // h
-    r_end = ((np.arange(h) + 1) * height) // h
-    c_start = (np.arange(w) * width) // w
-    c_end = ((np.arange(w) + 1) * width) // w
+    rows, cols, _, _ = patch_grid_index(view_shape, grid)
+    r_start, r_end = (np.arange(h) * height) // h, ((np.arange(h) + 1) * height) // h
+    c_start, c_end = (np.arange(w) * width) // w, ((np.arange(w) + 1) * width) // w
     y, x = np.arange(height), np.arange(width)
     near_r = np.minimum(y - r_start[rows], r_end[rows] - 1 - y) < thickness
     near_c = np.minimum(x - c_start[cols], c_end[cols] - 1 - x) < thickness
-    inside = _expand(mask.reshape(h, w), view_shape, grid)
-    return inside & (near_r[:, None] | near_c[None, :])
+    frame = near_r[:, None] | near_c[None, :]
+    frame.setflags(write=False)
+    return frame
 
 
-def _grid_lines(view_shape, grid) -> np.ndarray:
-    _, _, row_edge, col_edge = patch_grid_index(tuple(view_shape[:2]), tuple(grid))
-    return row_edge[:, None] | col_edge[None, :]
+class Canvas:
+    """One view on one grid, with the parts every redraw re-uses computed once."""
 
+    def __init__(self, view, grid: tuple[int, int]):
+        self.img = _as_array(view)
+        self.shape = self.img.shape[:2]
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.n = self.grid[0] * self.grid[1]
+        height, width = self.shape
+        h, w = self.grid
+        self._even = height % h == 0 and width % w == 0  # every patch the same size: expand by broadcasting
+        self.frame = _frame(self.shape, self.grid)
+        _, _, row_edge, col_edge = patch_grid_index(self.shape, self.grid)
+        self.lines = row_edge[:, None] | col_edge[None, :]
+        f = self.img.astype(np.float32)
+        self.float = f
+        grey = f.mean(axis=2, keepdims=True)
+        dim = 0.3 * (0.35 * f + 0.65 * grey)
+        self.bright = self._gridded(f)
+        self.dim = self._gridded(dim)
 
-def _paint(img: np.ndarray, where: np.ndarray, colour, alpha: float = 1.0) -> None:
-    img[where] = (1 - alpha) * img[where] + alpha * np.asarray(colour, np.float32)
+    def _gridded(self, f: np.ndarray) -> np.ndarray:
+        out = f.copy()
+        out[self.lines] = (1 - GRID_ALPHA) * out[self.lines] + GRID_ALPHA * GRID_COLOUR
+        return out.clip(0, 255).astype(np.uint8)
+
+    def expand(self, per_patch: np.ndarray) -> np.ndarray:
+        """[h, w, …] → [H, W, …]: each patch's value on its pixels."""
+        h, w = self.grid
+        if self._even:
+            ph, pw = self.shape[0] // h, self.shape[1] // w
+            tail = per_patch.shape[2:]
+            big = np.broadcast_to(per_patch.reshape(h, 1, w, 1, *tail), (h, ph, w, pw, *tail))
+            return big.reshape(self.shape[0], self.shape[1], *tail)
+        rows, cols, _, _ = patch_grid_index(self.shape, self.grid)
+        return per_patch[rows[:, None], cols[None, :]]
+
+    def outline(self, mask) -> np.ndarray:
+        """[H, W] bool: the frame of every patch in `mask` ([N] bool or indices)."""
+        return self.expand(_mask(mask, self.n).reshape(self.grid)) & self.frame
+
+    def borders(self, labels: np.ndarray) -> np.ndarray:
+        """[H, W] bool: first pixel row/column of a patch whose label differs from the patch above/left."""
+        h, w = self.grid
+        lab = labels.reshape(h, w)
+        top = np.zeros((h, w), bool)
+        left = np.zeros((h, w), bool)
+        top[1:] = lab[1:] != lab[:-1]
+        left[:, 1:] = lab[:, 1:] != lab[:, :-1]
+        _, _, row_edge, col_edge = patch_grid_index(self.shape, self.grid)
+        return (self.expand(top) & row_edge[:, None]) | (self.expand(left) & col_edge[None, :])
+
+    def blend(self, colour: np.ndarray, alpha) -> np.ndarray:
+        """(1 − α)·image + α·colour, per patch colour [N, 3] and α scalar or [N]; float32 [H, W, 3]."""
+        h, w = self.grid
+        a = np.broadcast_to(np.asarray(alpha, np.float32).reshape(-1, 1), (self.n, 1))
+        base = 1 - self.expand(a.reshape(h, w, 1))
+        return self.float * base + self.expand((a * colour).astype(np.float32).reshape(h, w, 3))
+
+    # --- the pictures ---------------------------------------------------------------------------
+    def kept(self, kept, samples=None) -> np.ndarray:
+        """Kept patches bright with an amber outline, dropped ones dimmed and desaturated, a faint grid."""
+        keep = _mask(kept, self.n)
+        keep_px = self.expand(keep.reshape(self.grid))
+        out = np.where(keep_px[..., None], self.bright, self.dim)
+        out[keep_px & self.frame] = KEPT_OUTLINE.astype(np.uint8)
+        if samples is not None and len(samples):
+            out[self.outline(samples)] = SAMPLE_OUTLINE.astype(np.uint8)
+        return out
+
+    def clusters(self, labels, kept_mask=None, alpha: float = 0.55) -> np.ndarray:
+        """One colour per connected component blended on the image, borders between clusters, kept outlined."""
+        labels = _numpy(labels).astype(np.int64).reshape(-1)
+        out = self.blend(cluster_colours(labels), alpha)
+        edge = self.borders(labels)
+        out[edge] = 0.2 * out[edge] + 0.8 * BORDER
+        return self._finish(out, kept_mask)
+
+    def merge_groups(self, kept, merge_index, alpha: float = 0.6) -> np.ndarray:
+        """Each kept token's merge group in its own colour (a patch in several groups takes the colour of the
+        first kept token, i.e. the most attended one, that merged it); patches in no group dimmed."""
+        kept = _indices(kept, self.n)
+        nbr = _numpy(merge_index).astype(np.int64).reshape(kept.size, -1)
+        group = np.full(self.n, np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(group, nbr.reshape(-1), np.repeat(np.arange(kept.size), nbr.shape[1]))
+        group[kept] = np.arange(kept.size)
+        member = group < kept.size
+        colours = palette(max(1, kept.size))
+        per_patch = np.zeros((self.n, 3), np.float32)
+        per_patch[member] = colours[group[member]]
+        a = np.where(member, alpha, 0.0).astype(np.float32)
+        h, w = self.grid
+        base = np.where(self.expand(member.reshape(h, w))[..., None], self.float, 0.35 * self.float)
+        out = base * (1 - self.expand(a.reshape(h, w, 1))) + self.expand((a[:, None] * per_patch).reshape(h, w, 3))
+        return self._finish(out, kept)
+
+    def heatmap(self, values, kept_mask=None, alpha: float = 0.6) -> np.ndarray:
+        """values [N] in [0, 1] (e.g. PAR relevance) as a viridis heatmap on the image; kept patches outlined."""
+        v = np.nan_to_num(_numpy(values, np.float64).reshape(-1), nan=0.0, posinf=1.0, neginf=0.0).clip(0, 1)
+        return self._finish(self.blend(VIRIDIS[(v * 255).round().astype(np.int64)], alpha), kept_mask)
+
+    def _finish(self, out: np.ndarray, kept_mask) -> np.ndarray:
+        out = out.clip(0, 255).astype(np.uint8)
+        if kept_mask is not None:
+            out[self.outline(kept_mask)] = WHITE.astype(np.uint8)
+        return out
 
 
 def kept_overlay(view, kept, grid, samples=None) -> np.ndarray:
@@ -99,19 +205,7 @@ def kept_overlay(view, kept, grid, samples=None) -> np.ndarray:
 
     kept: [N] bool mask or kept indices; samples: PruMerge+ sample indices, outlined in cyan.
     """
-    img = _as_array(view).astype(np.float32)
-    h, w = grid
-    n = h * w
-    keep = _mask(kept, n)
-    grey = img.mean(axis=2, keepdims=True)
-    dim = 0.3 * (0.35 * img + 0.65 * grey)
-    keep_px = _expand(keep.reshape(h, w), img.shape, grid)
-    out = np.where(keep_px[..., None], img, dim)
-    _paint(out, _grid_lines(img.shape, grid), GRID_COLOUR, 0.12)
-    _paint(out, _outline(keep, img.shape, grid), KEPT_OUTLINE)
-    if samples is not None and len(samples):
-        _paint(out, _outline(_mask(samples, n), img.shape, grid), SAMPLE_OUTLINE)
-    return out.clip(0, 255).astype(np.uint8)
+    return Canvas(view, grid).kept(kept, samples)
 
 
 @lru_cache(maxsize=8)
@@ -137,15 +231,17 @@ def palette(n: int, seed: int = 0) -> np.ndarray:
 def cluster_colours(labels: np.ndarray) -> np.ndarray:
     """[N, 3] colour per patch: clusters of ≥ 2 patches get palette colours (largest first), singletons grey.
 
-    Colours follow cluster size rank, so the biggest cluster is always the first palette colour.
+    Colours follow cluster size rank, so the biggest cluster is always the first palette colour. Labels may be
+    any integers (they are renumbered first).
     """
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    labels = _numpy(labels).astype(np.int64).reshape(-1)
+    _, labels = np.unique(labels, return_inverse=True)
     counts = np.bincount(labels)
     order = np.argsort(-counts, kind="stable")  # label ids by descending size
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
     colours = palette(max(1, int((counts >= 2).sum())))
-    per_label = np.full((counts.size, 3), 150.0, np.float32)  # singletons: grey
+    per_label = np.full((counts.size, 3), SINGLETON_GREY, np.float32)
     multi = counts >= 2
     per_label[multi] = colours[rank[multi]]
     return per_label[labels]
@@ -153,39 +249,12 @@ def cluster_colours(labels: np.ndarray) -> np.ndarray:
 
 def cluster_overlay(view, labels, grid, kept_mask=None, alpha: float = 0.55) -> np.ndarray:
     """One colour per connected component blended on the image, borders between clusters, kept outlined."""
-    img = _as_array(view).astype(np.float32)
-    h, w = grid
-    labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels).reshape(-1)
-    colour = _expand(cluster_colours(labels).reshape(h, w, 3), img.shape, grid)
-    out = (1 - alpha) * img + alpha * colour
-    _paint(out, _borders(labels, img.shape, grid), (20, 20, 20), 0.8)
-    if kept_mask is not None:
-        _paint(out, _outline(_mask(kept_mask, h * w), img.shape, grid), (255, 255, 255))
-    return out.clip(0, 255).astype(np.uint8)
+    return Canvas(view, grid).clusters(labels, kept_mask, alpha)
 
 
 def merge_overlay(view, kept, merge_index, grid, alpha: float = 0.6) -> np.ndarray:
-    """Each kept token's merge group in its own colour; a patch merged into several groups takes the
-    colour of the first kept token (highest CLS attention) that merged it; kept patches outlined."""
-    img = _as_array(view).astype(np.float32)
-    h, w = grid
-    n = h * w
-    kept = np.asarray(kept.cpu() if hasattr(kept, "cpu") else kept).astype(np.int64).reshape(-1)
-    nbr = np.asarray(merge_index.cpu() if hasattr(merge_index, "cpu") else merge_index).astype(np.int64)
-    group = np.full(n, -1, np.int64)
-    flat = nbr[::-1].reshape(-1)  # later groups first, so earlier ones overwrite
-    owner = np.repeat(np.arange(nbr.shape[0])[::-1], nbr.shape[1])
-    group[flat] = owner
-    group[kept] = np.arange(kept.size)
-    colours = palette(max(1, kept.size))
-    per_patch = np.where(group[:, None] >= 0, colours[np.maximum(group, 0)], 0.0)
-    a = np.where(group >= 0, alpha, 0.0)[:, None]
-    blend_colour = _expand(per_patch.reshape(h, w, 3), img.shape, grid)
-    blend_alpha = _expand(a.reshape(h, w, 1), img.shape, grid)
-    dim = np.where(blend_alpha > 0, img, 0.35 * img)
-    out = (1 - blend_alpha) * dim + blend_alpha * blend_colour
-    _paint(out, _outline(_mask(kept, n), img.shape, grid), (255, 255, 255))
-    return out.clip(0, 255).astype(np.uint8)
+    """Each kept token's merge group in its own colour; kept patches outlined (see `Canvas.merge_groups`)."""
+    return Canvas(view, grid).merge_groups(kept, merge_index, alpha)
 
 
 def _viridis_lut() -> np.ndarray:
@@ -206,12 +275,4 @@ VIRIDIS = _viridis_lut()
 
 def heatmap_overlay(view, values, grid, kept_mask=None, alpha: float = 0.6) -> np.ndarray:
     """values [N] in [0, 1] (e.g. PAR relevance) as a viridis heatmap on the image; kept patches outlined."""
-    img = _as_array(view).astype(np.float32)
-    h, w = grid
-    v = np.asarray(values.cpu() if hasattr(values, "cpu") else values, np.float64).reshape(-1)
-    v = np.nan_to_num(v.clip(0, 1))
-    colour = VIRIDIS[(v * 255).round().astype(np.int64)].reshape(h, w, 3)
-    out = (1 - alpha) * img + alpha * _expand(colour, img.shape, grid)
-    if kept_mask is not None:
-        _paint(out, _outline(_mask(kept_mask, h * w), img.shape, grid), (255, 255, 255))
-    return out.clip(0, 255).astype(np.uint8)
+    return Canvas(view, grid).heatmap(values, kept_mask, alpha)

@@ -102,28 +102,30 @@ class Pictures:
     heatmap_caption: str
 
 
-def pictures(view: np.ndarray, vt: VisualTokens, red: Reduction) -> Pictures:
-    """The three on-image pictures of a reduction, all aligned with the patches the model saw."""
-    grid, kept = red.grid, red.kept_mask.cpu()
-    kept_img = draw.kept_overlay(view, kept, grid, samples=red.samples)
+def pictures(canvas: draw.Canvas, vt: VisualTokens, red: Reduction) -> Pictures:
+    """The three on-image pictures of a reduction, all aligned with the patches the model saw.
+
+    `canvas` is the encode's view on the reduction's grid (`draw.Canvas(view, grid)`, re-used across moves)."""
+    kept = red.kept_mask.cpu()
+    kept_img = canvas.kept(kept, samples=red.samples)
     if red.labels is not None:
-        groups = draw.cluster_overlay(view, red.labels.cpu(), grid, kept_mask=kept)
+        groups = canvas.clusters(red.labels, kept_mask=kept)
         caption = f"{red.n_clusters} clusters of the similarity graph (connected components); kept patches outlined"
     elif red.merge_index is not None:
         n_out = red.outliers.numel()
-        groups = draw.merge_overlay(view, red.kept.cpu(), red.merge_index.cpu(), grid)
+        groups = canvas.merge_groups(red.kept, red.merge_index)
         caption = f"Merge groups: each kept token and its {red.merge_index.shape[1]} key-nearest patches ({n_out} outliers)"
     else:
         groups = kept_img
         caption = "No clusters or merge groups for this method"
     if red.relevance is not None:
-        heat = draw.heatmap_overlay(view, red.relevance.cpu(), grid, kept_mask=kept)
+        heat = canvas.heatmap(red.relevance, kept_mask=kept)
         heat_caption = "PAR relevance r = min-max cos(patch, prompt) — untrained weights give noise"
     else:
         attn = vt.cls_attn if vt.cls_attn is not None else torch.zeros(vt.n)
         a = attn.float().cpu()
         span = float(a.max() - a.min())
-        heat = draw.heatmap_overlay(view, (a - a.min()) / span if span > 0 else a * 0, grid, kept_mask=kept)
+        heat = canvas.heatmap((a - a.min()) / span if span > 0 else a * 0, kept_mask=kept)
         heat_caption = "CLS → patch attention (min-max scaled)"
     return Pictures(kept_img, groups, caption, heat, heat_caption)
 
@@ -222,7 +224,7 @@ def sweep(vt: VisualTokens, settings: Settings, name: str | None = None, points:
     return xs, np.asarray(counts), clusters, float(getattr(params, name)), name
 
 
-def comparison(vt: VisualTokens, view: np.ndarray, settings: Settings, budget: int):
+def comparison(vt: VisualTokens, canvas: draw.Canvas, settings: Settings, budget: int):
     """Every applicable method at a matched budget M (adaptive methods at the current settings).
 
     Returns a list of (method, Reduction, thumbnail).
@@ -236,6 +238,6 @@ def comparison(vt: VisualTokens, view: np.ndarray, settings: Settings, budget: i
         else:
             params = dataclasses.replace(settings, method=method).params
         red = entry(vt, params)
-        thumb = draw.kept_overlay(view, red.kept_mask.cpu(), red.grid, samples=red.samples)
+        thumb = canvas.kept(red.kept_mask.cpu(), samples=red.samples)
         rows.append((method, red, thumb))
     return rows

@@ -18,9 +18,10 @@ from PIL import Image
 
 from reducers import BudgetParams, PARParams, PruMergeParams
 
+from . import draw, plots
 from . import explore as ex
-from . import plots
 from .config import OFFLINE, ExplorerConfig
+from .encode import LRU
 from .images import InputError, load_image
 
 
@@ -47,6 +48,17 @@ class Explorer:
         self._backends: dict[str, object] = {}
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._canvases = LRU(config.encode_cache_size)  # per-encode drawing state, keyed like the encodes
+        self._tokens = LRU(4 * config.encode_cache_size)  # VisualTokens per (encode, attention, prompt)
+
+    def canvas(self, backend, enc) -> draw.Canvas:
+        """The encode's view prepared for redraws (dimmed copy, grid, frames), built once per image."""
+        key = (backend.name, enc.key)
+        canvas = self._canvases.get(key)
+        if canvas is None:
+            canvas = draw.Canvas(enc.view_array, enc.tokens.grid)
+            self._canvases.put(key, canvas)
+        return canvas
 
     # --- backends ------------------------------------------------------------------------------
     @property
@@ -95,19 +107,32 @@ class Explorer:
             return None
         return backend.encode_query(prompt, rewrite=settings.rewrite)
 
+    def prepared(self, image, prompt: str, settings: ex.Settings, state=None, model=None, progress=None):
+        """(backend, encode, clipped prompt, query or None, VisualTokens, state) for one request.
+
+        The VisualTokens for (image, attention mode, prompt) are built once and cached, so their memoised
+        similarities and components survive across slider moves; the prompt is clipped to
+        `max_prompt_chars` here, so the pictures and the answers use exactly the same query."""
+        backend, enc, state = self.encoded(image, state, model, progress)
+        prompt = self.clip_prompt((prompt or "").strip())
+        q = self.query(backend, prompt, settings, required=settings.method == "par")
+        key = (backend.name, enc.key, settings.attention, prompt if q is not None else None, settings.rewrite)
+        vt = self._tokens.get(key)
+        if vt is None:
+            vt = ex.visual_tokens(enc.tokens, enc.attn_head_mean, settings, q.embedding if q is not None else None)
+            self._tokens.put(key, vt)
+        return backend, enc, prompt, q, vt, state
+
     # --- one slider move -------------------------------------------------------------------------
     def explore(self, image, prompt: str, settings: ex.Settings, state: dict | None = None, model=None, progress=None):
-        backend, enc, state = self.encoded(image, state, model, progress)
-        q = self.query(backend, prompt, settings, required=settings.method == "par")
-        vt = ex.visual_tokens(enc.tokens, enc.attn_head_mean, settings, q.embedding if q is not None else None)
+        backend, enc, prompt, q, vt, state = self.prepared(image, prompt, settings, state, model, progress)
         try:
             red = ex.reduce(vt, settings)
         except ValueError as err:
             raise InputError(str(err)) from None
-        view = enc.view_array
-        pics = ex.pictures(view, vt, red)
+        pics = ex.pictures(self.canvas(backend, enc), vt, red)
         hist, funnel = ex.figures(vt, red)
-        flops = ex.flops_summary(backend.lm_config, backend.n_text_tokens(prompt or ""), red.n_tokens, red.n_kept)
+        flops = ex.flops_summary(backend.lm_config, backend.n_text_tokens(prompt), red.n_tokens, red.n_kept)
         extra = {
             "model": backend.name,
             "untrained_vision": backend.untrained_vision,
@@ -121,13 +146,11 @@ class Explorer:
             readout += "\n\nℹ️ The prompt was longer than the text tower's context and was truncated for PAR."
         out = ExploreOutput(pics.kept, pics.groups, pics.heatmap, hist, funnel, readout, s,
                             (pics.groups_caption, pics.heatmap_caption))
-        return out, state, (vt, red, view)
+        return out, state, (vt, red)
 
     def sweep_and_compare(self, image, prompt, settings: ex.Settings, sweep_name: str | None, state=None, model=None):
         """The sweep plot, the comparison gallery [(thumbnail, caption)] and the comparison bar chart."""
-        backend, enc, state = self.encoded(image, state, model)
-        q = self.query(backend, prompt, settings, required=settings.method == "par")
-        vt = ex.visual_tokens(enc.tokens, enc.attn_head_mean, settings, q.embedding if q is not None else None)
+        backend, enc, prompt, q, vt, state = self.prepared(image, prompt, settings, state, model)
         red = ex.reduce(vt, settings)
         result = ex.sweep(vt, settings, sweep_name)
         if result is None:
@@ -135,7 +158,7 @@ class Explorer:
         else:
             xs, counts, clusters, current, name = result
             sweep_fig = plots.sweep_plot(xs, counts, current, name, clusters=clusters)
-        rows = ex.comparison(vt, enc.view_array, settings, red.n_kept)
+        rows = ex.comparison(vt, self.canvas(backend, enc), settings, red.n_kept)
         gallery = [(thumb, f"{ex.METHOD_LABELS[m]} · {r.n_kept} tokens") for m, r, thumb in rows]
         bar = plots.comparison_bar([{"method": m, "n_kept": r.n_kept} for m, r, _ in rows])
         return sweep_fig, gallery, bar, state
@@ -143,15 +166,10 @@ class Explorer:
     # --- answers -------------------------------------------------------------------------------
     def answer(self, image, prompt: str, settings: ex.Settings, state=None, model=None, max_new_tokens=None, progress=None):
         """Greedy answers from all tokens and from the reduced tokens: (full Answer, reduced Answer, summary)."""
-        backend, enc, state = self.encoded(image, state, model, progress)
-        prompt = (prompt or "").strip()
-        if not prompt:
+        if not (prompt or "").strip():
             raise InputError("Type a question first: the LLM answers the prompt about the image.")
-        clipped = self.clip_prompt(prompt)
-        prompt_truncated = len(clipped) < len(prompt)
-        prompt = clipped
-        q = self.query(backend, prompt, settings, required=settings.method == "par")
-        vt = ex.visual_tokens(enc.tokens, enc.attn_head_mean, settings, q.embedding if q is not None else None)
+        prompt_truncated = len(prompt.strip()) > self.config.max_prompt_chars
+        backend, enc, prompt, q, vt, state = self.prepared(image, prompt, settings, state, model, progress)
         red = ex.reduce(vt, settings)
         if progress is not None:
             progress(0.6, desc="Answering from all visual tokens")

@@ -88,20 +88,34 @@ class VisualTokens:
     query: Tensor | None = None
 
     def __post_init__(self) -> None:
+        self._validate(None)
+
+    def _validate(self, changed: set[str] | None) -> None:
+        """Check shapes, dtypes and finiteness of every field (`changed=None`) or only of the changed ones."""
+
+        def check(name: str) -> bool:
+            return changed is None or name in changed
+
         x = self.features
-        if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"features must be a non-empty [N, d] tensor, got {shape}")
+        if check("features"):
+            if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+                shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                raise ValueError(f"features must be a non-empty [N, d] tensor, got {shape}")
         n = x.shape[0]
-        _check_matrix("features", x, n)
-        _check_matrix("keys", self.keys, n)
-        _check_matrix("cls_attn", self.cls_attn, n, ndim=1)
-        _check_matrix("joint", self.joint, n)
-        grid = self.grid if self.grid is not None else (1, n)
-        if len(grid) != 2 or any(int(g) != g or g < 1 for g in grid) or grid[0] * grid[1] != n:
-            raise ValueError(f"grid {self.grid} does not match N={n} tokens (need h·w = N)")
-        object.__setattr__(self, "grid", (int(grid[0]), int(grid[1])))
-        if self.query is not None:
+        if check("features"):
+            _check_matrix("features", x, n)
+        if check("keys") or check("features"):
+            _check_matrix("keys", self.keys, n)
+        if check("cls_attn") or check("features"):
+            _check_matrix("cls_attn", self.cls_attn, n, ndim=1)
+        if check("joint") or check("features"):
+            _check_matrix("joint", self.joint, n)
+        if check("grid") or check("features"):
+            grid = self.grid if self.grid is not None else (1, n)
+            if len(grid) != 2 or any(int(g) != g or g < 1 for g in grid) or grid[0] * grid[1] != n:
+                raise ValueError(f"grid {self.grid} does not match N={n} tokens (need h·w = N)")
+            object.__setattr__(self, "grid", (int(grid[0]), int(grid[1])))
+        if self.query is not None and (check("query") or check("joint")):
             q = self.query
             if not isinstance(q, Tensor) or q.ndim != 1:
                 raise ValueError(f"query must be a [e] tensor, got {getattr(q, 'shape', type(q).__name__)}")
@@ -124,7 +138,14 @@ class VisualTokens:
     def derive(self, **changes) -> "VisualTokens":
         """A copy with some fields replaced (e.g. another query or attention mode) that keeps the memoised
         per-image quantities whose inputs did not change, so a slider move never recomputes them."""
-        new = dataclasses.replace(self, **changes)
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - names
+        if unknown:
+            raise TypeError(f"VisualTokens has no field(s) {', '.join(sorted(unknown))}")
+        new = object.__new__(type(self))
+        for name in names:
+            object.__setattr__(new, name, changes.get(name, getattr(self, name)))
+        new._validate(set(changes))  # unchanged fields were validated when `self` was built
         carried = {"feature_similarity": "features", "normalised_keys": "keys", "_components": "features"}
         for memo, source in carried.items():
             if memo in self.__dict__ and source not in changes:
