@@ -8,9 +8,13 @@ backend's bounded LRU caches, keyed by image content, so sessions cannot see eac
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -50,6 +54,7 @@ class Explorer:
         self._lock = threading.Lock()
         self._canvases = LRU(config.encode_cache_size)  # per-encode drawing state, keyed like the encodes
         self._tokens = LRU(4 * config.encode_cache_size)  # VisualTokens per (encode, attention, prompt)
+        self._export_root = Path(tempfile.mkdtemp(prefix="vte-exports-"))
 
     def canvas(self, backend, enc) -> draw.Canvas:
         """The encode's view prepared for redraws (dimmed copy, grid, frames), built once per image."""
@@ -114,6 +119,11 @@ class Explorer:
         similarities and components survive across slider moves; the prompt is clipped to
         `max_prompt_chars` here, so the pictures and the answers use exactly the same query."""
         backend, enc, state = self.encoded(image, state, model, progress)
+        prompt, q, vt = self.tokens(backend, enc, prompt, settings)
+        return backend, enc, prompt, q, vt, state
+
+    def tokens(self, backend, enc, prompt: str, settings: ex.Settings):
+        """(clipped prompt, query or None, VisualTokens) for an encode, cached per attention mode and prompt."""
         prompt = self.clip_prompt((prompt or "").strip())
         q = self.query(backend, prompt, settings, required=settings.method == "par")
         key = (backend.name, enc.key, settings.attention, prompt if q is not None else None, settings.rewrite)
@@ -121,7 +131,7 @@ class Explorer:
         if vt is None:
             vt = ex.visual_tokens(enc.tokens, enc.attn_head_mean, settings, q.embedding if q is not None else None)
             self._tokens.put(key, vt)
-        return backend, enc, prompt, q, vt, state
+        return prompt, q, vt
 
     # --- one slider move -------------------------------------------------------------------------
     def explore(self, image, prompt: str, settings: ex.Settings, state: dict | None = None, model=None, progress=None):
@@ -136,7 +146,9 @@ class Explorer:
         extra = {
             "model": backend.name,
             "untrained_vision": backend.untrained_vision,
-            "image": {"key": enc.key, "crop_box": list(enc.crop_box), "grid": list(red.grid)},
+            "image": {"key": enc.key, "crop_box": list(enc.crop_box), "grid": list(red.grid),
+                      "size": list(enc.image_size) if hasattr(enc, "image_size") else None},
+            "prompt": prompt,
         }
         if q is not None:
             extra["query"] = {"phrase": q.phrase, "prompts": list(q.prompts), "truncated": q.truncated}
@@ -193,6 +205,50 @@ class Explorer:
         return prompt if len(prompt) <= limit else prompt[:limit]
 
     # --- export --------------------------------------------------------------------------------
+    def export(self, summary: dict, shown=None) -> tuple[str, str]:
+        """Write the summary (JSON) and the overlays side by side (PNG); returns the two paths.
+
+        The overlays are redrawn losslessly from the cached encode when it is still there (the live view
+        is JPEG); otherwise the shown images (`shown()` → arrays) are used. Exports live in one folder per server, newest 32 kept.
+        """
+        if not isinstance(summary, dict) or "params" not in summary:
+            raise InputError("Nothing to export yet: explore an image first.")
+        redrawn = self._redraw(summary)
+        pictures = redrawn if redrawn is not None else (shown() if shown is not None else [])
+        if not pictures:
+            raise InputError("Nothing to export yet: explore an image first.")
+        blob_json = self.export_json(summary)
+        blob_png = self.export_png(pictures)
+        folder = self._export_root / hashlib.sha256(blob_json + blob_png).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "token-reduction.json").write_bytes(blob_json)
+        (folder / "token-reduction.png").write_bytes(blob_png)
+        self._prune_exports()
+        return str(folder / "token-reduction.json"), str(folder / "token-reduction.png")
+
+    def _redraw(self, summary: dict) -> list[np.ndarray] | None:
+        try:
+            p = summary["params"]
+            backend = self._backends.get(summary.get("model"))
+            enc = backend.lookup(summary["image"]["key"]) if backend is not None else None
+            if enc is None:
+                return None
+            settings = settings_from_controls(
+                p["method"], p["par"]["tau"], p["par"]["delta"], p["par"]["cluster_threshold"],
+                p["par"]["retrieval_ratio"], p["prumerge"]["iqr_multiplier"], p["par"]["alpha"], p["par"]["spatial"],
+                p["rewrite"], p["attention"], p["prumerge"]["merge"], p["prumerge"]["neighbours"],
+                p["budget"]["budget"], p["budget"]["seed"])
+            _, _, vt = self.tokens(backend, enc, summary.get("prompt", ""), settings)
+            pics = ex.pictures(self.canvas(backend, enc), vt, ex.reduce(vt, settings))
+        except (KeyError, TypeError, ValueError):  # InputError is a ValueError
+            return None
+        return [pics.kept, pics.groups, pics.heatmap]
+
+    def _prune_exports(self, keep: int = 32) -> None:
+        folders = sorted((p for p in self._export_root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        for old in folders[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
     @staticmethod
     def export_json(summary: dict) -> bytes:
         return json.dumps(summary, indent=2, ensure_ascii=False, default=float).encode()

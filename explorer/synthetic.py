@@ -93,8 +93,8 @@ class SyntheticBackend:
         side = min(image.size)
         x0, y0 = (image.size[0] - side) / 2, (image.size[1] - side) / 2
         box = (x0, y0, x0 + side, y0 + side)
-        vw = self.view_side
-        vh = round(vw * h / w)
+        px = max(1, round(self.view_side / w))  # whole pixels per patch, as the real view (2 × 14 px)
+        vw, vh = w * px, h * px
         view = image.convert("RGB").resize((vw, vh), Image.BILINEAR, box=box)
         enc = SyntheticEncoded(key, tokens, head_mean, view, np.asarray(view), box)
         with self._lock:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
-import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -21,6 +21,7 @@ from . import explore as ex
 from .images import InputError
 from .service import OFFLINE, Explorer, answer_dict, settings_from_controls
 
+log = logging.getLogger("explorer")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_PROMPT = "What is in the picture?"
 METHOD_CHOICES = [(label, name) for name, label in ex.METHOD_LABELS.items()]
@@ -49,6 +50,21 @@ def load_examples() -> list[tuple[Path, str]]:
     return [(ASSETS / row["file"], row.get("prompt") or DEFAULT_PROMPT) for row in rows if (ASSETS / row["file"]).is_file()]
 
 
+def load_array(payload):
+    """An image output's value (FileData dict or path) as an RGB array, or None if it is not a readable image."""
+    import numpy as np
+    from PIL import Image
+
+    path = payload.get("path") if isinstance(payload, dict) else payload
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError):
+        return None
+
+
 def _slider(params_cls, name: str, label: str) -> gr.Slider:
     f = next(f for f in dataclasses.fields(params_cls) if f.name == name)
     spec = f.metadata["slider"]
@@ -57,8 +73,12 @@ def _slider(params_cls, name: str, label: str) -> gr.Slider:
 
 
 def _error(err: Exception) -> gr.Error:
-    return gr.Error(str(err)) if isinstance(err, InputError) else gr.Error(
-        f"Something went wrong ({type(err).__name__}); the server is still running — please try again.")
+    """A user's mistake → its own one-sentence message; anything else is logged with its traceback and the user
+    gets a generic sentence (internal details stay in the server log)."""
+    if isinstance(err, InputError):
+        return gr.Error(str(err))
+    log.error("unexpected error while serving a request", exc_info=err)
+    return gr.Error(f"Something went wrong ({type(err).__name__}); the server is still running — please try again.")
 
 
 def build_demo(explorer: Explorer) -> gr.Blocks:
@@ -108,20 +128,11 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         return full.text, reduced.text, _answer_stats(full, reduced, info), info, state
 
     def export(summary, kept, groups, heatmap):
-        """The current settings and summary as JSON and the three overlays as one PNG."""
-        if not summary:
-            raise gr.Error("Nothing to export yet: explore an image first.")
-        import numpy as np
-        from PIL import Image
-
-        folder = Path(tempfile.mkdtemp(prefix="vte-export-"))
-        json_path = folder / "token-reduction.json"
-        json_path.write_bytes(explorer.export_json(summary))
-        images = [np.asarray(Image.open(p["path"] if isinstance(p, dict) else p).convert("RGB"))
-                  for p in (kept, groups, heatmap) if p]
-        png_path = folder / "token-reduction.png"
-        png_path.write_bytes(explorer.export_png(images))
-        return str(json_path), str(png_path)
+        """The current settings and summary as JSON and the three overlays side by side as a lossless PNG."""
+        try:
+            return explorer.export(summary, lambda: [a for a in map(load_array, (kept, groups, heatmap)) if a is not None])
+        except Exception as err:
+            raise _error(err) from None
 
     with gr.Blocks(title="Visual Token Reduction Explorer", fill_width=True) as demo:
         state = gr.State({})
@@ -167,11 +178,11 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
             with gr.Column(scale=5):
                 readout = gr.Markdown("Upload an image or click an example.", elem_id="readout")
                 with gr.Row():
-                    kept_img = gr.Image(label="Retained patches (bright, outlined) — dropped dimmed", format="png",
+                    kept_img = gr.Image(label="Retained patches (bright, outlined) — dropped dimmed", format="jpeg",
                                         interactive=False, elem_id="overlay-kept", buttons=["download", "fullscreen"])
-                    groups_img = gr.Image(label="Clusters / merge groups", format="png", interactive=False,
+                    groups_img = gr.Image(label="Clusters / merge groups", format="jpeg", interactive=False,
                                           elem_id="overlay-groups", buttons=["download", "fullscreen"])
-                    heat_img = gr.Image(label="Relevance / attention", format="png", interactive=False,
+                    heat_img = gr.Image(label="Relevance / attention", format="jpeg", interactive=False,
                                         elem_id="overlay-heat", buttons=["download", "fullscreen"])
                 with gr.Row():
                     histogram = gr.Plot(label="CLS-attention histogram with IQR fence", elem_id="histogram")
@@ -183,7 +194,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                     with gr.Row():
                         sweep_plot = gr.Plot(label="Sweep", elem_id="sweep")
                         compare_bar = gr.Plot(label="Tokens per method", elem_id="compare-bar")
-                    gallery = gr.Gallery(label="All methods at the current token budget", columns=4, height=280,
+                    gallery = gr.Gallery(label="All methods at the current token budget", columns=4, height=280, format="jpeg",
                                          elem_id="compare-gallery")
                 with gr.Accordion("Ask the LLM", open=True):
                     with gr.Row():

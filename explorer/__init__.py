@@ -1,0 +1,6 @@
+"""The explorer: model backends, encoding, answers, FLOPs, pictures and the Gradio UI around `reducers/`.
+
+    from explorer.config import ExplorerConfig
+    from explorer.service import Explorer          # the app's operations without gradio
+    from explorer.ui import build_demo             # the Blocks (the only gradio module besides app.py)
+"""
