@@ -1,0 +1,148 @@
+"""Tiny, seeded, fully offline stand-ins for the explorer's models (as transformers' model testers build them).
+
+* `tiny_llava_config`: LlavaConfig with a 3-layer CLIP vision tower (56 px, patch 14 → 4×4 = 16 patches,
+  width 32, 4 heads) and a 2-layer LLaMA (width 32, vocab 128); vision_feature_layer −2, strategy "default".
+* `tiny_tokenizer`: a WordLevel tokenizer over 128 entries wrapped in PreTrainedTokenizerFast, with "<s>"
+  prepended, "</s>" as eos, "<image>" as a special token and no chat template (→ LLaVA-1.5 format).
+* `tiny_text_side`: a 2-layer CLIPTextModelWithProjection (vocabulary of CLIP's BPE, so open_clip's ids fit)
+  and a matching visual projection, tokenised by `models.clip_tokenizer(77)`.
+* `tiny_backend`: `models.Backend` over those, on a device/dtype.
+
+Nothing here touches the network; `block_network` makes any attempt fail loudly.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+IMAGE_SIZE = 56
+PATCH = 14
+GRID = (IMAGE_SIZE // PATCH, IMAGE_SIZE // PATCH)
+N_PATCHES = GRID[0] * GRID[1]
+VISION_WIDTH = 32
+VISION_LAYERS = 3
+VISION_HEADS = 4
+TEXT_WIDTH = 32
+VOCAB = 128
+JOINT = 16
+IMAGE_TOKEN_ID = 3
+EOS_ID = 2
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<image>", "<unk>"]
+WORDS = ("USER ASSISTANT : ? . , ! what color is the car this a photo of how many people are there cat dog "
+         "red blue green image picture").split()
+
+
+def devices() -> list:
+    """CPU always; CUDA (fp16) when present. For pytest parametrisation."""
+    out = [pytest.param("cpu", id="cpu")]
+    if torch.cuda.is_available():
+        out.append(pytest.param("cuda", id="cuda-fp16"))
+    return out
+
+
+def dtype_for(device: str) -> torch.dtype:
+    return torch.float32 if device == "cpu" else torch.float16
+
+
+def tol(dtype: torch.dtype) -> dict:
+    return {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 3e-3, "rtol": 3e-3}
+
+
+def tiny_llava_config(feature_layer=-2, layers: int = VISION_LAYERS):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=VISION_WIDTH, intermediate_size=64, num_hidden_layers=layers,
+                              num_attention_heads=VISION_HEADS, image_size=IMAGE_SIZE, patch_size=PATCH,
+                              projection_dim=JOINT, hidden_act="quick_gelu")
+    text = LlamaConfig(vocab_size=VOCAB, hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       bos_token_id=1, eos_token_id=EOS_ID, pad_token_id=0, tie_word_embeddings=False)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID,
+                       projector_hidden_act="gelu", vision_feature_layer=feature_layer,
+                       vision_feature_select_strategy="default")
+
+
+def tiny_model(seed: int = 0, feature_layer=-2, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    from transformers import LlavaForConditionalGeneration
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(tiny_llava_config(feature_layer)).eval()
+    return model.to(device=device, dtype=dtype)
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    for i in range(len(vocab), VOCAB):
+        vocab[f"w{i}"] = i
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    assert fast.convert_tokens_to_ids("<image>") == IMAGE_TOKEN_ID and len(fast) == VOCAB
+    return fast
+
+
+def tiny_text_side(seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from explorer import models
+
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=77, projection_dim=JOINT,
+                            bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        text = CLIPTextModelWithProjection(config).eval()
+        proj = nn.Linear(VISION_WIDTH, JOINT, bias=False)
+        nn.init.normal_(proj.weight, std=VISION_WIDTH ** -0.5)
+    text.to(device=device, dtype=dtype)
+    proj.to(device=device, dtype=dtype)
+    return models.TextSide(text, proj.eval(), models.clip_tokenizer(77), untrained=True)
+
+
+def tiny_backend(device: str = "cpu", seed: int = 0, feature_layer=-2, **kwargs):
+    from explorer import models
+    from explorer.encode import Geometry
+
+    dtype = dtype_for(device)
+    model = tiny_model(seed, feature_layer, device, dtype)
+    return models.Backend(model, tiny_tokenizer(), tiny_text_side(seed, device, dtype),
+                          Geometry((IMAGE_SIZE, IMAGE_SIZE)), name="tiny-llava", untrained_vision=True, **kwargs)
+
+
+def image(seed: int = 0, size: tuple[int, int] = (80, 64)) -> Image.Image:
+    """A seeded random RGB picture, smooth enough that resampling keeps its structure."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.BILINEAR)
+
+
+@pytest.fixture()
+def block_network(monkeypatch):
+    """Any attempt to open a non-local connection fails the test."""
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and (host in ("localhost", "::1") or host.startswith("127.") or host.startswith("/")):
+            return real_connect(self, address)
+        if self.family == getattr(socket, "AF_UNIX", None):
+            return real_connect(self, address)
+        raise AssertionError(f"test tried to reach the network: {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    yield
