@@ -1,0 +1,499 @@
+"""Bad and odd inputs through the launched app (gradio_client), one test per case.
+
+Each case ends in either a clear, person-readable sentence that names the problem (never the generic
+"Something went wrong") or a valid result that hands at least one visual token to the LLM, and after each case
+the server still answers a good request. Image-file and prompt cases run against the offline default (the real
+loader, geometry and CLIP tokenizer are the point there); slider cases and broken encoders run against apps on
+`explorer.synthetic.SyntheticBackend`, which is fast and has the same interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from explorer.config import OFFLINE, ExplorerConfig
+from explorer.service import Explorer
+from explorer.synthetic import SyntheticBackend
+from tests import bad_inputs
+from tests.conftest import _launch
+
+pytestmark = pytest.mark.slow
+
+GENERIC = "something went wrong"
+TIMEOUT = 90  # seconds a single request may take before the case counts as a hang
+METHODS = ["par", "prumerge", "prumerge+", "all", "random", "uniform", "top-attention"]
+DEFAULTS = dict(prompt="What is in the picture?", method="par", tau=0.3, delta=0.9, cluster_threshold=0.8,
+                retrieval_ratio=0.5, iqr_multiplier=1.5, alpha=0.5, spatial=False, rewrite=True, attention="official",
+                merge=True, neighbours=32, budget=64, seed=0, model=OFFLINE)
+ORDER = ["prompt", "method", "tau", "delta", "cluster_threshold", "retrieval_ratio", "iqr_multiplier", "alpha",
+         "spatial", "rewrite", "attention", "merge", "neighbours", "budget", "seed", "model"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------
+def explore_args(image, **over) -> list:
+    """The /explore inputs in API order: the image (a handle_file payload, or None) then every control."""
+    unknown = set(over) - set(DEFAULTS)
+    assert not unknown, unknown
+    values = {**DEFAULTS, **over}
+    return [image] + [values[name] for name in ORDER]
+
+
+def call(client, *args, api_name="/explore", timeout=TIMEOUT):
+    """client.predict with a time limit: a request that never returns fails the test instead of hanging it."""
+    return client.submit(*args, api_name=api_name).result(timeout=timeout)
+
+
+def explore(client, path, **over):
+    from gradio_client import handle_file
+
+    return call(client, *explore_args(handle_file(str(path)) if path is not None else None, **over))
+
+
+def explore_error(client, path, **over) -> str:
+    """The message of the gr.Error the request must end in."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        explore(client, path, **over)
+    return str(info.value)
+
+
+def assert_clear(message: str, *needles: str) -> None:
+    """A one-sentence message for a person that names the problem (every needle, case-insensitive)."""
+    low = message.lower()
+    assert GENERIC not in low, f"generic error instead of a reason: {message!r}"
+    assert "traceback" not in low and "\n" not in message.strip(), message
+    assert 10 <= len(message) <= 400, message
+    for needle in needles:
+        assert needle.lower() in low, f"{needle!r} not in {message!r}"
+
+
+def assert_valid(summary: dict) -> None:
+    assert isinstance(summary, dict), summary
+    n, m = summary["n_tokens"], summary["n_kept"]
+    assert 1 <= m, summary
+    assert 1 <= summary["n_patches_kept"] <= n, summary
+    assert m <= n + (1 if summary.get("extra_token") else 0), summary
+
+
+def assert_serves(client, good_path) -> None:
+    """The server (and this session) still answers a good request."""
+    out = explore(client, good_path, method="prumerge")
+    assert_valid(out[-1])
+
+
+@pytest.fixture()
+def client(app):
+    """A fresh session on the shared offline-default app (outputs are not downloaded: the summary is enough)."""
+    from gradio_client import Client
+
+    return Client(app[1], verbose=False, download_files=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return tmp_path_factory.mktemp("bad-inputs")
+
+
+@pytest.fixture(scope="module")
+def good(files):
+    return bad_inputs.good_jpeg(files, seed=7)
+
+
+@contextlib.contextmanager
+def served(explorer: Explorer):
+    """A launched app on `explorer` (same queue settings as the shared app) and a gradio_client session."""
+    from gradio_client import Client
+
+    demo = _launch(explorer)
+    try:
+        yield Client(demo.local_url, verbose=False, download_files=False)
+    finally:
+        demo.close()
+
+
+def synthetic_loader(factory=SyntheticBackend):
+    return lambda config, progress=None: factory()
+
+
+@pytest.fixture(scope="module")
+def synthetic_client():
+    with served(Explorer(ExplorerConfig(), loader=synthetic_loader(lambda: SyntheticBackend(view_side=336)))) as c:
+        yield c
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Uploaded files (offline default)
+# ----------------------------------------------------------------------------------------------------------
+FILE_ERRORS = {  # maker → words the message must contain
+    "not_an_image": ("image",),
+    "empty_file": ("empty",),
+    "truncated_jpeg": ("truncated",),
+}
+
+
+@pytest.mark.parametrize("name", list(FILE_ERRORS))
+def test_unusable_file_gets_a_clear_message(client, files, good, name):
+    message = explore_error(client, getattr(bad_inputs, name)(files))
+    assert_clear(message, *FILE_ERRORS[name])
+    assert_serves(client, good)
+
+
+def test_huge_image_is_refused_with_the_limit_or_downscaled(client, files, good):
+    from gradio_client.exceptions import AppError
+
+    try:
+        out = explore(client, bad_inputs.huge_image(files))
+    except AppError as err:
+        assert_clear(str(err), "megapixels", "limit")
+        assert "40" in str(err)  # the limit is stated as a number
+    else:
+        assert_valid(out[-1])
+    assert_serves(client, good)
+
+
+@pytest.mark.parametrize("name", ["cmyk_jpeg", "png16", "rgba_png", "palette_png", "animated_gif", "one_pixel"])
+def test_odd_image_works(client, files, good, name):
+    maker = getattr(bad_inputs, name)
+    summary = explore(client, maker(files), method="prumerge")[-1]
+    assert_valid(summary)
+    # the size the user sees: upright (EXIF applied, so width and height swap for orientation 6), first frame
+    assert summary["image"]["size"] == list(bad_inputs.ODD_BUT_FINE[maker])
+    assert_serves(client, good)
+
+
+def test_exif_rotated_reports_the_upright_size(client, files):
+    from PIL import Image
+
+    path = bad_inputs.exif_rotated(files)
+    with Image.open(path) as im:
+        stored = im.size
+    summary = explore(client, path, method="par")[-1]
+    assert_valid(summary)
+    assert summary["image"]["size"] == [stored[1], stored[0]] == [200, 300]
+
+
+def test_extreme_aspect_ratio_works(client, files, good):
+    from PIL import Image
+
+    path = files / "strip.png"
+    Image.new("RGB", (6000, 2), (10, 200, 30)).save(path)
+    summary = explore(client, path, method="prumerge+")[-1]
+    assert_valid(summary)
+    assert summary["image"]["size"] == [6000, 2]
+    assert_serves(client, good)
+
+
+def test_no_image_asks_for_one(client, good):
+    assert_clear(explore_error(client, None), "upload an image")
+    assert_serves(client, good)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prompts (offline default: the real CLIP tokenizer decides truncation)
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prompt", ["", "   \n\t "], ids=["empty", "whitespace"])
+def test_empty_prompt_with_par_says_par_needs_one(client, good, prompt):
+    assert_clear(explore_error(client, good, prompt=prompt, method="par"), "PAR needs a prompt")
+    assert_serves(client, good)
+
+
+@pytest.mark.parametrize("method", ["prumerge", "prumerge+"])
+def test_empty_prompt_with_prumerge_works(client, good, method):
+    summary = explore(client, good, prompt="", method=method)[-1]
+    assert_valid(summary)
+    assert "query" not in summary
+
+
+def test_ten_thousand_character_prompt_is_truncated_and_says_so(client, good):
+    prompt = ("What colour is the small object near the left edge of the picture? " * 200)[:10_000]
+    assert len(prompt) == 10_000
+    out = explore(client, good, prompt=prompt, method="par")
+    summary, readout = out[-1], out[-2]
+    assert_valid(summary)
+    assert summary["query"]["truncated"] is True
+    assert "truncated" in readout.lower()
+    assert_serves(client, good)
+
+
+@pytest.mark.parametrize("prompt", [
+    "图片里有什么？",
+    "Что изображено на картинке?",
+    "ماذا يوجد في هذه الصورة؟",
+    "🚀🌍 what is this? ✨",
+    "what\x00 is\x1b[31m this\u200b\u202e?",
+], ids=["chinese", "russian", "arabic", "emoji", "control-characters"])
+def test_non_latin_prompt_works(client, good, prompt):
+    summary = explore(client, good, prompt=prompt, method="par")[-1]
+    assert_valid(summary)
+    assert summary["query"]["truncated"] is False
+    assert_serves(client, good)
+
+
+def test_answer_with_empty_prompt_asks_for_a_question(client, good):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    args = explore_args(handle_file(str(good)), prompt="", method="prumerge")
+    with pytest.raises(AppError) as info:
+        call(client, *args, 8, api_name="/answer")
+    assert_clear(str(info.value), "question")
+
+
+def test_answer_with_ten_thousand_character_prompt_says_it_was_cut(client, good):
+    from gradio_client import handle_file
+
+    prompt = ("Describe the picture. " * 500)[:10_000]
+    args = explore_args(handle_file(str(good)), prompt=prompt, method="prumerge")
+    full, reduced, stats, info = call(client, *args, 8, api_name="/answer", timeout=180)
+    assert isinstance(full, str) and isinstance(reduced, str)
+    assert info["prompt_truncated_to_chars"] == 2000
+    assert "cut" in stats
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sliders at their extremes, every method (synthetic encoder: the reducers and drawing are the point)
+# ----------------------------------------------------------------------------------------------------------
+EXTREMES = [("tau", 0.0), ("tau", 1.0), ("delta", 0.0), ("delta", 1.0), ("cluster_threshold", 0.0),
+            ("cluster_threshold", 1.0), ("retrieval_ratio", 0.01), ("retrieval_ratio", 1.0), ("alpha", 0.0),
+            ("alpha", 1.0), ("iqr_multiplier", 0.0), ("iqr_multiplier", 5.0), ("neighbours", 1), ("neighbours", 256),
+            ("budget", 1), ("budget", 100_000)]
+ALL_LOW = dict(tau=0.0, delta=0.0, cluster_threshold=0.0, retrieval_ratio=0.01, alpha=0.0, iqr_multiplier=0.0,
+               neighbours=1, budget=1)
+ALL_HIGH = dict(tau=1.0, delta=1.0, cluster_threshold=1.0, retrieval_ratio=1.0, alpha=1.0, iqr_multiplier=5.0,
+                neighbours=256, budget=100_000)
+SLIDER_CASES = ([pytest.param(m, {k: v}, id=f"{m}-{k}={v}") for m in METHODS for k, v in EXTREMES]
+                + [pytest.param(m, ALL_LOW, id=f"{m}-all-low") for m in METHODS]
+                + [pytest.param(m, ALL_HIGH, id=f"{m}-all-high") for m in METHODS]
+                + [pytest.param(m, {"merge": False, "neighbours": 256, "iqr_multiplier": 0.0}, id=f"{m}-no-merge")
+                   for m in ("prumerge", "prumerge+")]
+                + [pytest.param("par", {"spatial": True, "cluster_threshold": 0.0}, id="par-spatial-gamma=0"),
+                   pytest.param("par", {"rewrite": False, "retrieval_ratio": 0.01, "tau": 1.0}, id="par-no-rewrite"),
+                   pytest.param("top-attention", {"attention": "head-mean", "budget": 100_000}, id="top-head-mean")])
+
+
+@pytest.mark.parametrize("method,over", SLIDER_CASES)
+def test_slider_extreme(synthetic_client, good, method, over):
+    from gradio_client.exceptions import AppError
+
+    try:
+        summary = explore(synthetic_client, good, method=method, **over)[-1]
+    except AppError as err:  # allowed, if it says what is wrong
+        assert_clear(str(err))
+        assert any(name in str(err) for name in over), f"the message does not name the setting: {err}"
+        assert_serves(synthetic_client, good)
+        return
+    assert_valid(summary)  # a full answer: the server is serving (a follow-up request is made after errors)
+    n = summary["n_tokens"]
+    if method in ("random", "uniform", "top-attention"):
+        assert summary["n_kept"] == min(int(over.get("budget", DEFAULTS["budget"])), n)
+    if method == "all":
+        assert summary["n_kept"] == n
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Out-of-range and malformed values
+# ----------------------------------------------------------------------------------------------------------
+OUT_OF_RANGE = [
+    pytest.param({"tau": 2.0}, ("tau", "outside"), id="tau=2"),
+    pytest.param({"tau": -0.5}, ("tau", "outside"), id="tau=-0.5"),
+    pytest.param({"delta": 1.5}, ("delta", "outside"), id="delta=1.5"),
+    pytest.param({"retrieval_ratio": 0.0}, ("retrieval_ratio", "outside"), id="rho=0"),
+    pytest.param({"cluster_threshold": -1.0}, ("cluster_threshold", "outside"), id="gamma=-1"),
+    pytest.param({"method": "prumerge", "iqr_multiplier": -1.0}, ("iqr_multiplier", "outside"), id="k=-1"),
+    pytest.param({"method": "prumerge", "neighbours": 0}, ("neighbours", "outside"), id="neighbours=0"),
+    pytest.param({"method": "prumerge", "neighbours": 100_000}, ("neighbours", "outside"), id="neighbours=1e5"),
+    pytest.param({"method": "random", "budget": 0}, ("budget", "outside"), id="budget=0"),
+    pytest.param({"method": "nope"}, ("nope", "method"), id="method=nope"),
+    pytest.param({"attention": "nope"}, ("nope", "attention"), id="attention=nope"),
+    pytest.param({"tau": "abc"}, ("tau",), id="tau=abc"),
+    pytest.param({"model": "no-such-model"}, ("no-such-model", "model"), id="model=unknown"),
+]
+
+
+@pytest.mark.parametrize("over,needles", OUT_OF_RANGE)
+def test_out_of_range_value_gets_a_clear_message(synthetic_client, good, over, needles):
+    assert_clear(explore_error(synthetic_client, good, **over), *needles)
+    assert_serves(synthetic_client, good)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Odd encoder outputs: constant attention (IQR = 0), no outliers, NaN / Inf from a broken checkpoint
+# ----------------------------------------------------------------------------------------------------------
+class EditedBackend(SyntheticBackend):
+    """A SyntheticBackend whose encodes are edited by `edit(tokens_fields, n) -> changes` before they are cached.
+
+    Building the new VisualTokens is where a broken checkpoint's NaN features are caught (ValueError)."""
+
+    def __init__(self, edit, **kwargs):
+        super().__init__(**kwargs)
+        self._edit = edit
+
+    def encode(self, image):
+        from reducers import VisualTokens
+
+        enc = super().encode(image)
+        t = enc.tokens
+        fields = dict(features=t.features, keys=t.keys, cls_attn=t.cls_attn, grid=t.grid, joint=t.joint)
+        fields.update(self._edit(fields, t.n))
+        head_mean = fields.pop("attn_head_mean", enc.attn_head_mean)
+        edited = dataclasses.replace(enc, tokens=VisualTokens(**fields), attn_head_mean=head_mean)
+        with self._lock:
+            self._cache[enc.key] = edited
+        return edited
+
+
+def constant_attention(fields, n):
+    return {"cls_attn": torch.full((n,), 1.0 / n), "attn_head_mean": torch.full((n,), 1.0 / n)}
+
+
+def spread_attention(fields, n):  # evenly spread: Q3 + 1.5·IQR lies above the maximum, so nothing is an outlier
+    a = torch.linspace(1.0, 2.0, n)
+    return {"cls_attn": a / a.sum(), "attn_head_mean": a.flip(0) / a.sum()}
+
+
+def poisoned(name, value):
+    def edit(fields, n):
+        x = fields[name].clone()
+        x[n // 2] = value
+        return {name: x}
+
+    return edit
+
+
+@pytest.fixture(scope="module")
+def constant_client():
+    with served(Explorer(ExplorerConfig(), loader=synthetic_loader(lambda: EditedBackend(constant_attention)))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def spread_client():
+    with served(Explorer(ExplorerConfig(), loader=synthetic_loader(lambda: EditedBackend(spread_attention)))) as c:
+        yield c
+
+
+@pytest.mark.parametrize("attention", ["official", "head-mean"])
+@pytest.mark.parametrize("method", METHODS)
+def test_constant_attention_works(constant_client, good, method, attention):
+    summary = explore(constant_client, good, method=method, attention=attention)[-1]
+    assert_valid(summary)
+    if method in ("prumerge", "prumerge+"):
+        assert summary["q1"] == summary["q3"]  # IQR = 0
+        assert summary["stages"]["outliers"] >= 1
+
+
+@pytest.mark.parametrize("k", [0.0, 1.5, 5.0])
+@pytest.mark.parametrize("method", ["prumerge", "prumerge+", "top-attention"])
+def test_no_outliers_keeps_at_least_one_token(spread_client, good, method, k):
+    summary = explore(spread_client, good, method=method, iqr_multiplier=k)[-1]
+    assert_valid(summary)
+    if method != "top-attention" and k >= 1.5:
+        assert summary["stages"]["outliers"] == 1  # nothing above the fence: the most attended patch is kept
+
+
+BROKEN = "broken-checkpoint"
+POISONS = {
+    "nan-features": poisoned("features", math.nan),
+    "inf-features": poisoned("features", math.inf),
+    "nan-attention": poisoned("cls_attn", math.nan),
+    "nan-joint": poisoned("joint", math.nan),
+}
+
+
+@pytest.mark.parametrize("poison", list(POISONS))
+def test_nan_from_a_broken_checkpoint_gets_a_clear_message(good, poison):
+    """model "broken-checkpoint" encodes NaN/Inf; "offline" is a healthy SyntheticBackend in the same server."""
+
+    def loader(config, progress=None):
+        return SyntheticBackend() if config.model == OFFLINE else EditedBackend(POISONS[poison])
+
+    with served(Explorer(ExplorerConfig(model=BROKEN), loader=loader)) as client:
+        for method in ("par", "prumerge"):
+            message = explore_error(client, good, method=method, model=BROKEN)
+            assert_clear(message)
+            low = message.lower()
+            assert "nan" in low or "inf" in low or "broken" in low or "unusable" in low, message
+        assert_serves(client, good)  # the offline default in the same server still works
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A model that fails to load
+# ----------------------------------------------------------------------------------------------------------
+MISSING = "/nonexistent/folder"
+
+
+@pytest.fixture(scope="module")
+def failing_model_client():
+    """Default model is a folder that does not exist, loaded by the real `load_backend`; "offline" is synthetic."""
+    from explorer.models import load_backend
+
+    def loader(config, progress=None):
+        return SyntheticBackend() if config.model == OFFLINE else load_backend(config, progress)
+
+    with served(Explorer(ExplorerConfig(model=MISSING, device="cpu"), loader=loader)) as c:
+        yield c
+
+
+def test_failed_model_names_the_model_and_the_reason(failing_model_client, good):
+    message = explore_error(failing_model_client, good, model=MISSING)
+    assert_clear(message, MISSING, "failed to load")
+    assert "(" in message and ")" in message  # the reason, e.g. "(OSError: …)"
+    # the offline default keeps working afterwards
+    assert_valid(explore(failing_model_client, good, model=OFFLINE, method="par")[-1])
+    # and asking for the broken model again answers at once with the same sentence
+    assert explore_error(failing_model_client, good, model=MISSING) == message
+    assert_valid(explore(failing_model_client, good, model=OFFLINE, method="prumerge")[-1])
+
+
+def test_failed_model_reason_says_the_folder_does_not_exist(failing_model_client, good):
+    """A path that is not there should be reported as such, not as a malformed hub repo id."""
+    message = explore_error(failing_model_client, good, model=MISSING).lower()
+    assert any(s in message for s in ("does not exist", "not found", "no such", "doesn't exist", "missing")), message
+
+
+def test_default_model_failure_is_reported_on_every_endpoint(failing_model_client, good):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    message = explore_error(failing_model_client, good, model=None)  # the UI's default (config.model)
+    assert_clear(message, MISSING)
+    args = explore_args(handle_file(str(good)), model=MISSING)
+    with pytest.raises(AppError) as info:
+        call(failing_model_client, *args, 8, api_name="/answer")
+    assert_clear(str(info.value), MISSING, "failed to load")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resource guard below the app: the region of a huge, very wide image in "pad" mode
+# ----------------------------------------------------------------------------------------------------------
+def test_pad_geometry_does_not_allocate_a_square_of_the_long_side(monkeypatch):
+    """LLaVA checkpoints whose image processor pads (do_pad) go through Geometry "pad": a 20000×500 upload
+    (10 MP, under the 40 MP limit) must not build a 20000×20000 (400 MP, 1.2 GB) canvas before resizing."""
+    from PIL import Image
+
+    from explorer import encode
+
+    image = Image.new("RGB", (20_000, 500), (90, 120, 200))
+    allowed = 4 * image.size[0] * image.size[1]
+    real_new = Image.new
+    sizes = []
+
+    def guarded_new(mode, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        if size[0] * size[1] > allowed:
+            raise MemoryError(f"Image.new{tuple(size)}: {size[0] * size[1] / 1e6:.0f} MP for a "
+                              f"{image.size[0] * image.size[1] / 1e6:.0f} MP upload")
+        return real_new(mode, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "new", guarded_new)
+    geometry = encode.Geometry((336, 336), mode="pad")
+    pixels, box = geometry.pixel_values(image)
+    assert tuple(pixels.shape) == (1, 3, 336, 336)

@@ -1,0 +1,288 @@
+"""What a network neighbour or a crafted request can reach, and what loading a model can execute.
+
+* The server binds to the loopback interface unless GRADIO_SERVER_NAME says otherwise, and never shares.
+* Files outside Gradio's cache are not served, and a request cannot make the app read a file that was not
+  uploaded.
+* Unexpected errors do not leak internals to the client.
+* No model-loading code unpickles: no `torch.load` without `weights_only=True`, no pickle, no
+  `use_safetensors=False`, no `trust_remote_code=True`; the offline checkpoint on disk is safetensors only.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from explorer.config import OFFLINE, ExplorerConfig
+from explorer.service import Explorer
+from explorer.synthetic import SyntheticBackend
+from tests.conftest import _launch
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTROLS = ["What is in the picture?", "prumerge", 0.3, 0.9, 0.8, 0.5, 1.5, 0.5, False, True, "official", True, 32, 64,
+            0, OFFLINE]
+
+
+@contextlib.contextmanager
+def served(explorer: Explorer):
+    demo = _launch(explorer)
+    try:
+        yield demo.local_url.rstrip("/")
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def url():
+    with served(Explorer(ExplorerConfig(), loader=lambda config, progress=None: SyntheticBackend(view_side=168))) as u:
+        yield u
+
+
+def raw_explore(url: str, image) -> tuple[str, object]:
+    """POST /gradio_api/call/explore with a hand-made payload (no upload); ("complete"|"error", data)."""
+    r = httpx.post(f"{url}/gradio_api/call/explore", json={"data": [image] + CONTROLS}, timeout=30)
+    r.raise_for_status()
+    event_id = r.json()["event_id"]
+    event, data = None, None
+    with httpx.stream("GET", f"{url}/gradio_api/call/explore/{event_id}", timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event in ("complete", "error"):
+                data = json.loads(line.split(":", 1)[1])
+                break
+    return event, data
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Binding
+# ----------------------------------------------------------------------------------------------------------
+def test_launch_binds_loopback_by_default(monkeypatch):
+    from explorer.ui import launch_kwargs
+
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    kwargs = launch_kwargs(ExplorerConfig())
+    assert kwargs["server_name"] == "127.0.0.1"
+    assert kwargs.get("share") is False
+    assert not kwargs.get("allowed_paths")
+    assert kwargs.get("show_error") is False  # tracebacks stay in the server log
+
+
+def test_launch_respects_gradio_server_name(monkeypatch):
+    from explorer.ui import launch_kwargs
+
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    kwargs = launch_kwargs(ExplorerConfig())
+    assert kwargs["server_name"] == "0.0.0.0"
+    assert kwargs.get("share") is False
+
+
+def test_app_main_launches_with_these_kwargs(monkeypatch):
+    """app.py passes launch_kwargs through: loopback, no share link, no extra allowed paths."""
+    import gradio as gr
+
+    import app
+
+    seen = {}
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.setattr(Explorer, "preload", lambda self: None)  # no model load in this test
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: seen.update(kwargs))
+    app.main(["--model", OFFLINE])
+    assert seen["server_name"] == "127.0.0.1"
+    assert seen.get("share") is False
+    assert not seen.get("allowed_paths")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", [
+    "/etc/passwd",
+    str(ROOT / "app.py"),
+    "app.py",
+    "../../../../../../etc/passwd",
+    "%2Fetc%2Fpasswd",
+    str(ROOT / "assets" / "astronaut.jpg"),
+    str(ROOT / "explorer" / "models.py"),
+])
+def test_files_outside_the_cache_are_not_served(url, target):
+    r = httpx.get(f"{url}/gradio_api/file={target}", timeout=30)
+    assert r.status_code in (403, 404), (r.status_code, r.content[:80])
+    assert b"root:" not in r.content and b"def main" not in r.content and b"import" not in r.content
+
+
+def test_the_file_route_serves_outputs(url, tmp_path):
+    """The refusals above are real: the same route does serve the app's own outputs."""
+    from gradio_client import Client, handle_file
+
+    from tests.bad_inputs import good_jpeg
+
+    client = Client(url, verbose=False, download_files=False)
+    out = client.submit(handle_file(str(good_jpeg(tmp_path))), *CONTROLS, api_name="/explore").result(timeout=60)
+    kept = out[0].get("value", out[0]) if isinstance(out[0], dict) else {"path": out[0]}  # an update or FileData
+    link = kept.get("url") or f"{url}/gradio_api/file={kept['path']}"
+    r = httpx.get(link, timeout=30)
+    assert r.status_code == 200 and r.content[:2] == b"\xff\xd8"  # a JPEG overlay
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", str(ROOT / "assets" / "astronaut.jpg"), str(ROOT / "app.py")])
+def test_a_request_cannot_make_the_app_read_a_file_it_was_not_sent(url, path):
+    """/explore takes the image payload unprocessed (preprocess=False); a path that was never uploaded must be
+    refused before the explorer opens it (otherwise any image on the server could be rendered back)."""
+    event, data = raw_explore(url, {"path": path, "meta": {"_type": "gradio.FileData"}})
+    assert event == "error", (event, str(data)[:200])
+    assert "root:" not in json.dumps(data)
+
+
+@pytest.mark.parametrize("image", [
+    {"url": "file:///etc/passwd", "meta": {"_type": "gradio.FileData"}},
+    {"path": None, "url": "http://169.254.169.254/latest/meta-data/", "meta": {"_type": "gradio.FileData"}},
+])
+def test_urls_in_the_payload_are_not_fetched(url, image):
+    event, data = raw_explore(url, image)
+    assert event == "error", (event, str(data)[:200])
+
+
+def test_uploads_over_the_size_limit_are_refused(url, tmp_path):
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(51 * 2**20)  # 51 MB > max_file_size="50mb"
+    with open(big, "rb") as f:
+        r = httpx.post(f"{url}/gradio_api/upload", files={"files": ("big.png", f, "image/png")}, timeout=60)
+    assert r.status_code in (413, 400), (r.status_code, r.text[:200])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Errors do not leak internals
+# ----------------------------------------------------------------------------------------------------------
+class LeakyBackend(SyntheticBackend):
+    def encode(self, image):
+        raise RuntimeError("secret-token-123 at /srv/private/weights.bin")
+
+
+def test_unexpected_errors_do_not_leak_details(tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from tests.bad_inputs import good_jpeg
+
+    with served(Explorer(ExplorerConfig(), loader=lambda config, progress=None: LeakyBackend())) as u:
+        client = Client(u, verbose=False, download_files=False)
+        with pytest.raises(AppError) as info:
+            client.submit(handle_file(str(good_jpeg(tmp_path))), *CONTROLS, api_name="/explore").result(timeout=60)
+    message = str(info.value)
+    assert "secret-token-123" not in message and "/srv/private" not in message
+    assert "still running" in message  # the generic sentence, not a traceback
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading a model never unpickles
+# ----------------------------------------------------------------------------------------------------------
+UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
+
+
+def _sources() -> list[Path]:
+    return sorted((ROOT / "explorer").glob("*.py")) + sorted((ROOT / "reducers").glob("*.py")) + [ROOT / "app.py"]
+
+
+def _keyword(call: ast.Call, name: str):
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw.value
+    return None
+
+
+def _unsafe_calls(tree: ast.AST, filename: str) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        where = f"{filename}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Import):
+            found += [f"{where} import {a.name}" for a in node.names if a.name.split(".")[0] in UNSAFE_MODULES]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in UNSAFE_MODULES:
+            found.append(f"{where} from {node.module} import …")
+        elif isinstance(node, (ast.Name, ast.Attribute)):
+            ident = node.id if isinstance(node, ast.Name) else node.attr
+            if "pickle" in ident.lower():
+                found.append(f"{where} uses {ident}")
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        owner = getattr(func.value, "id", "") if isinstance(func, ast.Attribute) else ""
+        if name == "load" and owner == "torch":
+            wo = _keyword(node, "weights_only")
+            if not (isinstance(wo, ast.Constant) and wo.value is True):
+                found.append(f"{where} torch.load without weights_only=True")
+        if name == "load" and owner in ("np", "numpy"):
+            ap = _keyword(node, "allow_pickle")
+            if isinstance(ap, ast.Constant) and ap.value is True:
+                found.append(f"{where} numpy.load(allow_pickle=True)")
+        for flag, bad in (("use_safetensors", False), ("trust_remote_code", True), ("weights_only", False)):
+            value = _keyword(node, flag)
+            if isinstance(value, ast.Constant) and value.value is bad:
+                found.append(f"{where} {name}({flag}={bad})")
+            elif value is not None and not isinstance(value, ast.Constant):
+                found.append(f"{where} {name}({flag}=<not a constant>)")
+        if name in ("__import__", "import_module") and node.args and isinstance(node.args[0], ast.Constant) \
+                and str(node.args[0].value).split(".")[0] in UNSAFE_MODULES:
+            found.append(f"{where} imports {node.args[0].value} dynamically")
+    return found
+
+
+def test_model_loading_code_never_unpickles():
+    sources = _sources()
+    assert any(p.name == "models.py" for p in sources)
+    found = []
+    for path in sources:
+        found += _unsafe_calls(ast.parse(path.read_text(), filename=str(path)), path.relative_to(ROOT).as_posix())
+    assert not found, "unsafe deserialisation:\n" + "\n".join(found)
+
+
+def test_the_scanner_catches_what_it_looks_for():
+    bad = ast.parse("import pickle\nimport torch\nx = torch.load(p)\ny = torch.load(p, weights_only=False)\n"
+                    "m = M.from_pretrained(s, use_safetensors=False, trust_remote_code=True)\n")
+    found = "\n".join(_unsafe_calls(bad, "bad.py"))
+    for needle in ("import pickle", "torch.load without", "use_safetensors=False", "trust_remote_code=True"):
+        assert needle in found, found
+    good = ast.parse("import torch\nx = torch.load(p, weights_only=True)\nm = M.from_pretrained(s)\n")
+    assert _unsafe_calls(good, "good.py") == []
+
+
+def test_plain_text_grep_agrees():
+    """The brief's grep, on code only: no `torch.load(`, `pickle` or `use_safetensors=False` outside docstrings
+    and comments."""
+    import io
+    import tokenize
+
+    for path in _sources():
+        code = []
+        for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+            if tok.type not in (tokenize.COMMENT, tokenize.STRING):
+                code.append(tok.string)
+        text = " ".join(code)
+        for needle in ("pickle", "use_safetensors = False", "use_safetensors=False"):
+            assert needle not in text, f"{path.name}: {needle}"
+        assert "torch . load (" not in text or "weights_only = True" in text, path.name
+
+
+@pytest.mark.slow
+def test_offline_checkpoint_is_safetensors_only(offline_explorer):
+    from safetensors import safe_open
+
+    from explorer.models import offline_checkpoint
+
+    folder = offline_checkpoint(offline_explorer.config.seed)  # built by the fixture, so this only locates it
+    weights = folder / "model.safetensors"
+    assert weights.is_file()
+    unsafe = [p.name for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")]
+    assert not unsafe, unsafe
+    with safe_open(str(weights), framework="pt") as f:
+        assert len(list(f.keys())) > 0
+    assert not (folder / "model.safetensors.index.json").exists() or all(
+        name.endswith(".safetensors")
+        for name in json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values())
