@@ -51,18 +51,47 @@ def check_ranges(params) -> None:
             )
 
 
+def params_or_default(params, cls):
+    """`params`, or `cls()` when None; ValueError (not AttributeError later) for another parameter type."""
+    if params is None:
+        return cls()
+    if not isinstance(params, cls):
+        raise ValueError(f"expected {cls.__name__} (or None for its defaults), got {type(params).__name__}")
+    return params
+
+
+def _all_finite(x: Tensor) -> bool:
+    """No NaN / Inf in x. A finite sum proves it in one cheap reduction (any NaN or ±Inf makes the sum NaN or
+    ±Inf); only when the sum is not finite (a bad value, or float16 overflow) is the elementwise test run."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def _check_matrix(name: str, x: Tensor | None, n: int, ndim: int = 2) -> None:
     if x is None:
         return
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != ndim or x.shape[0] != n:
-        want = "[N]" if ndim == 1 else "[N, width]"
+    if x.ndim != ndim or x.shape[0] != n or (ndim == 2 and x.shape[1] < 1):
+        want = "[N]" if ndim == 1 else "[N, width ≥ 1]"
         raise ValueError(f"{name} must have shape {want} with N={n}, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if not torch.isfinite(x).all():
+    if not _all_finite(x):
         raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def _check_grid(grid, n: int) -> tuple[int, int]:
+    """(h, w) as ints with h·w = N, or ValueError (never TypeError / IndexError) for anything else."""
+    if grid is None:
+        return (1, n)
+    try:
+        h, w = grid
+        ok = all(not isinstance(g, bool) and int(g) == g and g >= 1 for g in (h, w)) and int(h) * int(w) == n
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"grid {grid!r} does not match N={n} tokens (need two positive integers h, w with h·w = N)")
+    return (int(h), int(w))
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,19 +140,18 @@ class VisualTokens:
         if check("joint") or check("features"):
             _check_matrix("joint", self.joint, n)
         if check("grid") or check("features"):
-            grid = self.grid if self.grid is not None else (1, n)
-            if len(grid) != 2 or any(int(g) != g or g < 1 for g in grid) or grid[0] * grid[1] != n:
-                raise ValueError(f"grid {self.grid} does not match N={n} tokens (need h·w = N)")
-            object.__setattr__(self, "grid", (int(grid[0]), int(grid[1])))
+            object.__setattr__(self, "grid", _check_grid(self.grid, n))
         if self.query is not None and (check("query") or check("joint")):
             q = self.query
-            if not isinstance(q, Tensor) or q.ndim != 1:
-                raise ValueError(f"query must be a [e] tensor, got {getattr(q, 'shape', type(q).__name__)}")
+            if not isinstance(q, Tensor) or q.ndim != 1 or q.shape[0] < 1:
+                raise ValueError(f"query must be a non-empty [e] tensor, got {getattr(q, 'shape', type(q).__name__)}")
+            if not q.is_floating_point():
+                raise ValueError(f"query must be a floating-point tensor, got {q.dtype}")
             if self.joint is not None and q.shape[0] != self.joint.shape[1]:
                 raise ValueError(
                     f"query width {q.shape[0]} does not match joint width {self.joint.shape[1]}"
                 )
-            if not torch.isfinite(q).all():
+            if not _all_finite(q):
                 raise ValueError("query contains NaN or Inf values")
 
     @property
@@ -184,7 +212,8 @@ class Reduction:
 
     kept:   [M]  LongTensor of patch indices (0..N-1), unique, in the order their tokens appear
     tokens: [M', d] what the projector / LLM receives; tokens[i] belongs to kept[i] for i < M; a PruMerge
-            merge appends one aggregate token last (M' = M + 1, `extra_token=True`)
+            merge appends one aggregate token of the pruned patches last (M' = M + 1, `extra_token=True`)
+            when at least one patch was pruned
     stages: ordered funnel of counts, e.g. {"tokens": 576, "outliers": 31, "merged": 32}
     Method-specific fields are None when they do not apply.
     """

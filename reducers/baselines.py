@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Reduction, VisualTokens, check_ranges, slider
+from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider
 
 
 @dataclass(frozen=True)
@@ -44,29 +44,30 @@ def identity(vt: VisualTokens, params: NoParams | None = None) -> Reduction:
 
 def random_tokens(vt: VisualTokens, params: BudgetParams | None = None) -> Reduction:
     """`budget` patches drawn uniformly without replacement, reproducible from `seed`."""
-    p = params if params is not None else BudgetParams()
+    p = params_or_default(params, BudgetParams)
     gen = torch.Generator().manual_seed(int(p.seed))
     kept = torch.randperm(vt.n, generator=gen)[: min(int(p.budget), vt.n)]
     return _reduction(vt, "random", kept)
 
 
 def grid_size(budget: int, grid: tuple[int, int]) -> tuple[int, int]:
-    """The h'×w' sub-grid (h' ≤ h, w' ≤ w) with the grid's aspect whose size is nearest the budget."""
+    """The h'×w' sub-grid (h' ≤ h, w' ≤ w) whose size is nearest the budget; among equally near sizes the one
+    closest to the grid's aspect, then the one with fewer rows."""
     h, w = grid
-    best = (1, 1)
+    aspect = math.log(h / w)
+    best, best_score = (1, 1), None
     for gh in range(1, h + 1):
-        gw = min(w, max(1, round(budget / gh)))
-        if abs(gh * gw - budget) < abs(best[0] * best[1] - budget) or (
-            abs(gh * gw - budget) == abs(best[0] * best[1] - budget)
-            and abs(math.log(gh / gw) - math.log(h / w)) < abs(math.log(best[0] / best[1]) - math.log(h / w))
-        ):
-            best = (gh, gw)
+        # for this h' the nearest sizes come from w' = ⌊budget/h'⌋ or ⌈budget/h'⌉ (both, so ties are seen)
+        for gw in sorted({min(w, max(1, budget // gh)), min(w, max(1, -(-budget // gh)))}):
+            score = (abs(gh * gw - budget), abs(math.log(gh / gw) - aspect))
+            if best_score is None or score < best_score:
+                best, best_score = (gh, gw), score
     return best
 
 
 def uniform_grid(vt: VisualTokens, params: BudgetParams | None = None) -> Reduction:
     """Patches at the centres of an h'×w' grid of cells (h'·w' ≈ budget), evenly spread over the image."""
-    p = params if params is not None else BudgetParams()
+    p = params_or_default(params, BudgetParams)
     h, w = vt.grid
     gh, gw = grid_size(min(int(p.budget), vt.n), vt.grid)
     rows = ((torch.arange(gh) + 0.5) * h / gh).long()  # [h']
@@ -77,7 +78,7 @@ def uniform_grid(vt: VisualTokens, params: BudgetParams | None = None) -> Reduct
 
 def top_attention(vt: VisualTokens, params: BudgetParams | None = None) -> Reduction:
     """The `budget` patches with the largest CLS attention (FasterVLM-style), in raster order."""
-    p = params if params is not None else BudgetParams()
+    p = params_or_default(params, BudgetParams)
     vt.require("cls_attn", method="top-attention")
     kept = vt.cls_attn.float().topk(min(int(p.budget), vt.n)).indices
     return _reduction(vt, "top-attention", kept, attn=vt.cls_attn)

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reduction, VisualTokens, check_ranges, slider
+from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider
+from .graph import at_least
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def suppress_redundant(sim: Tensor, order: Tensor, delta: float) -> Tensor:
     A candidate is kept unless an already-kept one has S ≥ δ with it. The loop runs over candidates with a
     vector update per kept token (the rule is inherently sequential in the kept set).
     """
-    close = (sim[order][:, order] >= delta).cpu().numpy()  # [R, R]
+    close = at_least(sim[order[:, None], order[None, :]], delta).cpu().numpy()  # [R, R]
     suppressed = np.zeros(order.numel(), dtype=bool)
     keep = []
     for i in range(order.numel()):
@@ -77,7 +78,7 @@ def suppress_redundant(sim: Tensor, order: Tensor, delta: float) -> Tensor:
 
 def par(vt: VisualTokens, params: PARParams | None = None) -> Reduction:
     """Prompt-aware reduction of one image's visual tokens; `vt` needs `joint` and `query`."""
-    p = params if params is not None else PARParams()
+    p = params_or_default(params, PARParams)
     vt.require("joint", "query", method="PAR")
     n, device = vt.n, vt.features.device
     r = relevance(vt.joint, vt.query)  # [N]
@@ -85,17 +86,17 @@ def par(vt: VisualTokens, params: PARParams | None = None) -> Reduction:
     count, labels = vt.clusters(p.cluster_threshold, p.spatial)  # memoised per image and threshold
     h = p.alpha * r + (1 - p.alpha) * cluster_mean(r, labels, count)[labels]  # [N]
 
-    retrieved_idx = h.topk(retrieval_size(p.retrieval_ratio, n)).indices
+    by_h = torch.sort(h, descending=True, stable=True).indices  # ties (equal cluster relevance): raster order
     retrieved = torch.zeros(n, dtype=torch.bool, device=device)
-    retrieved[retrieved_idx] = True
-    routed = retrieved & (h >= p.tau)
+    retrieved[by_h[: retrieval_size(p.retrieval_ratio, n)]] = True
+    routed = retrieved & at_least(h, p.tau)
 
     candidates = torch.nonzero(routed).flatten()
     order = candidates[torch.sort(r[candidates], descending=True, stable=True).indices]
     kept = suppress_redundant(sim, order, p.delta)
     stages = {"tokens": n, "retrieved": int(retrieved.sum()), "routed": int(routed.sum()), "kept": kept.numel()}
-    if kept.numel() == 0:  # step 7: never hand the LLM nothing
-        kept = h.argmax().view(1)
+    if kept.numel() == 0:  # step 7: never hand the LLM nothing (argmax h, the first on ties: retrieved)
+        kept = by_h[:1]
         routed = routed.clone()
         routed[kept] = True
     kept = torch.sort(kept).values  # raster order

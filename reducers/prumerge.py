@@ -5,7 +5,9 @@ Official: 42Shawn/LLaVA-PruMerge, llava/model/multimodal_encoder/clip_encoder.py
 - the IQR fence is per image (official pools the whole batch) and its multiplier k is a parameter (official 1.5);
 - no outlier → keep the argmax patch (official: r = 0, topk of 0 tokens, 1/r divides by zero);
 - the PruMerge+ stride is at least 1 and the sample range ends at N − 1 (official hard-codes 575);
-- the merge is one top-k over a masked M×N key-similarity matrix instead of a Python loop per token.
+- the merge is one top-k over a masked M×N key-similarity matrix instead of a Python loop per token;
+- when every patch is kept (PruMerge+ at a low k, a single-token image) no aggregate token is appended: it
+  would be the empty sum, a zero token that makes N + 1 tokens out of N.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reduction, VisualTokens, check_ranges, slider
+from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def iqr_outliers(attn: Tensor, fence: float) -> Tensor:
     idx = torch.nonzero(attn.double() > fence).flatten()  # [K]
     if idx.numel() == 0:
         return attn.argmax().view(1)
-    order = torch.sort(attn[idx].float(), descending=True, stable=True).indices
+    order = torch.sort(attn[idx].double(), descending=True, stable=True).indices
     return idx[order]
 
 
@@ -64,24 +67,26 @@ def key_neighbours(keys_n: Tensor, kept: Tensor, k: int) -> Tensor:
     return sim.topk(k, dim=1).indices
 
 
-def merge_tokens(x: Tensor, attn: Tensor, kept: Tensor, nbr: Tensor) -> tuple[Tensor, Tensor]:
+def merge_tokens(x: Tensor, attn: Tensor, kept: Tensor, nbr: Tensor, extra: bool = True) -> tuple[Tensor, Tensor]:
     """Unnormalised attention-weighted merge, as official.
 
-    x [N, d], attn [N], kept [M], nbr [M, k] → tokens [M + 1, d] (X_i + Σ_j a_j X_j, then Σ_{j∉kept} a_j X_j),
-    weights [M, k].
+    x [N, d], attn [N], kept [M], nbr [M, k] → tokens [M + 1, d] (X_i + Σ_j a_j X_j, then Σ_{j∉kept} a_j X_j;
+    without the last one if not `extra`), weights [M, k]. The weighted neighbour sums are one `embedding_bag`
+    (a gather-and-sum that never builds the [M, k, d] stack of neighbour rows).
     """
     xf, af = x.float(), attn.float()
     weight = af[nbr]  # [M, k]
-    merged = xf[kept] + torch.einsum("mk,mkd->md", weight, xf[nbr])  # [M, d]
-    rest = af.clone()
-    rest[kept] = 0.0
-    extra = (rest @ xf).unsqueeze(0)  # [1, d]
-    return torch.cat([merged, extra]).to(x.dtype), weight
+    merged = xf[kept] + F.embedding_bag(nbr, xf, per_sample_weights=weight, mode="sum")  # [M, d]
+    if extra:
+        rest = af.clone()
+        rest[kept] = 0.0
+        merged = torch.cat([merged, (rest @ xf).unsqueeze(0)])  # + [1, d]
+    return merged.to(x.dtype), weight
 
 
 def prumerge(vt: VisualTokens, params: PruMergeParams | None = None) -> Reduction:
     """PruMerge (`plus=False`) or PruMerge+ (`plus=True`) of one image's visual tokens."""
-    p = params if params is not None else PruMergeParams()
+    p = params_or_default(params, PruMergeParams)
     vt.require("cls_attn", *(("keys",) if p.merge else ()), method="PruMerge")
     n, attn = vt.n, vt.cls_attn
     q1, q3, fence = iqr_fence(attn, p.iqr_multiplier)
@@ -93,12 +98,13 @@ def prumerge(vt: VisualTokens, params: PruMergeParams | None = None) -> Reductio
         stages["+ samples"] = kept.numel()
     nbr = weight = None
     k = min(int(p.neighbours), n - 1)
+    # the aggregate of the pruned patches exists only if some patch was pruned (PruMerge+ at a low k, or a
+    # single-token image, can keep them all: an empty sum is not a token, and N + 1 tokens is no reduction)
+    extra = p.merge and kept.numel() < n
     if p.merge and k > 0:
         nbr = key_neighbours(vt.normalised_keys, kept, k)
-        tokens, weight = merge_tokens(vt.features, attn, kept, nbr)
-    elif p.merge:  # a single token has no neighbours: the aggregate of the (empty) rest is zero
-        tokens = torch.cat([vt.features[kept], torch.zeros_like(vt.features[:1])])
-    else:
+        tokens, weight = merge_tokens(vt.features, attn, kept, nbr, extra=extra)
+    else:  # no merge, or a single token (no neighbours, nothing pruned)
         tokens = vt.features[kept]
     stages["to LLM"] = tokens.shape[0]
     return Reduction(
@@ -107,7 +113,7 @@ def prumerge(vt: VisualTokens, params: PruMergeParams | None = None) -> Reductio
         tokens=tokens,
         grid=vt.grid,
         stages=stages,
-        extra_token=p.merge,
+        extra_token=extra,
         attn=attn,
         q1=q1,
         q3=q3,

@@ -1,0 +1,244 @@
+"""Slow, obviously-correct reference implementations, written straight from /work/shared/ALGORITHMS.md.
+
+Python loops over tokens, float64 numpy, no cleverness: these are what `reducers/` is checked against
+(tests/test_reducers.py) and timed against (bench/reducers.py). They return plain Python / numpy values.
+
+One deliberate shared piece: PAR's feature similarity S is the same float32 product `reducers` uses
+(`feature_similarity` below). Comparing thresholds (S ≥ γ, S ≥ δ) on an independent float64 product would
+flip the rare pair whose similarity lies within float32 rounding of the threshold and make an exact-equality
+test flaky; that one product is checked separately against a float64 loop (`cosine_loop`).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def as_f64(x) -> np.ndarray:
+    return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    norm = math.sqrt(float(v @ v))
+    return v / norm if norm > 0 else v * 0.0
+
+
+def cosine_loop(x) -> np.ndarray:
+    """[N, N] cosine similarity of rows, one row at a time in float64."""
+    x = as_f64(x)
+    rows = [unit(row) for row in x]
+    return np.array([[float(a @ b) for b in rows] for a in rows])
+
+
+def feature_similarity(features: torch.Tensor) -> np.ndarray:
+    """The float32 cosine-similarity product (see module docstring), as float64 numpy."""
+    xn = F.normalize(features.float(), dim=-1)
+    return (xn @ xn.T).double().cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------- PruMerge
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's / torch's default)."""
+    v = sorted(values)
+    pos = (len(v) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def prumerge(features, keys, attn, iqr_multiplier=1.5, plus=False, merge=True, neighbours=32) -> dict:
+    """Steps 2–4 of ALGORITHMS.md PruMerge; `attn` is a, the CLS→patch attention."""
+    a = [float(v) for v in as_f64(attn)]
+    n = len(a)
+    q1, q3 = percentile(a, 0.25), percentile(a, 0.75)
+    fence = q3 + iqr_multiplier * (q3 - q1)
+    outliers = [i for i in range(n) if a[i] > fence]
+    outliers.sort(key=lambda i: (-a[i], i))  # descending attention
+    if not outliers:  # bug fix: keep at least the argmax patch (first one on ties)
+        outliers = [min(range(n), key=lambda i: (-a[i], i))]
+    kept = list(outliers)
+    samples = []
+    if plus:
+        r = len(outliers) / n
+        s = max(1, int(int(1 / r) / 3))
+        for j in range(0, n - 1, s):
+            if j not in outliers:
+                samples.append(j)
+        kept += samples
+    x = as_f64(features)
+    if not merge:
+        tokens = np.array([x[i] for i in kept])
+        return dict(q1=q1, q3=q3, fence=fence, outliers=outliers, samples=samples, kept=kept, tokens=tokens)
+    kn = np.array([unit(row) for row in as_f64(keys)])
+    k = min(neighbours, n - 1)
+    merged, neighbour_sets = [], []
+    for i in kept:  # one kept token at a time, as the official code does
+        sim = kn @ kn[i]
+        others = [j for j in range(n) if j != i]
+        nearest = sorted(others, key=lambda j: -sim[j])[:k]
+        token = x[i].copy()
+        for j in nearest:
+            token += a[j] * x[j]
+        merged.append(token)
+        neighbour_sets.append(set(nearest))
+    kept_set = set(kept)
+    pruned = [j for j in range(n) if j not in kept_set]
+    extra = []
+    if pruned:  # one aggregate of the pruned patches; none if nothing was pruned (an empty sum is no token)
+        total = np.zeros(x.shape[1])
+        for j in pruned:
+            total += a[j] * x[j]
+        extra = [total]
+    tokens = np.array(merged + extra)
+    return dict(
+        q1=q1, q3=q3, fence=fence, outliers=outliers, samples=samples, kept=kept, tokens=tokens,
+        neighbours=neighbour_sets,
+    )
+
+
+# --------------------------------------------------------------------------------------------- PAR
+def grid_neighbours(i: int, grid: tuple[int, int]) -> list[int]:
+    h, w = grid
+    row, col = divmod(i, w)
+    out = []
+    for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        rr, cc = row + dr, col + dc
+        if 0 <= rr < h and 0 <= cc < w:
+            out.append(rr * w + cc)
+    return out
+
+
+def connected_components(sim: np.ndarray, threshold: float, grid=None) -> tuple[int, list[int]]:
+    """Depth-first search over the graph {i–j : S_ij ≥ threshold} (4-neighbour edges only if `grid`)."""
+    n = sim.shape[0]
+    labels = np.full(n, -1)
+    count = 0
+    for start in range(n):
+        if labels[start] >= 0:
+            continue
+        labels[start] = count
+        stack = [start]
+        while stack:
+            i = stack.pop()
+            if grid is not None:
+                linked = [j for j in grid_neighbours(i, grid) if sim[i, j] >= threshold and labels[j] < 0]
+            else:  # the row test is vectorised; the walk is one token at a time
+                linked = list(np.flatnonzero((sim[i] >= threshold) & (labels < 0)))
+            for j in linked:
+                labels[j] = count
+                stack.append(j)
+        count += 1
+    return count, [int(c) for c in labels]
+
+
+def same_partition(a, b) -> bool:
+    """Two labelings describe the same clusters (label names may differ)."""
+    pairs = {}
+    back = {}
+    for x, y in zip(list(a), list(b)):
+        x, y = int(x), int(y)
+        if pairs.setdefault(x, y) != y or back.setdefault(y, x) != x:
+            return False
+    return True
+
+
+def par(features, joint, query, grid, tau=0.3, delta=0.9, cluster_threshold=0.8, retrieval_ratio=0.5,
+        alpha=0.5, spatial=False, sim=None) -> dict:
+    """Steps 2–7 of ALGORITHMS.md PAR."""
+    n = features.shape[0]
+    q = unit(as_f64(query))
+    joint = as_f64(joint)
+    s = [float(unit(joint[i]) @ q) for i in range(n)]
+    lo, hi = min(s), max(s)
+    r = [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in s]
+    S = feature_similarity(features) if sim is None else sim
+    count, labels = connected_components(S, cluster_threshold, grid if spatial else None)
+    total, size = [0.0] * count, [0] * count
+    for i in range(n):
+        total[labels[i]] += r[i]
+        size[labels[i]] += 1
+    R = [total[c] / size[c] for c in range(count)]
+    h = [alpha * r[i] + (1 - alpha) * R[labels[i]] for i in range(n)]
+    k = math.ceil(Fraction(repr(retrieval_ratio)) * n)  # ⌈ρ·N⌉ on the decimal the user set
+    by_h = sorted(range(n), key=lambda i: (-h[i], i))  # ties: lower raster index first
+    retrieved = by_h[:k]
+    routed = [i for i in retrieved if h[i] >= tau]
+    order = sorted(routed, key=lambda i: (-r[i], i))
+    kept = []
+    for i in order:
+        if all(S[i, j] < delta for j in kept):
+            kept.append(i)
+    if not kept:
+        kept = [by_h[0]]
+        if by_h[0] not in routed:
+            routed.append(by_h[0])
+    kept.sort()
+    tokens = as_f64(features)[kept]
+    return dict(
+        relevance=r, labels=labels, n_clusters=count, hybrid=h, retrieved=sorted(retrieved),
+        routed=sorted(routed), kept=kept, tokens=tokens,
+    )
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def synthetic(grid=(24, 24), d=64, e=32, seed=0, centres=8, dtype=torch.float32, device="cpu"):
+    """Random but structured inputs for `reducers.VisualTokens`: spatially coherent regions of similar
+    features (so clusters and redundancy are non-trivial at the default thresholds), keys correlated with
+    features, a heavy-tailed softmax CLS attention (so the IQR fence finds outliers), a joint space correlated
+    with features and a unit query. Returns a dict of tensors (keyword arguments of VisualTokens)."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = grid
+    n = h * w
+    coarse = torch.randint(centres, (h // 4 + 1, w // 4 + 1), generator=gen)
+    region = coarse[torch.arange(h) // 4][:, torch.arange(w) // 4].flatten()  # [N]
+    centre = torch.randn(centres, d, generator=gen)
+    spread = 0.3 + 0.4 * torch.rand(n, 1, generator=gen)
+    features = centre[region] + spread * torch.randn(n, d, generator=gen)
+    keys = features @ torch.randn(d, d, generator=gen) / math.sqrt(d) + 0.5 * torch.randn(n, d, generator=gen)
+    spikes = 3.0 * (torch.rand(n, generator=gen) < 0.04)  # a few strongly attended patches, as in CLIP
+    attn = torch.softmax(0.7 * torch.randn(n, generator=gen) + spikes, dim=0)
+    joint = features @ torch.randn(d, e, generator=gen) / math.sqrt(d) + 0.5 * torch.randn(n, e, generator=gen)
+    query = F.normalize(joint[int(torch.randint(n, (1,), generator=gen))] + torch.randn(e, generator=gen), dim=0)
+    out = dict(features=features, keys=keys, cls_attn=attn, joint=joint, query=query)
+    out = {k: v.to(dtype=dtype, device=device) for k, v in out.items()}
+    return dict(out, grid=grid)
+
+
+# --------------------------------------------------------------------------------------------- baselines
+def identity(features) -> dict:
+    x = as_f64(features)
+    kept = list(range(x.shape[0]))
+    return dict(kept=kept, tokens=x[kept])
+
+
+def top_attention(features, attn, budget: int) -> dict:
+    """The `budget` most attended patches, in raster order."""
+    a = [float(v) for v in as_f64(attn)]
+    kept = sorted(sorted(range(len(a)), key=lambda i: (-a[i], i))[: min(budget, len(a))])
+    return dict(kept=kept, tokens=as_f64(features)[kept])
+
+
+def uniform(features, grid, budget: int) -> dict:
+    """The centre patch of each cell of the h'×w' sub-grid whose size is nearest the budget (reducers'
+    definition: among equally near sizes the one closest to the grid's aspect, then the fewest rows)."""
+    h, w = grid
+    budget = min(budget, h * w)
+    best = None
+    for gh in range(1, h + 1):
+        for gw in range(1, w + 1):
+            score = (abs(gh * gw - budget), abs(math.log(gh / gw) - math.log(h / w)), gh)
+            if best is None or score < best[0]:
+                best = (score, gh, gw)
+    _, gh, gw = best
+    kept = []
+    for row_cell in range(gh):
+        for col_cell in range(gw):
+            row = math.floor((row_cell + 0.5) * h / gh)
+            col = math.floor((col_cell + 0.5) * w / gw)
+            kept.append(row * w + col)
+    return dict(kept=kept, tokens=as_f64(features)[kept], shape=(gh, gw))
