@@ -70,6 +70,19 @@ class Explorer:
     def model_choices(self) -> list[str]:
         return [self.config.model] + ([OFFLINE] if self.config.model != OFFLINE else [])
 
+    def preload(self) -> threading.Thread:
+        """Start loading the default backend in a daemon thread (errors are kept and reported on use)."""
+
+        def run():
+            try:
+                self.backend()
+            except InputError:
+                pass  # already recorded; the first request gets the message
+
+        thread = threading.Thread(target=run, name="preload-backend", daemon=True)
+        thread.start()
+        return thread
+
     def backend(self, name: str | None = None, progress=None):
         name = name or self.config.model
         if name not in self.model_choices:
@@ -77,16 +90,20 @@ class Explorer:
         with self._lock:
             if name in self._backends:
                 return self._backends[name]
+            if name in self._errors:  # failed before: say so at once instead of retrying on every move
+                raise InputError(self._failure(name))
             config = self.config if name == self.config.model else replace(self.config, model=OFFLINE, clip=None)
             try:
                 backend = self._loader(config, progress=progress)
             except Exception as err:  # report which model and why; the offline default stays usable
-                reason = f"{type(err).__name__}: {err}".strip()[:300]
-                self._errors[name] = reason
-                hint = " Choose the offline default to keep exploring." if name != OFFLINE else ""
-                raise InputError(f"The model {name!r} failed to load ({reason}).{hint}") from None
+                self._errors[name] = f"{type(err).__name__}: {err}".strip()[:300]
+                raise InputError(self._failure(name)) from None
             self._backends[name] = backend
             return backend
+
+    def _failure(self, name: str) -> str:
+        hint = " Choose the offline default to keep exploring (restart the server to retry)." if name != OFFLINE else ""
+        return f"The model {name!r} failed to load ({self._errors[name]}).{hint}"
 
     # --- encode --------------------------------------------------------------------------------
     def encoded(self, image, state: dict | None, model: str | None = None, progress=None):
