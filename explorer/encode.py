@@ -128,11 +128,14 @@ class Geometry:
         box = self.box(*image.size)
         x0, y0, x1, y1 = box
         if x0 < 0 or y0 < 0 or x1 > image.size[0] or y1 > image.size[1]:
-            side_w, side_h = math.ceil(x1 - x0), math.ceil(y1 - y0)
+            # pad mode: scale the image first, then paste it on an out_size canvas of the mean colour (never
+            # build the padded canvas at the image's own resolution: 20000 px wide × 1 px → 20000² pixels)
+            sx, sy = out_size[0] / (x1 - x0), out_size[1] / (y1 - y0)
+            scaled = image.resize((max(1, round(image.size[0] * sx)), max(1, round(image.size[1] * sy))), Image.BICUBIC)
             fill = tuple(int(round(255 * m)) for m in self.mean)
-            canvas = Image.new("RGB", (side_w, side_h), fill)
-            canvas.paste(image, (int(round(-x0)), int(round(-y0))))
-            return canvas.resize(out_size, Image.BICUBIC), box
+            canvas = Image.new("RGB", out_size, fill)
+            canvas.paste(scaled, (int(round(-x0 * sx)), int(round(-y0 * sy))))
+            return canvas, box
         return image.resize(out_size, Image.BICUBIC, box=box), box
 
     def pixel_values(self, image: Image.Image) -> tuple[Tensor, tuple]:

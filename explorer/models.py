@@ -131,6 +131,7 @@ def offline_text_side(vision_width: int, seed: int, joint_width: int = 512) -> T
 def real_text_side(clip: str, device: torch.device, dtype: torch.dtype, vision_width: int) -> TextSide:
     from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
+    clip = check_source(clip)
     text = CLIPTextModelWithProjection.from_pretrained(clip, dtype=dtype).to(device).eval()
     vision = CLIPVisionModelWithProjection.from_pretrained(clip, dtype=dtype)
     proj = vision.visual_projection.to(device).eval()
@@ -329,7 +330,7 @@ def build_offline_llava(lm, tokenizer, seed: int):
 def offline_checkpoint(seed: int, progress=None) -> Path:
     """Folder of the assembled offline checkpoint; built on first use (≈ 15 s), then reused."""
     folder = cache_root() / f"offline-llava-smollm2-135m-seed{seed}-v{OFFLINE_FORMAT}"
-    if (folder / "model.safetensors").is_file() and (folder / "tokenizer_config.json").is_file():
+    if _complete(folder):
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -344,14 +345,32 @@ def offline_checkpoint(seed: int, progress=None) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if folder.exists():  # another process finished first
+        if _complete(folder):  # another process finished first
             shutil.rmtree(tmp)
-        else:
+        else:  # absent, or left incomplete (files deleted by hand, a full disk): replace it
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "tokenizer_config.json").is_file()
+
+
+def check_source(source: str) -> str:
+    """`source` unchanged, or FileNotFoundError when it is written as a path (absolute, ./, ../, ~) and that
+    folder does not exist — instead of transformers' hub-id validation message about a repo name."""
+    text = str(source)
+    if text.startswith(("/", ".", "~")):
+        path = Path(text).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"no such folder: {path}")
+        return str(path)
+    return text
 
 
 def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_processor: bool = True):
@@ -361,6 +380,7 @@ def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_proce
     with weights_only=True: never arbitrary pickles."""
     from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
+    source = check_source(source)
     model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
     model = model.to(device).eval()
     processor = None

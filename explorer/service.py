@@ -29,6 +29,29 @@ from .encode import LRU
 from .images import InputError, load_image
 
 
+def release_freed_memory() -> bool:
+    """Ask glibc's malloc to hand freed memory back to the OS (Linux only; a no-op elsewhere).
+
+    Each request allocates and frees a few large buffers (images, similarity matrices) on Gradio's worker
+    threads. By default glibc raises its mmap threshold after the first such free and keeps the memory in
+    per-thread arenas, so a long-running server's RSS climbs although nothing is retained. Fixed thresholds
+    (mmap above 1 MiB, trim above 1 MiB) and at most 4 arenas keep RSS flat. Idempotent."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or another libc without mallopt
+        return False
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    return all(mallopt(opt, value) == 1 for opt, value in
+               ((m_mmap_threshold, 1 << 20), (m_trim_threshold, 1 << 20), (m_arena_max, 4)))
+
+
 @dataclass(frozen=True)
 class ExploreOutput:
     kept: np.ndarray
@@ -47,6 +70,7 @@ class Explorer:
     def __init__(self, config: ExplorerConfig, loader=None):
         from .models import load_backend
 
+        release_freed_memory()
         self.config = config
         self._loader = loader or load_backend
         self._backends: dict[str, object] = {}
@@ -118,8 +142,16 @@ class Explorer:
         pil = load_image(image, self.config.max_image_pixels)
         if progress is not None:
             progress(0.5, desc="Encoding the image")
-        enc = backend.encode(pil)
+        try:
+            enc = backend.encode(pil)
+        except ValueError as err:
+            raise InputError(self._unusable(backend, err)) from None
         return backend, enc, {"path": path, "key": enc.key, "model": backend.name}
+
+    @staticmethod
+    def _unusable(backend, err: ValueError) -> str:
+        return (f"The model {backend.name!r} produced unusable features for this image ({err}); "
+                "the checkpoint may be broken.")
 
     def query(self, backend, prompt: str, settings: ex.Settings, required: bool):
         prompt = (prompt or "").strip()
@@ -146,7 +178,10 @@ class Explorer:
         key = (backend.name, enc.key, settings.attention, prompt if q is not None else None, settings.rewrite)
         vt = self._tokens.get(key)
         if vt is None:
-            vt = ex.visual_tokens(enc.tokens, enc.attn_head_mean, settings, q.embedding if q is not None else None)
+            try:
+                vt = ex.visual_tokens(enc.tokens, enc.attn_head_mean, settings, q.embedding if q is not None else None)
+            except ValueError as err:
+                raise InputError(self._unusable(backend, err)) from None
             self._tokens.put(key, vt)
         return prompt, q, vt
 
@@ -299,18 +334,42 @@ def settings_from_controls(
     method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier, alpha=0.5, spatial=False,
     rewrite=True, attention="official", merge=True, neighbours=32, budget=64, seed=0,
 ) -> ex.Settings:
-    """Build `Settings` from the flat control values, with person-readable errors."""
+    """Build `Settings` from the flat control values, with person-readable errors naming the control."""
+
+    def num(name, value, kind=float):
+        try:
+            out = kind(value)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"Invalid setting: {name} must be a number, got {value!r}.") from None
+        if kind is int and out != float(value):
+            raise InputError(f"Invalid setting: {name} must be a whole number, got {value!r}.")
+        return out
+
+    def flag(name, value):
+        if isinstance(value, str):
+            if value.strip().lower() in ("true", "1", "yes", "on"):
+                return True
+            if value.strip().lower() in ("false", "0", "no", "off", ""):
+                return False
+            raise InputError(f"Invalid setting: {name} must be true or false, got {value!r}.")
+        return bool(value)
+
     try:
         return ex.Settings(
             method=str(method),
             par=PARParams(
-                tau=float(tau), delta=float(delta), cluster_threshold=float(cluster_threshold),
-                retrieval_ratio=float(retrieval_ratio), alpha=float(alpha), spatial=bool(spatial),
+                tau=num("tau", tau), delta=num("delta", delta),
+                cluster_threshold=num("cluster_threshold", cluster_threshold),
+                retrieval_ratio=num("retrieval_ratio", retrieval_ratio), alpha=num("alpha", alpha),
+                spatial=flag("spatial", spatial),
             ),
-            prumerge=PruMergeParams(iqr_multiplier=float(iqr_multiplier), merge=bool(merge), neighbours=int(neighbours)),
-            budget=BudgetParams(budget=int(budget), seed=int(seed)),
+            prumerge=PruMergeParams(
+                iqr_multiplier=num("iqr_multiplier", iqr_multiplier), merge=flag("merge", merge),
+                neighbours=num("neighbours", neighbours, int),
+            ),
+            budget=BudgetParams(budget=num("budget", budget, int), seed=num("seed", seed, int)),
             attention=str(attention),
-            rewrite=bool(rewrite),
+            rewrite=flag("rewrite", rewrite),
         )
     except (TypeError, ValueError) as err:
         raise InputError(f"Invalid setting: {err}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -92,6 +93,26 @@ def _check_grid(grid, n: int) -> tuple[int, int]:
     if not ok:
         raise ValueError(f"grid {grid!r} does not match N={n} tokens (need two positive integers h, w with h·w = N)")
     return (int(h), int(w))
+
+
+class _Memo:
+    """A small insertion-ordered memo with a size bound and a lock (shared by derived VisualTokens)."""
+
+    def __init__(self, size: int):
+        self.size, self._items, self._lock = size, {}, threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key):
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            if key not in self._items and len(self._items) >= self.size:
+                self._items.pop(next(iter(self._items)))
+            self._items[key] = value
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,15 +203,16 @@ class VisualTokens:
 
     def clusters(self, threshold: float, spatial: bool = False) -> tuple[int, Tensor]:
         """Connected components of {S ≥ threshold} over `feature_similarity` (4-neighbour edges only if
-        `spatial`): (count, labels [N]). Memoised per (threshold, spatial), at most 64 entries per image."""
-        memo = self.__dict__.setdefault("_components", {})
+        `spatial`): (count, labels [N]). Memoised per (threshold, spatial), at most 64 entries per image;
+        safe when several threads share one VisualTokens."""
+        memo = self.__dict__.setdefault("_components", _Memo(64))
         key = (float(threshold), bool(spatial))
-        if key not in memo:
-            if len(memo) >= 64:
-                memo.pop(next(iter(memo)))
+        found = memo.get(key)
+        if found is None:
             count, labels = components(self.feature_similarity, threshold, self.grid if spatial else None)
-            memo[key] = (count, torch.as_tensor(labels, device=self.features.device))
-        return memo[key]
+            found = (count, torch.as_tensor(labels, device=self.features.device))
+            memo.put(key, found)
+        return found
 
     # Memoised per-image quantities -------------------------------------------------------------
     @cached_property
