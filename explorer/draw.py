@@ -13,6 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 KEPT_OUTLINE = np.array([255, 214, 0], np.float32)  # kept patches: amber outline
 SAMPLE_OUTLINE = np.array([0, 200, 255], np.float32)  # PruMerge+ samples: cyan outline
@@ -93,7 +94,13 @@ def _frame(view_shape: tuple[int, int], grid: tuple[int, int], thickness: int = 
 
 
 class Canvas:
-    """One view on one grid, with the parts every redraw re-uses computed once."""
+    """One view on one grid, with the parts every redraw re-uses computed once.
+
+    When the patches tile the view evenly (the usual case: 672 px / 24 patches = 28 px each), pictures are
+    computed on a [h, ph, w, pw, 3] view of the image with per-patch arrays broadcast as [h, 1, w, 1, …], so
+    no per-pixel copy of a per-patch array is ever made, and outlines are written only at the frame pixels of
+    the patches concerned. Otherwise per-patch arrays are expanded to pixels through the index maps.
+    """
 
     def __init__(self, view, grid: tuple[int, int]):
         self.img = _as_array(view)
@@ -102,36 +109,74 @@ class Canvas:
         self.n = self.grid[0] * self.grid[1]
         height, width = self.shape
         h, w = self.grid
-        self._even = height % h == 0 and width % w == 0  # every patch the same size: expand by broadcasting
         self.frame = _frame(self.shape, self.grid)
         _, _, row_edge, col_edge = patch_grid_index(self.shape, self.grid)
         self.lines = row_edge[:, None] | col_edge[None, :]
+        self._cell = None  # (ph, pw) when every patch has the same size
+        if height % h == 0 and width % w == 0:
+            self._cell = (height // h, width // w)
+            cell_frame = self.frame[: self._cell[0], : self._cell[1]]
+            self._frame_px = np.nonzero(cell_frame)  # frame pixels inside one cell: (rows [P], cols [P])
+            self._row_edge_px = np.flatnonzero(row_edge[: self._cell[0]])  # first pixel row(s) of a cell
+            self._col_edge_px = np.flatnonzero(col_edge[: self._cell[1]])
         f = self.img.astype(np.float32)
         self.float = f
+        self._torch_float = torch.from_numpy(self._cells(f))  # shares memory with self.float
         grey = f.mean(axis=2, keepdims=True)
         dim = 0.3 * (0.35 * f + 0.65 * grey)
         self.bright = self._gridded(f)
         self.dim = self._gridded(dim)
+        self.bright_framed = self.bright.copy()  # what a kept patch looks like: bright with its amber outline
+        self.bright_framed[self.frame] = KEPT_OUTLINE.astype(np.uint8)
 
     def _gridded(self, f: np.ndarray) -> np.ndarray:
         out = f.copy()
         out[self.lines] = (1 - GRID_ALPHA) * out[self.lines] + GRID_ALPHA * GRID_COLOUR
         return out.clip(0, 255).astype(np.uint8)
 
+    # --- per-patch arrays against pixels ---------------------------------------------------------
     def expand(self, per_patch: np.ndarray) -> np.ndarray:
         """[h, w, …] → [H, W, …]: each patch's value on its pixels."""
         h, w = self.grid
-        if self._even:
-            ph, pw = self.shape[0] // h, self.shape[1] // w
+        if self._cell is not None:
+            ph, pw = self._cell
             tail = per_patch.shape[2:]
             big = np.broadcast_to(per_patch.reshape(h, 1, w, 1, *tail), (h, ph, w, pw, *tail))
             return big.reshape(self.shape[0], self.shape[1], *tail)
         rows, cols, _, _ = patch_grid_index(self.shape, self.grid)
         return per_patch[rows[:, None], cols[None, :]]
 
+    def _patches(self, per_patch: np.ndarray) -> np.ndarray:
+        """[N, …] → something that broadcasts against `_cells(image)`: [h, 1, w, 1, …] or [H, W, …]."""
+        h, w = self.grid
+        tail = per_patch.shape[1:]
+        if self._cell is not None:
+            return per_patch.reshape(h, 1, w, 1, *tail)
+        return self.expand(per_patch.reshape(h, w, *tail))
+
+    def _cells(self, img: np.ndarray) -> np.ndarray:
+        """[H, W, …] → a [h, ph, w, pw, …] view when the patches tile evenly, else unchanged."""
+        if self._cell is None:
+            return img
+        (h, w), (ph, pw) = self.grid, self._cell
+        return img.reshape(h, ph, w, pw, *img.shape[2:])
+
+    def _pixels(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape(self.shape[0], self.shape[1], *x.shape[(4 if self._cell is not None else 2):])
+
     def outline(self, mask) -> np.ndarray:
         """[H, W] bool: the frame of every patch in `mask` ([N] bool or indices)."""
         return self.expand(_mask(mask, self.n).reshape(self.grid)) & self.frame
+
+    def paint_outline(self, out: np.ndarray, mask, colour: np.ndarray) -> None:
+        """Colour the frame of every patch in `mask` ([N] bool or indices) of `out` [H, W, 3] in place."""
+        if self._cell is None:
+            out[self.outline(mask)] = colour.astype(np.uint8)
+            return
+        idx = _indices(mask, self.n)
+        r, c = np.divmod(idx, self.grid[1])  # [M] patch row and column
+        pr, pc = self._frame_px  # [P] frame pixels inside a cell
+        self._cells(out)[r[:, None], pr[None, :], c[:, None], pc[None, :]] = colour.astype(out.dtype)
 
     def borders(self, labels: np.ndarray) -> np.ndarray:
         """[H, W] bool: first pixel row/column of a patch whose label differs from the patch above/left."""
@@ -144,30 +189,52 @@ class Canvas:
         _, _, row_edge, col_edge = patch_grid_index(self.shape, self.grid)
         return (self.expand(top) & row_edge[:, None]) | (self.expand(left) & col_edge[None, :])
 
-    def blend(self, colour: np.ndarray, alpha) -> np.ndarray:
-        """(1 − α)·image + α·colour, per patch colour [N, 3] and α scalar or [N]; float32 [H, W, 3]."""
+    def _paint_borders(self, out: np.ndarray, labels: np.ndarray) -> None:
+        """Darken the borders between differently-labelled patches of `out` [H, W, 3] uint8, in place."""
+        if self._cell is None:
+            edge = self.borders(labels)
+            out[edge] = 0.2 * out[edge] + 0.8 * BORDER
+            return
         h, w = self.grid
+        lab = labels.reshape(h, w)
+        cells = self._cells(out)  # [h, ph, w, pw, 3]
+        r, c = np.nonzero(lab[1:] != lab[:-1])  # the first pixel row(s) of the lower patch r + 1
+        index = (r[:, None] + 1, self._row_edge_px[None, :], c[:, None])  # → [E, k, pw, 3]
+        cells[index] = 0.2 * cells[index] + 0.8 * BORDER
+        r, c = np.nonzero(lab[:, 1:] != lab[:, :-1])  # the first pixel column(s) of the right patch c + 1
+        index = (r[:, None], slice(None), c[:, None] + 1, self._col_edge_px[None, :])  # → [E, k, ph, 3]
+        cells[index] = 0.2 * cells[index] + 0.8 * BORDER
+
+    def mix(self, scale: np.ndarray, over: np.ndarray) -> np.ndarray:
+        """uint8 [H, W, 3] = image · scale + over, per patch (scale [N, 1] or [N, 3], over [N, 3]).
+
+        One fused multiply-add and cast over the pixels (torch.addcmul on both cores: ≈ 1 ms at 672², where
+        the same numpy expression with its temporaries costs ≈ 3 ms). The caller keeps the result in [0, 255]
+        (a convex mix of the image and colours), so the cast needs no clip."""
+        scale = torch.from_numpy(np.ascontiguousarray(self._patches(np.asarray(scale, np.float32))))
+        over = torch.from_numpy(np.ascontiguousarray(self._patches(np.asarray(over, np.float32))))
+        out = torch.addcmul(over, self._torch_float, scale).to(torch.uint8)
+        return self._pixels(out.numpy())
+
+    def blend(self, colour: np.ndarray, alpha) -> np.ndarray:
+        """(1 − α)·image + α·colour, per patch colour [N, 3] and α scalar or [N]; uint8 [H, W, 3]."""
         a = np.broadcast_to(np.asarray(alpha, np.float32).reshape(-1, 1), (self.n, 1))
-        base = 1 - self.expand(a.reshape(h, w, 1))
-        return self.float * base + self.expand((a * colour).astype(np.float32).reshape(h, w, 3))
+        return self.mix(1 - a, a * np.asarray(colour, np.float32))
 
     # --- the pictures ---------------------------------------------------------------------------
     def kept(self, kept, samples=None) -> np.ndarray:
         """Kept patches bright with an amber outline, dropped ones dimmed and desaturated, a faint grid."""
         keep = _mask(kept, self.n)
-        keep_px = self.expand(keep.reshape(self.grid))
-        out = np.where(keep_px[..., None], self.bright, self.dim)
-        out[keep_px & self.frame] = KEPT_OUTLINE.astype(np.uint8)
+        out = self._pixels(np.where(self._patches(keep)[..., None], self._cells(self.bright_framed), self._cells(self.dim)))
         if samples is not None and len(samples):
-            out[self.outline(samples)] = SAMPLE_OUTLINE.astype(np.uint8)
+            self.paint_outline(out, samples, SAMPLE_OUTLINE)
         return out
 
     def clusters(self, labels, kept_mask=None, alpha: float = 0.55) -> np.ndarray:
         """One colour per connected component blended on the image, borders between clusters, kept outlined."""
         labels = _numpy(labels).astype(np.int64).reshape(-1)
         out = self.blend(cluster_colours(labels), alpha)
-        edge = self.borders(labels)
-        out[edge] = 0.2 * out[edge] + 0.8 * BORDER
+        self._paint_borders(out, labels)
         return self._finish(out, kept_mask)
 
     def merge_groups(self, kept, merge_index, alpha: float = 0.6) -> np.ndarray:
@@ -182,11 +249,9 @@ class Canvas:
         colours = palette(max(1, kept.size))
         per_patch = np.zeros((self.n, 3), np.float32)
         per_patch[member] = colours[group[member]]
-        a = np.where(member, alpha, 0.0).astype(np.float32)
-        h, w = self.grid
-        base = np.where(self.expand(member.reshape(h, w))[..., None], self.float, 0.35 * self.float)
-        out = base * (1 - self.expand(a.reshape(h, w, 1))) + self.expand((a[:, None] * per_patch).reshape(h, w, 3))
-        return self._finish(out, kept)
+        a = np.where(member, alpha, 0.0).astype(np.float32)[:, None]  # [N, 1]
+        scale = np.where(member, 1.0, 0.35).astype(np.float32)[:, None] * (1 - a)  # dim the patches in no group
+        return self._finish(self.mix(scale, a * per_patch), kept)
 
     def heatmap(self, values, kept_mask=None, alpha: float = 0.6) -> np.ndarray:
         """values [N] in [0, 1] (e.g. PAR relevance) as a viridis heatmap on the image; kept patches outlined."""
@@ -194,9 +259,8 @@ class Canvas:
         return self._finish(self.blend(VIRIDIS[(v * 255).round().astype(np.int64)], alpha), kept_mask)
 
     def _finish(self, out: np.ndarray, kept_mask) -> np.ndarray:
-        out = out.clip(0, 255).astype(np.uint8)
         if kept_mask is not None:
-            out[self.outline(kept_mask)] = WHITE.astype(np.uint8)
+            self.paint_outline(out, kept_mask, WHITE)
         return out
 
 

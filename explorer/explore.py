@@ -211,16 +211,14 @@ def sweep(vt: VisualTokens, settings: Settings, name: str | None = None, points:
     xs = np.linspace(spec.minimum, hi, points)
     if spec.step >= 1:
         xs = np.unique(np.round(xs))
+    clusters = None
+    if settings.method == "par" and name == "cluster_threshold":  # the forest first: then each γ costs O(N)
+        clusters = vt.cluster_sweep(settings.par.spatial).count(xs)
     counts = []
     for x in xs:
         value = int(x) if spec.step >= 1 else float(x)
         red = REDUCERS[settings.method](vt, dataclasses.replace(params, **{name: value}))
         counts.append(red.n_kept)
-    clusters = None
-    if settings.method == "par" and name == "cluster_threshold":
-        from reducers import ClusterSweep
-
-        clusters = ClusterSweep(vt.feature_similarity, vt.grid if settings.par.spatial else None).count(xs)
     return xs, np.asarray(counts), clusters, float(getattr(params, name)), name
 
 

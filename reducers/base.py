@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .graph import components
+from .graph import ClusterSweep, components
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,8 @@ class VisualTokens:
         for name in names:
             object.__setattr__(new, name, changes.get(name, getattr(self, name)))
         new._validate(set(changes))  # unchanged fields were validated when `self` was built
-        carried = {"feature_similarity": "features", "normalised_keys": "keys", "_components": "features"}
+        carried = {"feature_similarity": "features", "normalised_keys": "keys", "normalised_joint": "joint",
+                   "_components": "features", "_forests": "features", "_key_rows": "keys", "_key_rows_lock": "keys"}
         for memo, source in carried.items():
             if memo in self.__dict__ and source not in changes:
                 new.__dict__[memo] = self.__dict__[memo]
@@ -204,15 +205,48 @@ class VisualTokens:
     def clusters(self, threshold: float, spatial: bool = False) -> tuple[int, Tensor]:
         """Connected components of {S ≥ threshold} over `feature_similarity` (4-neighbour edges only if
         `spatial`): (count, labels [N]). Memoised per (threshold, spatial), at most 64 entries per image;
-        safe when several threads share one VisualTokens."""
+        read off the spanning forest when `cluster_sweep` has built it (O(N) instead of O(N²)); safe when
+        several threads share one VisualTokens."""
         memo = self.__dict__.setdefault("_components", _Memo(64))
         key = (float(threshold), bool(spatial))
         found = memo.get(key)
         if found is None:
-            count, labels = components(self.feature_similarity, threshold, self.grid if spatial else None)
+            forest = self.__dict__.get("_forests", {}).get(bool(spatial))
+            if forest is not None:
+                count, labels = forest.labels(threshold)
+            else:
+                count, labels = components(self.feature_similarity, threshold, self.grid if spatial else None)
             found = (count, torch.as_tensor(labels, device=self.features.device))
             memo.put(key, found)
         return found
+
+    def key_rows(self, name, idx: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
+        """`compute(idx)` [M, …] — a per-patch quantity that depends only on `keys` (e.g. each patch's key
+        neighbours) — with every patch's row computed once per image and memoised under `name`: a slider move
+        that changes the kept set computes only the rows of patches it has not seen yet."""
+        table = self.__dict__.setdefault("_key_rows", {})
+        with self.__dict__.setdefault("_key_rows_lock", threading.Lock()):
+            rows, done = table.get(name, (None, None))
+            missing = idx if done is None else idx[~done[idx]]
+            if missing.numel():
+                new = compute(missing)
+                if rows is None:
+                    rows = new.new_empty((self.n, *new.shape[1:]))
+                    done = torch.zeros(self.n, dtype=torch.bool, device=idx.device)
+                rows[missing] = new
+                done[missing] = True
+                table[name] = (rows, done)
+            return rows[idx]
+
+    def cluster_sweep(self, spatial: bool = False) -> ClusterSweep:
+        """The maximum spanning forest of `feature_similarity` (4-neighbour graph if `spatial`), memoised per
+        image: cluster counts for every threshold at once, and every later `clusters` call in O(N)."""
+        forests = self.__dict__.setdefault("_forests", {})
+        forest = forests.get(bool(spatial))
+        if forest is None:
+            forest = ClusterSweep(self.feature_similarity, self.grid if spatial else None)
+            forests[bool(spatial)] = forest  # a dict store is atomic; two racing builds give equal forests
+        return forest
 
     # Memoised per-image quantities -------------------------------------------------------------
     @cached_property
@@ -220,6 +254,12 @@ class VisualTokens:
         """[N, N] float32 cosine similarity of feature rows (PAR clustering and redundancy)."""
         xn = F.normalize(self.features.float(), dim=-1)
         return xn @ xn.T
+
+    @cached_property
+    def normalised_joint(self) -> Tensor:
+        """[N, e] float32 unit-length joint embeddings (PAR relevance: one matrix-vector product per prompt)."""
+        self.require("joint", method="relevance")
+        return F.normalize(self.joint.float(), dim=-1)
 
     @cached_property
     def normalised_keys(self) -> Tensor:

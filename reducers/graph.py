@@ -64,32 +64,45 @@ def components(sim: Tensor, threshold: float, grid: tuple[int, int] | None = Non
     return int(count), labels.astype(np.int64)
 
 
-def spanning_tree_weights(s: np.ndarray) -> np.ndarray:
-    """[N − 1] edge weights of a maximum spanning tree of the complete graph on N nodes with edge i–j
-    weighted max(S_ij, S_ji) (undirected, as `components` reads the mask). Prim's algorithm over the dense
-    matrix: N steps, each one vectorised update over the nodes not yet in the tree, O(N²) in all (Kruskal over
-    the N²/2 edges is O(N² log N) and builds a sparse copy of the whole matrix)."""
+def spanning_tree(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u, v, weight), each [N − 1]: the edges of a maximum spanning tree of the complete graph on N nodes with
+    edge i–j weighted max(S_ij, S_ji) (undirected, as `components` reads the mask); weights in s's dtype.
+    Prim's algorithm over the dense matrix: N steps, each one vectorised update over the nodes not yet in the
+    tree, O(N²) in all (Kruskal over the N²/2 edges is O(N² log N) and builds a sparse copy of the matrix)."""
     n = s.shape[0]
     rest = np.arange(1, n)  # nodes not yet in the tree
-    best = np.maximum(s[0, 1:], s[1:, 0])  # their best link into the tree
-    out = np.empty(n - 1, dtype=np.float64)
+    best = np.maximum(s[0, 1:], s[1:, 0])  # their best link into the tree …
+    via = np.zeros(n - 1, dtype=np.int64)  # … and the tree node at its other end
+    u, v = np.empty(n - 1, dtype=np.int64), np.empty(n - 1, dtype=np.int64)
+    weight = np.empty(n - 1, dtype=s.dtype)
     for step in range(n - 1):
         k = int(best.argmax())
         j = rest[k]
-        out[step] = best[k]
+        u[step], v[step], weight[step] = via[k], j, best[k]
         last = rest.size - 1
-        rest[k], best[k] = rest[last], best[last]  # drop j (order does not matter)
-        rest, best = rest[:last], best[:last]
+        rest[k], best[k], via[k] = rest[last], best[last], via[last]  # drop j (order does not matter)
+        rest, best, via = rest[:last], best[:last], via[:last]
         if last:
-            np.maximum(best, np.maximum(s[j, rest], s[rest, j]), out=best)
-    return out
+            link = np.maximum(s[j, rest], s[rest, j])
+            closer = link > best
+            best[closer], via[closer] = link[closer], j
+    return u, v, weight
+
+
+def spanning_tree_weights(s: np.ndarray) -> np.ndarray:
+    """[N − 1] edge weights of a maximum spanning tree (see `spanning_tree`), float64."""
+    return spanning_tree(s)[2].astype(np.float64)
 
 
 class ClusterSweep:
-    """Number of connected components of {S ≥ γ} for any γ, from one maximum-spanning-forest pass.
+    """Connected components of {S ≥ γ} for any γ, from one maximum-spanning-forest pass.
 
-    sim [N, N] (symmetric); `grid` restricts the graph to 4-neighbour edges as `components` does.
-    All maximum spanning forests share one multiset of edge weights, so the counts do not depend on ties.
+    sim [N, N] (symmetric); `grid` restricts the graph to 4-neighbour edges as `components` does. Two nodes
+    are connected in {S ≥ γ} exactly when the forest path between them has every edge ≥ γ, so the components
+    at γ are those of the forest's edges ≥ γ: `count` for many γ at once from the sorted edge weights, and
+    `labels` at one γ from N − 1 edges instead of the N² matrix. All maximum spanning forests give the same
+    components at every γ, so ties do not matter; scipy numbers components by their lowest node, so the
+    labels equal `components`' labels exactly.
     """
 
     def __init__(self, sim: Tensor, grid: tuple[int, int] | None = None):
@@ -97,20 +110,28 @@ class ClusterSweep:
         n = s.shape[0]
         self.n = n
         if n == 1:
-            self.weights = np.zeros(0)
-            return
-        if grid is not None:  # sparse 4-neighbour graph: Kruskal on MST of (2 − S) > 0 (0 = "no edge")
+            self.u = self.v = np.zeros(0, np.int64)
+            self.w = np.zeros(0, np.float32)
+        elif grid is not None:  # sparse 4-neighbour graph: Kruskal on MST of (2 − S) > 0 (0 = "no edge")
             rows, cols = grid_edges(grid)
-            w = np.maximum(s[rows, cols], s[cols, rows]).astype(np.float64)
-            forest = minimum_spanning_tree(sp.csr_matrix((2.0 - w, (rows, cols)), shape=(n, n))).tocoo()
-            found = sp.csr_matrix((w, (rows, cols)), shape=(n, n))[forest.row, forest.col]
-            weights = np.asarray(found).ravel()
+            w = np.maximum(s[rows, cols], s[cols, rows])
+            forest = minimum_spanning_tree(sp.csr_matrix((2.0 - w.astype(np.float64), (rows, cols)), shape=(n, n))).tocoo()
+            self.u, self.v = forest.row.astype(np.int64), forest.col.astype(np.int64)
+            lookup = sp.csr_matrix((np.arange(1, rows.size + 1), (rows, cols)), shape=(n, n))  # edge id + 1
+            self.w = w[np.asarray(lookup[self.u, self.v]).ravel() - 1]
         else:
-            weights = spanning_tree_weights(s)
-        self.weights = np.sort(weights)  # [F] forest edge similarities, ascending
+            self.u, self.v, self.w = spanning_tree(s)
+        self.weights = np.sort(self.w.astype(np.float64))  # [F] forest edge similarities, ascending
 
     def count(self, thresholds) -> np.ndarray:
         """[T] number of components at each threshold: N − #(forest edges with similarity ≥ γ)."""
         t = np.asarray(thresholds, dtype=np.float64)
         linked = self.weights.size - np.searchsorted(self.weights, t, side="left")
         return self.n - linked
+
+    def labels(self, threshold: float) -> tuple[int, np.ndarray]:
+        """(count, labels [N]) of the components of {S ≥ threshold}, equal to `components(sim, threshold)`."""
+        keep = at_least(self.w, threshold)
+        adj = sp.csr_matrix((np.ones(int(keep.sum())), (self.u[keep], self.v[keep])), shape=(self.n, self.n))
+        count, labels = connected_components(adj, directed=False)
+        return int(count), labels.astype(np.int64)

@@ -41,9 +41,11 @@ class PARParams:
         check_ranges(self)
 
 
-def relevance(joint: Tensor, query: Tensor) -> Tensor:
-    """[N] min-max normalised cosine similarity of joint [N, e] to the query [e]; zeros if constant."""
-    s = F.normalize(joint.float(), dim=-1) @ F.normalize(query.float(), dim=0)  # [N]
+def relevance(joint: Tensor, query: Tensor, unit: bool = False) -> Tensor:
+    """[N] min-max normalised cosine similarity of joint [N, e] to the query [e]; zeros if constant.
+    `unit`: the joint rows are already unit length (`VisualTokens.normalised_joint`)."""
+    rows = joint.float() if unit else F.normalize(joint.float(), dim=-1)
+    s = rows @ F.normalize(query.float(), dim=0)  # [N]
     span = s.max() - s.min()
     return (s - s.min()) / span if span > 0 else torch.zeros_like(s)
 
@@ -66,7 +68,7 @@ def suppress_redundant(sim: Tensor, order: Tensor, delta: float) -> Tensor:
     A candidate is kept unless an already-kept one has S ≥ δ with it. The loop runs over candidates with a
     vector update per kept token (the rule is inherently sequential in the kept set).
     """
-    close = at_least(sim[order[:, None], order[None, :]], delta).cpu().numpy()  # [R, R]
+    close = at_least(sim.index_select(0, order).index_select(1, order), delta).cpu().numpy()  # [R, R]
     suppressed = np.zeros(order.numel(), dtype=bool)
     keep = []
     for i in range(order.numel()):
@@ -81,7 +83,7 @@ def par(vt: VisualTokens, params: PARParams | None = None) -> Reduction:
     p = params_or_default(params, PARParams)
     vt.require("joint", "query", method="PAR")
     n, device = vt.n, vt.features.device
-    r = relevance(vt.joint, vt.query)  # [N]
+    r = relevance(vt.normalised_joint, vt.query, unit=True)  # [N]; unit rows memoised per image
     sim = vt.feature_similarity  # [N, N], memoised per image
     count, labels = vt.clusters(p.cluster_threshold, p.spatial)  # memoised per image and threshold
     h = p.alpha * r + (1 - p.alpha) * cluster_mean(r, labels, count)[labels]  # [N]

@@ -102,7 +102,7 @@ def prumerge(vt: VisualTokens, params: PruMergeParams | None = None) -> Reductio
     # single-token image, can keep them all: an empty sum is not a token, and N + 1 tokens is no reduction)
     extra = p.merge and kept.numel() < n
     if p.merge and k > 0:
-        nbr = key_neighbours(vt.normalised_keys, kept, k)
+        nbr = vt.key_rows(("key_neighbours", k), kept, lambda idx: key_neighbours(vt.normalised_keys, idx, k))
         tokens, weight = merge_tokens(vt.features, attn, kept, nbr, extra=extra)
     else:  # no merge, or a single token (no neighbours, nothing pruned)
         tokens = vt.features[kept]

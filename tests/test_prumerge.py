@@ -122,3 +122,19 @@ def test_no_aggregate_token_when_every_patch_is_kept():
     assert red.extra_token and red.n_kept == 16
     torch.testing.assert_close(red.tokens[-1], inp["cls_attn"][15] * inp["features"][15])
     check_equal(inp, True, True, 0.0, 32)
+
+
+def test_memoised_neighbour_rows_equal_a_fresh_computation():
+    """A slider move on the same VisualTokens computes only the key-neighbour rows of patches it has not seen:
+    whatever order the IQR multiplier moves in, every move equals the reference on a fresh VisualTokens."""
+    inp = ref.synthetic((24, 24), d=64, e=8, seed=5)
+    vt = VisualTokens(**inp)
+    for k, plus in [(3.0, False), (1.5, True), (0.0, True), (5.0, False), (0.5, False), (1.5, True)]:
+        check_equal(inp, plus, True, k, 32)  # fresh
+        red = prumerge(vt, PruMergeParams(iqr_multiplier=k, plus=plus))  # shared memo
+        fresh = prumerge(VisualTokens(**inp), PruMergeParams(iqr_multiplier=k, plus=plus))
+        assert red.kept.tolist() == fresh.kept.tolist()
+        assert [set(r) for r in red.merge_index.tolist()] == [set(r) for r in fresh.merge_index.tolist()]
+        torch.testing.assert_close(red.tokens, fresh.tokens)
+    rows, done = vt.__dict__["_key_rows"][("key_neighbours", 32)]
+    assert rows.shape == (576, 32) and done.any()

@@ -451,3 +451,20 @@ def test_components_match_reference_search():
                 count, labels = components(sim, t, g)
                 want_count, want_labels = ref.connected_components(s64, t, g)
                 assert count == want_count and ref.same_partition(labels, want_labels)
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (24, 24), (6, 10)])
+@pytest.mark.parametrize("spatial", [False, True])
+def test_cluster_labels_from_the_forest_equal_components(grid, spatial):
+    """After `cluster_sweep` builds the spanning forest, `clusters` reads labels off it: the same labels as
+    thresholding the full similarity matrix, at thresholds on, between and around the forest's edge weights."""
+    vt = tokens(grid)
+    sweep = vt.cluster_sweep(spatial)
+    assert vt.cluster_sweep(spatial) is sweep  # memoised per image
+    weights = np.unique(sweep.w)
+    thresholds = np.r_[-1.0, 1.5, np.linspace(weights.min(), weights.max(), 9), weights[:: max(1, weights.size // 7)]]
+    for t in thresholds.astype(float):
+        count, labels = vt.clusters(t, spatial)
+        want_count, want = components(vt.feature_similarity, t, vt.grid if spatial else None)
+        assert count == want_count and np.array_equal(labels.numpy(), want), t
+        assert count == sweep.count([t])[0]
