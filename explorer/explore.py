@@ -120,7 +120,7 @@ def pictures(canvas: draw.Canvas, vt: VisualTokens, red: Reduction) -> Pictures:
         caption = "No clusters or merge groups for this method"
     if red.relevance is not None:
         heat = canvas.heatmap(red.relevance, kept_mask=kept)
-        heat_caption = "PAR relevance r = min-max cos(patch, prompt) — untrained weights give noise"
+        heat_caption = "PAR relevance r = min-max cos(patch, prompt)"
     else:
         attn = vt.cls_attn if vt.cls_attn is not None else torch.zeros(vt.n)
         a = attn.float().cpu()
@@ -236,6 +236,6 @@ def comparison(vt: VisualTokens, canvas: draw.Canvas, settings: Settings, budget
         else:
             params = dataclasses.replace(settings, method=method).params
         red = entry(vt, params)
-        thumb = canvas.kept(red.kept_mask.cpu(), samples=red.samples)
+        thumb = canvas.small.kept(red.kept_mask.cpu(), samples=red.samples)  # half size: a gallery thumbnail
         rows.append((method, red, thumb))
     return rows

@@ -208,8 +208,9 @@ class Explorer:
         readout = ex.readout_markdown(s, backend.notice)
         if q is not None and q.truncated:
             readout += "\n\nℹ️ The prompt was longer than the text tower's context and was truncated for PAR."
+        untrained = " — untrained weights: no meaning" if backend.untrained_vision else ""
         out = ExploreOutput(pics.kept, pics.groups, pics.heatmap, hist, funnel, readout, s,
-                            (pics.groups_caption, pics.heatmap_caption))
+                            (pics.groups_caption, pics.heatmap_caption + untrained))
         return out, state, (vt, red)
 
     def sweep_and_compare(self, image, prompt, settings: ex.Settings, sweep_name: str | None, state=None, model=None):

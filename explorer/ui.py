@@ -220,17 +220,25 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                     alpha, spatial, rewrite, attention, merge, neighbours, budget, seed, model]
         picture_outputs = [kept_img, groups_img, heat_img, histogram, funnel, readout, summary, state]
         compare_outputs = [sweep_plot, gallery, compare_bar, state]
-        redraw = dict(preprocess=False, trigger_mode="always_last", show_progress="minimal",
+        redraw = dict(preprocess=False, trigger_mode="always_last", show_progress="hidden",
                       concurrency_id="redraw", concurrency_limit=4)
 
+        # A new image, prompt or model may need an encode (≈ 1 s): show progress. A control move only redraws
+        # (≈ 10 ms): no progress overlay, which would make the browser re-render every output twice.
         main = gr.on(
-            [explore_btn.click, image.change, prompt.submit]
-            + [c.change for c in (method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier, alpha,
-                                  spatial, rewrite, attention, merge, neighbours, budget, seed, model)],
-            explore, inputs=controls + [state], outputs=picture_outputs, api_name="explore", **redraw,
+            [explore_btn.click, image.change, prompt.submit, model.change],
+            explore, inputs=controls + [state], outputs=picture_outputs, api_name="explore",
+            **dict(redraw, show_progress="minimal"),
+        )
+        move = gr.on(
+            [c.change for c in (method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier, alpha,
+                                spatial, rewrite, attention, merge, neighbours, budget, seed)],
+            explore, inputs=controls + [state], outputs=picture_outputs, api_visibility="private", **redraw,
         )
         main.success(compare, inputs=controls + [sweep_parameter, state], outputs=compare_outputs,
                      api_name="compare", **redraw)
+        move.success(compare, inputs=controls + [sweep_parameter, state], outputs=compare_outputs,
+                     api_visibility="private", **redraw)
         sweep_parameter.change(compare, inputs=controls + [sweep_parameter, state], outputs=compare_outputs,
                                api_visibility="undocumented", **redraw)
         method.change(lambda m: gr.Dropdown(choices=ex.sweep_fields(m) or ["(none)"],

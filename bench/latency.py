@@ -1,0 +1,373 @@
+"""Latency of the explorer, measured side by side in one run on this machine.
+
+    python -m bench.latency            # everything (≈ 5 min on 2 cores)
+    python -m bench.latency --quick    # fewer moves, no browser
+
+What is timed (all with the image already encoded, as on every slider move):
+  in-process   Explorer.explore: reducer + overlay, clusters/merge groups, heatmap, histogram, funnel, readout
+               — at N = 576 (offline default, 24×24) and N = 2880 (synthetic encoder outputs on a 48×60 grid);
+               the sweep plot and the matched-budget comparison separately (they follow the core pictures)
+  client       the same move through gradio_client against a launched app (upload re-used, no downloads)
+  chromium     headless Chromium: slider released → the retained-patches <img> replaced (MutationObserver)
+  prefill      the LM's first forward over all visual tokens vs a reduction's, same prompt
+  cold start   `python app.py` → first page served, and → first explore answered (model loaded)
+Targets (issue 6): in-process p95 ≤ 30 ms at 576 and ≤ 120 ms at 2880; sweep and comparison ≤ 150 ms each at 576;
+Chromium p95 ≤ 300 ms; prefill time ratio ≥ 0.7 × token ratio; cold start ≤ 20 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = ROOT / "assets" / "chelsea.jpg"
+PROMPT = "What colour is the cat's fur?"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+# (method, slider that moves, its range) for the in-process and client moves
+MOVES = (("par", "tau", (0.0, 1.0)), ("prumerge", "iqr_multiplier", (0.0, 5.0)),
+         ("prumerge+", "iqr_multiplier", (0.0, 5.0)))
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1000, q))
+
+
+def row(name: str, xs: list[float], target: float | None = None) -> str:
+    p50, p95 = pct(xs, 50), pct(xs, 95)
+    verdict = "" if target is None else ("meets" if p95 <= target else "MISSES")
+    tgt = "" if target is None else f"≤ {target:.0f}"
+    return f"| {name} | {len(xs)} | {p50:.1f} | {p95:.1f} | {tgt} | {verdict} |"
+
+
+def controls(method: str, name: str, value: float) -> dict:
+    base = dict(tau=0.3, delta=0.9, cluster_threshold=0.8, retrieval_ratio=0.5, iqr_multiplier=1.5)
+    base[name] = value
+    return base
+
+
+def settings(method: str, name: str, value: float):
+    from explorer.service import settings_from_controls
+
+    c = controls(method, name, value)
+    return settings_from_controls(method, c["tau"], c["delta"], c["cluster_threshold"], c["retrieval_ratio"],
+                                  c["iqr_multiplier"])
+
+
+def moves(lo: float, hi: float, n: int) -> list[float]:
+    """n slider positions sweeping back and forth, as a hand on a slider does."""
+    xs = np.linspace(lo, hi, max(2, n // 2))
+    out = list(xs) + list(xs[::-1])
+    return [float(round(x, 3)) for x in (out * (n // len(out) + 1))[:n]]
+
+
+# --------------------------------------------------------------------------------------------------
+def in_process(explorer, n_moves: int) -> dict[str, list[float]]:
+    image = {"path": str(IMAGE)}
+    state: dict = {}
+    _, state, _ = explorer.explore(image, PROMPT, settings("par", "tau", 0.3), state)  # encode once
+    out = {}
+    for method, name, (lo, hi) in MOVES:
+        explorer.explore(image, PROMPT, settings(method, name, lo), state)  # warm the per-image memo
+        times = []
+        for value in moves(lo, hi, n_moves):
+            t = time.perf_counter()
+            explorer.explore(image, PROMPT, settings(method, name, value), state)
+            times.append(time.perf_counter() - t)
+        out[method] = times
+    for label, sweep_name in (("sweep (PAR, γ: clusters too)", "cluster_threshold"), ("sweep (PAR, τ)", "tau")):
+        times = []
+        for value in moves(0.1, 0.6, max(10, n_moves // 5)):
+            s = settings("par", "tau", value)
+            t = time.perf_counter()
+            explorer_sweep_only(explorer, image, s, sweep_name, state)
+            times.append(time.perf_counter() - t)
+        out[label] = times
+    times = []
+    for value in moves(0.1, 0.6, max(10, n_moves // 5)):
+        t = time.perf_counter()
+        explorer_compare_only(explorer, image, settings("par", "tau", value), state)
+        times.append(time.perf_counter() - t)
+    out["comparison (7 methods + thumbnails)"] = times
+    return out
+
+
+def explorer_sweep_only(explorer, image, s, sweep_name, state):
+    from explorer import explore as ex
+    from explorer import plots
+
+    _, _, _, _, vt, _ = explorer.prepared(image, PROMPT, s, state)
+    xs, counts, clusters, current, name = ex.sweep(vt, s, sweep_name)
+    return plots.sweep_plot(xs, counts, current, name, clusters=clusters)
+
+
+def explorer_compare_only(explorer, image, s, state):
+    from explorer import explore as ex
+    from explorer import plots
+
+    backend, enc, _, _, vt, _ = explorer.prepared(image, PROMPT, s, state)
+    red = ex.reduce(vt, s)
+    rows = ex.comparison(vt, explorer.canvas(backend, enc), s, red.n_kept)
+    return plots.comparison_bar([{"method": m, "n_kept": r.n_kept} for m, r, _ in rows])
+
+
+# --------------------------------------------------------------------------------------------------
+def launch(explorer):
+    from explorer.ui import build_demo
+
+    demo = build_demo(explorer)
+    demo.queue(max_size=64, default_concurrency_limit=2)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    return demo
+
+
+def through_client(url: str, n_moves: int) -> dict[str, list[float]]:
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False, download_files=False)
+    image = handle_file(str(IMAGE))
+    client.predict(image, PROMPT, "par", 0.3, 0.9, 0.8, 0.5, 1.5, api_name="/explore")  # encode once
+    out = {}
+    for method, name, (lo, hi) in MOVES:
+        times = []
+        for value in moves(lo, hi, n_moves):
+            c = controls(method, name, value)
+            t = time.perf_counter()
+            client.predict(image, PROMPT, method, c["tau"], c["delta"], c["cluster_threshold"], c["retrieval_ratio"],
+                           c["iqr_multiplier"], api_name="/explore")
+            times.append(time.perf_counter() - t)
+        out[method] = times
+    return out
+
+
+def in_chromium(url: str, n_moves: int, settle: bool) -> list[float] | str:
+    """Click → retained-patches <img> replaced, per move. `settle`: before the next click, wait until the
+    move's sweep and comparison (the chained second event) have reached the page too, so each move starts
+    from an idle app; otherwise clicks come 50 ms after the overlay changed, while that chain still runs."""
+    if not Path(CHROMIUM).exists():
+        return "skipped: /usr/bin/chromium is missing"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return "skipped: playwright is not installed"
+    times: list[float] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(url)
+        page.locator("#input-image input[type=file]").set_input_files(str(IMAGE))
+        img = page.locator("#overlay-kept img")
+        img.wait_for(state="attached", timeout=120_000)
+        page.wait_for_function("document.querySelector('#overlay-kept img') && "
+                               "document.querySelector('#overlay-kept img').src", timeout=120_000)
+        page.evaluate("""() => {
+            window.__replaced = [];
+            const target = document.querySelector('#overlay-kept');
+            new MutationObserver(() => {
+                const img = target.querySelector('img');
+                const src = img ? img.src : '';
+                if (src && src !== window.__lastSrc) { window.__lastSrc = src; window.__replaced.push(performance.now()); }
+            }).observe(target, {subtree: true, childList: true, attributes: true, attributeFilter: ['src']});
+            window.__lastSrc = document.querySelector('#overlay-kept img').src;
+            window.__gallery = [];
+            new MutationObserver(() => window.__gallery.push(performance.now()))
+                .observe(document.querySelector('#compare-gallery'), {subtree: true, childList: true, attributes: true,
+                                                                       attributeFilter: ['src']});
+        }""")
+        slider = page.locator("#slider-tau input[type=range]")
+        slider.scroll_into_view_if_needed()
+        box = slider.bounding_box()
+        y = box["y"] + box["height"] / 2
+        # One move = one click on the track (press and release at one spot: the value changes once, so exactly
+        # one request and one redraw follow). Gradio's slider `change` also fires while dragging, which would
+        # redraw before the release; a click gives an unambiguous release time. Moves alternate between a low
+        # τ (many tokens) and a high τ (one token), jittered, so every move changes the retained patches and
+        # the picture really is replaced (an identical picture keeps its URL: nothing to time).
+        rng = np.random.default_rng(0)
+        misses = 0
+        for i in range(n_moves):
+            frac = (0.05 + 0.25 * rng.random()) if i % 2 == 0 else (0.9 + 0.08 * rng.random())
+            before, before_gallery = page.evaluate("[window.__replaced.length, window.__gallery.length]")
+            x = box["x"] + box["width"] * frac
+            page.mouse.move(x, y)
+            t0 = page.evaluate("performance.now()")
+            page.mouse.down()
+            page.mouse.up()
+            try:
+                page.wait_for_function(f"window.__replaced.length > {before}", timeout=10_000)
+            except Exception:
+                misses += 1  # the kept set did not change after all: no redraw to time
+                continue
+            t1 = page.evaluate(f"window.__replaced[{before}]")
+            times.append((t1 - t0) / 1000)
+            if settle:
+                try:
+                    page.wait_for_function(f"window.__gallery.length > {before_gallery}", timeout=10_000)
+                except Exception:
+                    pass
+                page.wait_for_timeout(300)  # let the gallery's images load and the page go quiet
+            else:
+                page.wait_for_timeout(50)
+        if misses:
+            print(f"(chromium: {misses} of {n_moves} clicks left the picture unchanged and are not timed)")
+        browser.close()
+    return times
+
+
+# --------------------------------------------------------------------------------------------------
+def prefill(explorer, repeats: int) -> list[tuple[str, int, int, float, float]]:
+    """(method, prompt tokens full, reduced, median prefill full s, reduced s) on the offline default."""
+    from explorer import explore as ex
+
+    backend = explorer.backend()
+    rows = []
+    for method, name, value in (("prumerge+", "iqr_multiplier", 1.5), ("top-attention", "tau", 0.3),
+                                ("par", "retrieval_ratio", 0.1)):
+        s = settings(method, name, value)
+        _, enc, prompt, _, vt, _ = explorer.prepared({"path": str(IMAGE)}, PROMPT, s, {})
+        red = ex.reduce(vt, s)
+        full = [backend.answer(enc, prompt, None, max_new_tokens=1) for _ in range(repeats)]
+        reduced = [backend.answer(enc, prompt, red.tokens, max_new_tokens=1) for _ in range(repeats)]
+        rows.append((f"{method} ({red.n_tokens} → {red.n_kept} visual)", full[0].n_prompt_tokens,
+                     reduced[0].n_prompt_tokens, statistics.median(a.prefill_s for a in full),
+                     statistics.median(a.prefill_s for a in reduced)))
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cold_start() -> tuple[float, float]:
+    """Seconds from `python app.py` to the first page served, and to the first explore answered."""
+    from gradio_client import Client, handle_file
+
+    port = free_port()
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("app.py exited during start-up")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        page = time.perf_counter() - t0
+        client = Client(url, verbose=False, download_files=False)
+        client.predict(handle_file(str(IMAGE)), PROMPT, "par", 0.3, 0.9, 0.8, 0.5, 1.5, api_name="/explore")
+        first = time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return page, first
+
+
+# --------------------------------------------------------------------------------------------------
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--moves", type=int, default=100, help="slider moves per method (≥ 100 for the table)")
+    parser.add_argument("--quick", action="store_true", help="30 moves, no browser, no cold start")
+    parser.add_argument("--parts", default="inprocess,client,chromium,prefill,cold",
+                        help="comma-separated subset of inprocess,client,chromium,prefill,cold")
+    args = parser.parse_args(argv)
+    n = 30 if args.quick else args.moves
+    parts = set(args.parts.split(","))
+    if args.quick:
+        parts -= {"chromium", "cold"}
+
+    from explorer.config import ExplorerConfig
+    from explorer.service import Explorer
+    from explorer.synthetic import SyntheticBackend
+
+    print(f"Machine: {machine()}\n")
+    offline = Explorer(ExplorerConfig())
+    offline.backend()
+    big = SyntheticBackend(grid=(48, 60), width=1024)
+    synthetic = Explorer(ExplorerConfig(), loader=lambda config, progress=None: big)
+
+    if "inprocess" in parts:
+        print("## Slider move → all core pictures and readout rebuilt (in-process, encode cached)\n")
+        print("| what | moves | p50 ms | p95 ms | target p95 ms | |\n|---|---:|---:|---:|---:|---|")
+        res576 = in_process(offline, n)
+        res2880 = in_process(synthetic, n)
+        for key in res576:
+            core = key in dict((m, 0) for m, _, _ in MOVES)
+            print(row(f"N = 576 · {key}", res576[key], 30 if core else 150))
+        for key in res2880:
+            core = key in dict((m, 0) for m, _, _ in MOVES)
+            print(row(f"N = 2880 · {key}", res2880[key], 120 if core else None))
+
+    demo = launch(offline) if parts & {"client", "chromium"} else None
+    try:
+        if "client" in parts:
+            print("\n## The same move through gradio_client (N = 576, launched app, loopback)\n")
+            print("| what | moves | p50 ms | p95 ms | target p95 ms | |\n|---|---:|---:|---:|---:|---|")
+            for key, xs in through_client(demo.local_url, n).items():
+                print(row(f"client · {key}", xs))
+        if "chromium" in parts:
+            print("\n## Headless Chromium: τ slider released → retained-patches image replaced (N = 576, PAR)\n")
+            print("| what | moves | p50 ms | p95 ms | target p95 ms | |\n|---|---:|---:|---:|---:|---|")
+            for label, settle, target in (("app idle between moves", True, 300),
+                                          ("clicks 50 ms apart (previous sweep/comparison still running)", False, None)):
+                res = in_chromium(demo.local_url, max(40, n // 2), settle)
+                print(res if isinstance(res, str) else row(f"chromium · PAR τ, {label}", res, target))
+    finally:
+        if demo is not None:
+            demo.close()
+
+    if "prefill" not in parts:
+        return
+    print("\n## Prefill: LM first forward, all visual tokens vs reduced (offline default, SmolLM2-135M, CPU)\n")
+    print("| reduction | prompt tokens full → reduced | token ratio | prefill full ms | reduced ms | time ratio | "
+          "time / token ratio |\n|---|---:|---:|---:|---:|---:|---:|")
+    for name, nf, nr, tf, tr in prefill(offline, 3 if args.quick else 5):
+        tok, tim = nf / nr, tf / tr
+        print(f"| {name} | {nf} → {nr} | {tok:.2f}× | {1000 * tf:.0f} | {1000 * tr:.0f} | {tim:.2f}× | "
+              f"{tim / tok:.2f} {'(meets ≥ 0.7)' if tim / tok >= 0.7 else '(MISSES ≥ 0.7)'} |")
+
+    if "cold" in parts:
+        page, first = cold_start()
+        print("\n## Cold start (`python app.py`, offline default, converted checkpoint already cached)\n")
+        print(f"first page served: {page:.1f} s ({'meets' if page <= 20 else 'MISSES'} ≤ 20 s); "
+              f"first explore answered (model loaded, image encoded): {first:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
