@@ -224,7 +224,8 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                       concurrency_id="redraw", concurrency_limit=4)
 
         # A new image, prompt or model may need an encode (≈ 1 s): show progress. A control move only redraws
-        # (≈ 10 ms): no progress overlay, which would make the browser re-render every output twice.
+        # (≈ 10 ms) and gets its own event without a progress overlay: in headless Chromium that halved the time
+        # from a slider click to the new overlay (bench/RESULTS-latency.md).
         main = gr.on(
             [explore_btn.click, image.change, prompt.submit, model.change],
             explore, inputs=controls + [state], outputs=picture_outputs, api_name="explore",
