@@ -24,14 +24,20 @@ def at_least(x, threshold: float):
     count a similarity of 0.69999999 as ≥ 0.7; here the threshold is raised to the smallest value of x's dtype
     that is ≥ it, so every consumer (components, ClusterSweep, redundancy, routing, the tests' float64
     reference) draws the line in the same place."""
-    kind = _NUMPY_FLOAT.get(x.dtype)
+    return x >= exact_threshold(x.dtype, threshold)
+
+
+def exact_threshold(dtype, threshold: float) -> float:
+    """The smallest value of `dtype` (float16 / float32; others unchanged) that is ≥ `threshold`: comparing
+    values of that dtype with `>=` against it is comparing them with the real threshold (see `at_least`)."""
+    kind = _NUMPY_FLOAT.get(dtype)
     t = float(threshold)
     if kind is not None and np.isfinite(t):
         c = kind(t)
         if float(c) < t:
             c = np.nextafter(c, kind(np.inf))
         t = float(c)
-    return x >= t
+    return t
 
 
 def grid_edges(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider
-from .graph import at_least
+from .graph import at_least, exact_threshold
 
 
 @dataclass(frozen=True)
@@ -62,19 +62,33 @@ def retrieval_size(ratio: float, n: int) -> int:
     return max(1, min(n, math.ceil(round(ratio * n, 9))))
 
 
-def suppress_redundant(sim: Tensor, order: Tensor, delta: float) -> Tensor:
+def suppress_redundant(sim: Tensor, order: Tensor, delta: float, block: bool | None = None) -> Tensor:
     """Greedy redundancy rule over candidates `order` [R] (most relevant first) → kept subset [K].
 
-    A candidate is kept unless an already-kept one has S ≥ δ with it. The loop runs over candidates with a
-    vector update per kept token (the rule is inherently sequential in the kept set).
+    A candidate is kept unless an already-kept one has S ≥ δ with it. The rule is inherently sequential in the
+    kept set, so the loop runs over candidates; each kept one does one vector step over all candidates. On the
+    CPU that step reads the kept token's similarity row at the candidates (K·R reads in all, fewer than the
+    R×R block whenever something is suppressed); on a GPU the R×R block is gathered in one kernel instead.
+    `block` forces one way (None: by device); both give the same result.
     """
-    close = at_least(sim.index_select(0, order).index_select(1, order), delta).cpu().numpy()  # [R, R]
-    suppressed = np.zeros(order.numel(), dtype=bool)
+    r = order.numel()
+    suppressed = np.zeros(r, dtype=bool)
     keep = []
-    for i in range(order.numel()):
-        if not suppressed[i]:
-            keep.append(i)
-            suppressed |= close[i]
+    if block is None:
+        block = sim.device.type != "cpu" or sim.dtype not in (torch.float16, torch.float32, torch.float64)
+    if not block:
+        s, o = sim.detach().numpy(), order.numpy()
+        t = exact_threshold(s.dtype, delta)
+        for i in range(r):
+            if not suppressed[i]:
+                keep.append(i)
+                suppressed |= s[o[i]].take(o) >= t  # [R]
+    else:
+        close = at_least(sim.index_select(0, order).index_select(1, order), delta).cpu().numpy()  # [R, R]
+        for i in range(r):
+            if not suppressed[i]:
+                keep.append(i)
+                suppressed |= close[i]
     return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
 
 

@@ -97,3 +97,21 @@ def test_stages_and_fields_are_drawable():
     cluster_mean = torch.zeros(red.n_clusters, dtype=torch.float64).index_add_(0, labels, r) / torch.bincount(labels)
     torch.testing.assert_close(red.hybrid.double(), 0.5 * r + 0.5 * cluster_mean[labels], rtol=0, atol=1e-6)
     assert bool((red.hybrid[red.routed] >= 0.4).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_redundancy_row_by_row_equals_the_block_gather(dtype):
+    """The CPU path (one similarity row per kept candidate) and the GPU path (the R×R block) keep the same
+    candidates, including at thresholds equal to similarity values (compared exactly, see `at_least`)."""
+    from reducers.par import suppress_redundant
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(300, 8, generator=gen), dim=-1)
+    sim = (x @ x.T).to(dtype)
+    for r in (1, 17, 300):
+        order = torch.randperm(300, generator=gen)[:r]
+        for delta in (-1.0, 0.2, 0.5, 0.9, 1.0, float(sim[order[0], order[-1]])):
+            rows = suppress_redundant(sim, order, delta, block=False)
+            blocks = suppress_redundant(sim, order, delta, block=True)
+            assert torch.equal(rows, blocks), (r, delta)
+            assert rows[0] == order[0]
