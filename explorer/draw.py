@@ -120,13 +120,10 @@ class Canvas:
             self._row_edge_px = np.flatnonzero(row_edge[: self._cell[0]])  # first pixel row(s) of a cell
             self._col_edge_px = np.flatnonzero(col_edge[: self._cell[1]])
         f = self.img.astype(np.float32)
-        self.float = f
-        self._torch_float = torch.from_numpy(self._cells(f))  # shares memory with self.float
+        self._torch_float = torch.from_numpy(self._cells(f))  # the image for `mix`, as float32 cells
         grey = f.mean(axis=2, keepdims=True)
-        dim = 0.3 * (0.35 * f + 0.65 * grey)
-        self.bright = self._gridded(f)
-        self.dim = self._gridded(dim)
-        self.bright_framed = self.bright.copy()  # what a kept patch looks like: bright with its amber outline
+        self.dim = self._gridded(0.3 * (0.35 * f + 0.65 * grey))  # what a dropped patch looks like
+        self.bright_framed = self._gridded(f)  # what a kept patch looks like: bright with its amber outline
         self.bright_framed[self.frame] = KEPT_OUTLINE.astype(np.uint8)
 
     @cached_property

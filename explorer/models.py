@@ -113,12 +113,14 @@ class TextSide:
         return out.text_embeds.float()
 
 
-def offline_text_side(vision_width: int, seed: int, joint_width: int = 512) -> TextSide:
-    """A seeded random CLIP text transformer (4 layers, width 512) and visual projection."""
+def offline_text_side(vision_width: int, seed: int, joint_width: int = 512, width: int = 512, layers: int = 4,
+                      heads: int = 8, mlp_width: int = 2048) -> TextSide:
+    """A seeded random CLIP text transformer (default 4 layers, width 512) and visual projection; the tests
+    build a tiny one with the same code."""
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=4,
-                            num_attention_heads=8, max_position_embeddings=77, projection_dim=joint_width,
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=mlp_width, num_hidden_layers=layers,
+                            num_attention_heads=heads, max_position_embeddings=77, projection_dim=joint_width,
                             bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)

@@ -95,11 +95,6 @@ def spanning_tree(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return u, v, weight
 
 
-def spanning_tree_weights(s: np.ndarray) -> np.ndarray:
-    """[N − 1] edge weights of a maximum spanning tree (see `spanning_tree`), float64."""
-    return spanning_tree(s)[2].astype(np.float64)
-
-
 class ClusterSweep:
     """Connected components of {S ≥ γ} for any γ, from one maximum-spanning-forest pass.
 

@@ -71,24 +71,24 @@ def suppress_redundant(sim: Tensor, order: Tensor, delta: float, block: bool | N
     R×R block whenever something is suppressed); on a GPU the R×R block is gathered in one kernel instead.
     `block` forces one way (None: by device); both give the same result.
     """
-    r = order.numel()
-    suppressed = np.zeros(r, dtype=bool)
-    keep = []
     if block is None:
         block = sim.device.type != "cpu" or sim.dtype not in (torch.float16, torch.float32, torch.float64)
-    if not block:
+    if block:
+        close = at_least(sim.index_select(0, order).index_select(1, order), delta).cpu().numpy()  # [R, R]
+        close_to = close.__getitem__
+    else:
         s, o = sim.detach().numpy(), order.numpy()
         t = exact_threshold(s.dtype, delta)
-        for i in range(r):
-            if not suppressed[i]:
-                keep.append(i)
-                suppressed |= s[o[i]].take(o) >= t  # [R]
-    else:
-        close = at_least(sim.index_select(0, order).index_select(1, order), delta).cpu().numpy()  # [R, R]
-        for i in range(r):
-            if not suppressed[i]:
-                keep.append(i)
-                suppressed |= close[i]
+
+        def close_to(i: int) -> np.ndarray:  # [R] candidates with S ≥ δ to candidate i
+            return s[o[i]].take(o) >= t
+
+    suppressed = np.zeros(order.numel(), dtype=bool)
+    keep = []
+    for i in range(order.numel()):
+        if not suppressed[i]:
+            keep.append(i)
+            suppressed |= close_to(i)
     return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
 
 

@@ -414,26 +414,37 @@ def _same(a, b):
     torch.testing.assert_close(a.attn_head_mean, b.attn_head_mean, atol=1e-6, rtol=1e-5)
 
 
+def _in_threads(fn, n: int = 2) -> list[Exception]:
+    """Run fn(0) … fn(n − 1) in n threads at once; the exceptions they raised."""
+    errors: list[Exception] = []
+
+    def work(i):
+        try:
+            fn(i)
+        except Exception as err:  # pragma: no cover - reported by the caller
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 @pytest.mark.parametrize("device", tiny.devices())
 def test_two_threads_encode_like_sequential(device):
     images = [tiny.image(31), tiny.image(32, size=(64, 90))]
     sequential = [tiny.tiny_backend(device).encode(im) for im in images]
     shared = tiny.tiny_backend(device)
-    results, errors = [None, None], []
+    results = [None, None]
     barrier = threading.Barrier(2)
 
     def work(i):
-        try:
-            barrier.wait()
-            results[i] = shared.encode(images[i])
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
+        barrier.wait()
+        results[i] = shared.encode(images[i])
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = _in_threads(work)
     assert not errors, errors
     for got, want in zip(results, sequential):
         _same(got, want)
@@ -458,16 +469,9 @@ def test_hooks_record_only_their_own_thread(device):
     try:
         for rep in range(3):
             def work(i, rep=rep):
-                try:
-                    results[rep][i] = vision_forward(tower, pvs[i], b.spec)
-                except Exception as err:  # pragma: no cover
-                    errors.append(err)
+                results[rep][i] = vision_forward(tower, pvs[i], b.spec)
 
-            threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            errors += _in_threads(work)
     finally:
         handle.remove()
     assert not errors, errors

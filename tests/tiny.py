@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 IMAGE_SIZE = 56
 PATCH = 14
@@ -97,21 +96,12 @@ def tiny_tokenizer():
 
 
 def tiny_text_side(seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
     from explorer import models
 
-    config = CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=77, projection_dim=JOINT,
-                            bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        text = CLIPTextModelWithProjection(config).eval()
-        proj = nn.Linear(VISION_WIDTH, JOINT, bias=False)
-        nn.init.normal_(proj.weight, std=VISION_WIDTH ** -0.5)
-    text.to(device=device, dtype=dtype)
-    proj.to(device=device, dtype=dtype)
-    return models.TextSide(text, proj.eval(), models.clip_tokenizer(77), untrained=True)
+    side = models.offline_text_side(VISION_WIDTH, seed, joint_width=JOINT, width=32, layers=2, heads=4, mlp_width=64)
+    side.text_model.to(device=device, dtype=dtype)
+    side.visual_projection.to(device=device, dtype=dtype)
+    return side
 
 
 def tiny_backend(device: str = "cpu", seed: int = 0, feature_layer=-2, **kwargs):
