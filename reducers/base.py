@@ -19,37 +19,95 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cache import LRU
 from .graph import ClusterSweep, components
 
 
 @dataclass(frozen=True)
-class Slider:
-    """How a parameter is shown in the UI: range, step and a one-line explanation."""
+class Control:
+    """How one parameter is shown, validated and named — the only place a method's control is defined.
 
-    minimum: float
-    maximum: float
-    step: float
+    kind:    "slider" (a number in [minimum, maximum] on a `step` grid), "number" (a whole number typed in a
+             box, in [minimum, maximum]), "toggle" (a bool) or "choice" (one of `options`)
+    label:   the control's short title in the UI; info: one line saying what it does
+    integer: the value is a whole number (sliders with an integer step, "number")
+    budget:  a token budget: its usable maximum is the image's N (the UI sets the slider's maximum to N;
+             a reducer caps larger values at N and reports the tokens it actually kept)
+    """
+
+    kind: str
+    label: str
     info: str
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    options: tuple[str, ...] = ()
+    budget: bool = False
+
+    @property
+    def integer(self) -> bool:
+        return self.kind == "number" or (self.kind == "slider" and float(self.step).is_integer())
+
+    def check(self, owner: str, name: str, value) -> None:
+        """ValueError (naming the parameter) unless `value` is valid for this control."""
+        where = f"{owner}.{name}"
+        if self.kind == "toggle":
+            if not isinstance(value, bool):
+                raise ValueError(f"{where} must be true or false, got {value!r}")
+            return
+        if self.kind == "choice":
+            if value not in self.options:
+                raise ValueError(f"{where} must be one of {', '.join(map(repr, self.options))}, got {value!r}")
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{where} must be a finite number, got {value!r}")
+        if self.integer and int(value) != value:
+            raise ValueError(f"{where} must be a whole number, got {value!r}")
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(f"{where}={value} is outside [{self.minimum:g}, {self.maximum:g}]")
 
 
-def slider(default: float, minimum: float, maximum: float, step: float, info: str):
-    """A dataclass field whose metadata tells the UI how to build its slider (and validation its range)."""
-    return field(default=default, metadata={"slider": Slider(minimum, maximum, step, info)})
+def slider(default: float, minimum: float, maximum: float, step: float, info: str, label: str | None = None, *,
+           budget: bool = False):
+    """A dataclass field shown as a slider (a whole-number slider when `step` is a whole number)."""
+    control = Control("slider", label or "", info, float(minimum), float(maximum), float(step), budget=budget)
+    return field(default=default, metadata={"control": control})
+
+
+def number(default: int, minimum: int, maximum: int, info: str, label: str | None = None):
+    """A dataclass field for a whole number typed in a box (e.g. a seed)."""
+    return field(default=default, metadata={"control": Control("number", label or "", info, minimum, maximum, 1.0)})
+
+
+def toggle(default: bool, info: str, label: str | None = None):
+    """A dataclass field shown as a checkbox."""
+    return field(default=default, metadata={"control": Control("toggle", label or "", info)})
+
+
+def choice(default: str, options: tuple[str, ...], info: str, label: str | None = None):
+    """A dataclass field shown as a radio group of `options`."""
+    if default not in options:
+        raise ValueError(f"default {default!r} is not one of {options}")
+    return field(default=default, metadata={"control": Control("choice", label or "", info, options=tuple(options))})
+
+
+def controls(params_cls) -> tuple[tuple[str, Control, object], ...]:
+    """(name, control, default) of every control field of a params dataclass, in declaration order; the label
+    falls back to the field name."""
+    out = []
+    for f in dataclasses.fields(params_cls):
+        control = f.metadata.get("control")
+        if control is not None:
+            if not control.label:
+                control = dataclasses.replace(control, label=f.name.replace("_", " "))
+            out.append((f.name, control, f.default))
+    return tuple(out)
 
 
 def check_ranges(params) -> None:
-    """Raise ValueError for any slider field outside its declared range (or not finite)."""
-    for f in dataclasses.fields(params):
-        spec = f.metadata.get("slider")
-        if spec is None:
-            continue
-        value = getattr(params, f.name)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{type(params).__name__}.{f.name} must be a finite number, got {value!r}")
-        if not spec.minimum <= value <= spec.maximum:
-            raise ValueError(
-                f"{type(params).__name__}.{f.name}={value} is outside [{spec.minimum}, {spec.maximum}]"
-            )
+    """Raise ValueError for any control field whose value is not valid (range, whole number, option, bool)."""
+    for name, control, _ in controls(type(params)):
+        control.check(type(params).__name__, name, getattr(params, name))
 
 
 def params_or_default(params, cls):
@@ -95,24 +153,32 @@ def _check_grid(grid, n: int) -> tuple[int, int]:
     return (int(h), int(w))
 
 
-class _Memo:
-    """A small insertion-ordered memo with a size bound and a lock (shared by derived VisualTokens)."""
+class memo(cached_property):
+    """A per-image quantity memoised on a `VisualTokens` instance, declared with the fields it depends on.
 
-    def __init__(self, size: int):
-        self.size, self._items, self._lock = size, {}, threading.Lock()
+        @memo("features")
+        def feature_similarity(self) -> Tensor: ...
 
-    def __len__(self) -> int:
-        return len(self._items)
+    `VisualTokens.derive` carries a memo over to the derived instance exactly when none of its declared
+    fields changed, so a new query or attention mode never recomputes the similarity matrix, and a memo can
+    never be kept stale by a forgotten name.
+    """
 
-    def get(self, key):
-        with self._lock:
-            return self._items.get(key)
+    def __init__(self, *depends: str):
+        self.depends = frozenset(depends)
 
-    def put(self, key, value) -> None:
-        with self._lock:
-            if key not in self._items and len(self._items) >= self.size:
-                self._items.pop(next(iter(self._items)))
-            self._items[key] = value
+    def __call__(self, fn):
+        super().__init__(fn)
+        self.__doc__ = fn.__doc__
+        return self
+
+
+class _Rows:
+    """Per-patch rows of a quantity computed on demand (see `VisualTokens.key_rows`)."""
+
+    def __init__(self):
+        self.table: dict = {}
+        self.lock = threading.Lock()
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,6 +191,10 @@ class VisualTokens:
     grid:     (h, w)  with h·w = N, raster order
     joint:    [N, e]  patches in the CLIP image-text space (PAR), optional
     query:    [e]     L2-normalised text embedding of the (rewritten) prompt (PAR), optional
+    lm_attn:  [L, 2, N] attention the image tokens receive inside each of the LLM's L layers, head mean,
+              for this image and prompt (FastV): [:, 0] from the last prompt token (FastV's official
+              ranking), [:, 1] averaged over all query positions that can see the image (the paper's
+              prose); optional
 
     Derived per-image quantities (similarity matrices, neighbour lists) are computed lazily and memoised on
     the instance, so a caller that keeps one `VisualTokens` per image pays for them once.
@@ -136,6 +206,7 @@ class VisualTokens:
     grid: tuple[int, int] | None = None
     joint: Tensor | None = None
     query: Tensor | None = None
+    lm_attn: Tensor | None = None
 
     def __post_init__(self) -> None:
         self._validate(None)
@@ -162,6 +233,12 @@ class VisualTokens:
             _check_matrix("joint", self.joint, n)
         if check("grid") or check("features"):
             object.__setattr__(self, "grid", _check_grid(self.grid, n))
+        if self.lm_attn is not None and (check("lm_attn") or check("features")):
+            a = self.lm_attn
+            if not isinstance(a, Tensor) or a.ndim != 3 or a.shape[1] != 2 or a.shape[2] != n or a.shape[0] < 1:
+                raise ValueError(f"lm_attn must have shape [L ≥ 1, 2, N={n}], got {getattr(a, 'shape', type(a).__name__)}")
+            if not a.is_floating_point() or not _all_finite(a):
+                raise ValueError("lm_attn must be a finite floating-point tensor")
         if self.query is not None and (check("query") or check("joint")):
             q = self.query
             if not isinstance(q, Tensor) or q.ndim != 1 or q.shape[0] < 1:
@@ -195,11 +272,10 @@ class VisualTokens:
         for name in names:
             object.__setattr__(new, name, changes.get(name, getattr(self, name)))
         new._validate(set(changes))  # unchanged fields were validated when `self` was built
-        carried = {"feature_similarity": "features", "normalised_keys": "keys", "normalised_joint": "joint",
-                   "_components": "features", "_forests": "features", "_key_rows": "keys", "_key_rows_lock": "keys"}
-        for memo, source in carried.items():
-            if memo in self.__dict__ and source not in changes:
-                new.__dict__[memo] = self.__dict__[memo]
+        for name, value in self.__dict__.items():
+            declared = getattr(type(self), name, None)
+            if isinstance(declared, memo) and not declared.depends & changes.keys():
+                new.__dict__[name] = value
         return new
 
     def clusters(self, threshold: float, spatial: bool = False) -> tuple[int, Tensor]:
@@ -207,26 +283,23 @@ class VisualTokens:
         `spatial`): (count, labels [N]). Memoised per (threshold, spatial), at most 64 entries per image;
         read off the spanning forest when `cluster_sweep` has built it (O(N) instead of O(N²)); safe when
         several threads share one VisualTokens."""
-        memo = self.__dict__.setdefault("_components", _Memo(64))
-        key = (float(threshold), bool(spatial))
-        found = memo.get(key)
-        if found is None:
-            forest = self.__dict__.get("_forests", {}).get(bool(spatial))
+        def compute() -> tuple[int, Tensor]:
+            forest = self._forests.get(bool(spatial))
             if forest is not None:
                 count, labels = forest.labels(threshold)
             else:
                 count, labels = components(self.feature_similarity, threshold, self.grid if spatial else None)
-            found = (count, torch.as_tensor(labels, device=self.features.device))
-            memo.put(key, found)
-        return found
+            return count, torch.as_tensor(labels, device=self.features.device)
+
+        return self._components.get_or_compute((float(threshold), bool(spatial)), compute)
 
     def key_rows(self, name, idx: Tensor, compute: Callable[[Tensor], Tensor]) -> Tensor:
         """`compute(idx)` [M, …] — a per-patch quantity that depends only on `keys` (e.g. each patch's key
         neighbours) — with every patch's row computed once per image and memoised under `name`: a slider move
         that changes the kept set computes only the rows of patches it has not seen yet."""
-        table = self.__dict__.setdefault("_key_rows", {})
-        with self.__dict__.setdefault("_key_rows_lock", threading.Lock()):
-            rows, done = table.get(name, (None, None))
+        memo_rows = self._key_rows
+        with memo_rows.lock:
+            rows, done = memo_rows.table.get(name, (None, None))
             missing = idx if done is None else idx[~done[idx]]
             if missing.numel():
                 new = compute(missing)
@@ -235,33 +308,47 @@ class VisualTokens:
                     done = torch.zeros(self.n, dtype=torch.bool, device=idx.device)
                 rows[missing] = new
                 done[missing] = True
-                table[name] = (rows, done)
+                memo_rows.table[name] = (rows, done)
             return rows[idx]
 
     def cluster_sweep(self, spatial: bool = False) -> ClusterSweep:
         """The maximum spanning forest of `feature_similarity` (4-neighbour graph if `spatial`), memoised per
         image: cluster counts for every threshold at once, and every later `clusters` call in O(N)."""
-        forests = self.__dict__.setdefault("_forests", {})
-        forest = forests.get(bool(spatial))
+        forest = self._forests.get(bool(spatial))
         if forest is None:
             forest = ClusterSweep(self.feature_similarity, self.grid if spatial else None)
-            forests[bool(spatial)] = forest  # a dict store is atomic; two racing builds give equal forests
+            self._forests[bool(spatial)] = forest  # a dict store is atomic; two racing builds give equal forests
         return forest
 
-    # Memoised per-image quantities -------------------------------------------------------------
-    @cached_property
+    # Memoised per-image quantities, each with the fields it depends on -----------------------------
+    @memo("features")
+    def _components(self) -> LRU:
+        """(threshold, spatial) → (count, labels): at most 64 thresholds per image."""
+        return LRU(64)
+
+    @memo("features")
+    def _forests(self) -> dict:
+        """spatial → `ClusterSweep` (the maximum spanning forest of `feature_similarity`)."""
+        return {}
+
+    @memo("keys")
+    def _key_rows(self) -> _Rows:
+        """name → (rows [N, …], done [N] bool) of per-patch quantities that depend only on the keys."""
+        return _Rows()
+
+    @memo("features")
     def feature_similarity(self) -> Tensor:
         """[N, N] float32 cosine similarity of feature rows (PAR clustering and redundancy)."""
         xn = F.normalize(self.features.float(), dim=-1)
         return xn @ xn.T
 
-    @cached_property
+    @memo("joint")
     def normalised_joint(self) -> Tensor:
         """[N, e] float32 unit-length joint embeddings (PAR relevance: one matrix-vector product per prompt)."""
         self.require("joint", method="relevance")
         return F.normalize(self.joint.float(), dim=-1)
 
-    @cached_property
+    @memo("keys")
     def normalised_keys(self) -> Tensor:
         """[N, dk] float32 unit-length key rows (PruMerge merging: M×N similarity, M kept)."""
         self.require("keys", method="key similarity")
@@ -272,11 +359,15 @@ class VisualTokens:
 class Reduction:
     """What a reducer did, with every stage the UI draws.
 
-    kept:   [M]  LongTensor of patch indices (0..N-1), unique, in the order their tokens appear
+    kept:   [M]  LongTensor of patch indices (0..N-1), unique, in the order their tokens appear (M = 0 only
+            for the text-only floor "none")
     tokens: [M', d] what the projector / LLM receives; tokens[i] belongs to kept[i] for i < M; a PruMerge
-            merge appends one aggregate token of the pruned patches last (M' = M + 1, `extra_token=True`)
-            when at least one patch was pruned
+            merge appends one aggregate token of the pruned patches last (M' = M + 1, `n_extra=1`)
+            when at least one patch was pruned; VisionZip appends its contextual tokens after the dominant
+            ones (M' = M + C, `n_extra = C`)
     stages: ordered funnel of counts, e.g. {"tokens": 576, "outliers": 31, "merged": 32}
+    layer:  the LLM layer from which on only `tokens` remain (FastV: all N patch features enter the LLM and
+            layers 0…layer−1 see them all); 0 for every method that reduces before the LLM
     Method-specific fields are None when they do not apply.
     """
 
@@ -285,7 +376,12 @@ class Reduction:
     tokens: Tensor
     grid: tuple[int, int]
     stages: dict[str, int]
-    extra_token: bool = False
+    n_extra: int = 0  # tokens appended after the kept patches' own tokens (PruMerge: 1 aggregate; VisionZip: C)
+    layer: int = 0
+    # merging methods whose groups partition the patches (ToMe, VisionZip's contexts, pooling): for every patch
+    # the position in `tokens` of the token that holds it (−1: in no token), and its weight in that token
+    groups: Tensor | None = None  # [N] long
+    group_weight: Tensor | None = None  # [N] float
     # attention-based (PruMerge, top-attention)
     attn: Tensor | None = None  # [N] CLS attention used
     q1: float | None = None
@@ -310,8 +406,12 @@ class Reduction:
 
     @property
     def n_kept(self) -> int:
-        """M', the number of visual tokens the LLM receives."""
+        """M', the number of visual tokens the LLM receives (FastV: from layer `layer` on)."""
         return int(self.tokens.shape[0])
+
+    @property
+    def extra_token(self) -> bool:
+        return self.n_extra > 0
 
     @property
     def kept_mask(self) -> Tensor:
@@ -327,7 +427,8 @@ class Reduction:
             "n_tokens": n,
             "n_kept": m,
             "n_patches_kept": int(self.kept.numel()),
-            "extra_token": self.extra_token,
+            "n_extra": self.n_extra,
+            "llm_layer": self.layer,
             "compression": 1.0 - m / n,
             "stages": dict(self.stages),
         }
@@ -339,16 +440,40 @@ class Reduction:
 
 @dataclass(frozen=True)
 class RegistryEntry:
-    """A registered reducer: call it like the function it wraps, `REDUCERS[name](vt, params)`.
+    """A registered method: call it like the function it wraps, `REDUCERS[name](vt, params)`.
 
-    params: the frozen parameter dataclass (its slider fields drive the UI); `params=None` uses its defaults.
-    needs:  the `VisualTokens` fields the method reads (the UI greys out what it cannot run).
+    fn:       the reducer, `fn(vt, params) -> Reduction` (bind variants with functools.partial)
+    params:   the frozen parameter dataclass; its control fields (`slider`, `toggle`, …) are the method's
+              settings everywhere — UI controls, API keywords, export, comparison; `params=None` → defaults
+    label:    the method's full name, as captions and legends show it
+    summary:  one line saying what it does
+    needs:    the `VisualTokens` fields it reads (methods whose inputs a backend cannot give are left out)
+    paper:    citation (authors, arXiv id) or "" for a baseline
+    formula:  the method in one line, as the Explain section shows it
+    headline: the paper's headline numbers, worded as the paper's (shown labelled as such), or ""
     """
 
     fn: Callable[[VisualTokens, object], Reduction]
     params: type
-    description: str
+    label: str
+    summary: str
     needs: tuple[str, ...] = ()
+    paper: str = ""
+    formula: str = ""
+    headline: str = ""
 
     def __call__(self, vt: VisualTokens, params=None) -> Reduction:
-        return self.fn(vt, self.params() if params is None else params)
+        return self.fn(vt, self.params() if params is None else params_or_default(params, self.params))
+
+    @property
+    def controls(self) -> tuple[tuple[str, Control, object], ...]:
+        return controls(self.params)
+
+    @property
+    def budgeted(self) -> bool:
+        """Takes a token budget (a control with `budget=True`): matched-budget comparisons set it to M."""
+        return any(control.budget for _, control, _ in self.controls)
+
+    @property
+    def budget_field(self) -> str | None:
+        return next((name for name, control, _ in self.controls if control.budget), None)

@@ -11,7 +11,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider
+from .base import Reduction, VisualTokens, check_ranges, number, params_or_default, slider
+
+BUDGET_DEFAULT = 64
+BUDGET_MAX = 100_000
+
+
+def budget_slider(info: str = "How many visual tokens the method hands to the LLM (at most N, the image's "
+                  "patch count)"):
+    """The one token-budget control every budget method shares (one `budget` keyword, one slider)."""
+    return slider(BUDGET_DEFAULT, 1, BUDGET_MAX, 1, info, "Token budget M", budget=True)
 
 
 @dataclass(frozen=True)
@@ -21,13 +30,19 @@ class NoParams:
 
 @dataclass(frozen=True)
 class BudgetParams:
-    budget: int = slider(64, 1, 100_000, 1, "How many visual tokens the baseline keeps (capped at N)")
-    seed: int = 0  # random baseline only
+    budget: int = budget_slider()
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        if int(self.budget) != self.budget or int(self.seed) != self.seed:
-            raise ValueError("BudgetParams.budget and seed must be integers")
+
+
+@dataclass(frozen=True)
+class RandomParams:
+    budget: int = budget_slider()
+    seed: int = number(0, 0, 2**32 - 1, "The random draw is reproducible from this seed", "Random seed")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def _reduction(vt: VisualTokens, method: str, kept: Tensor, attn: Tensor | None = None) -> Reduction:
@@ -42,9 +57,9 @@ def identity(vt: VisualTokens, params: NoParams | None = None) -> Reduction:
     return _reduction(vt, "all", torch.arange(vt.n))
 
 
-def random_tokens(vt: VisualTokens, params: BudgetParams | None = None) -> Reduction:
+def random_tokens(vt: VisualTokens, params: RandomParams | None = None) -> Reduction:
     """`budget` patches drawn uniformly without replacement, reproducible from `seed`."""
-    p = params_or_default(params, BudgetParams)
+    p = params_or_default(params, RandomParams)
     gen = torch.Generator().manual_seed(int(p.seed))
     kept = torch.randperm(vt.n, generator=gen)[: min(int(p.budget), vt.n)]
     return _reduction(vt, "random", kept)

@@ -20,22 +20,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider
+from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider, toggle
 from .graph import at_least, exact_threshold
 
 
 @dataclass(frozen=True)
 class PARParams:
-    tau: float = slider(0.3, 0.0, 1.0, 0.01, "Routing threshold τ: a retrieved token goes on only if its relevance h ≥ τ")
-    delta: float = slider(
-        0.9, 0.0, 1.0, 0.005, "Redundancy threshold δ: of two kept tokens with similarity ≥ δ only the more relevant stays"
-    )
-    cluster_threshold: float = slider(
-        0.8, 0.0, 1.0, 0.01, "Clustering threshold γ: patches with feature similarity ≥ γ are linked in the graph"
-    )
-    retrieval_ratio: float = slider(0.5, 0.01, 1.0, 0.01, "Retrieval ratio ρ: the top ⌈ρ·N⌉ tokens by relevance are retrieved")
-    alpha: float = slider(0.5, 0.0, 1.0, 0.05, "α in h = α·r + (1 − α)·R_cluster: token-level vs cluster-level relevance")
-    spatial: bool = False  # link only 4-neighbour patches in the clustering graph
+    tau: float = slider(0.3, 0.0, 1.0, 0.01, "A retrieved token goes on only if its hybrid relevance h ≥ τ; r is "
+                        "min–max normalised per image, so τ is relative to each image", "τ routing threshold")
+    delta: float = slider(0.9, 0.0, 1.0, 0.005, "Of two kept tokens with feature similarity ≥ δ only the more "
+                          "relevant stays", "δ redundancy threshold")
+    cluster_threshold: float = slider(0.8, 0.0, 1.0, 0.01, "Patches with feature similarity ≥ γ are linked in the "
+                                      "graph; clusters are its connected components", "γ clustering threshold")
+    retrieval_ratio: float = slider(0.5, 0.01, 1.0, 0.01, "The top ⌈ρ·N⌉ tokens by hybrid relevance h are "
+                                    "retrieved", "ρ retrieval ratio")
+    alpha: float = slider(0.5, 0.0, 1.0, 0.05, "h = α·r + (1 − α)·R_cluster: token-level vs cluster-level "
+                          "relevance", "α token vs cluster")
+    spatial: bool = toggle(False, "Link only 4-neighbour patches in the clustering graph", "Spatial graph")
 
     def __post_init__(self) -> None:
         check_ranges(self)

@@ -18,22 +18,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider
+from .base import Reduction, VisualTokens, check_ranges, choice, params_or_default, slider, toggle
+
+ORDERS = ("attention", "raster")
 
 
 @dataclass(frozen=True)
 class PruMergeParams:
+    """PruMerge's settings; PruMerge+ is the same function with `plus=True` bound in the registry."""
+
     iqr_multiplier: float = slider(
-        1.5, 0.0, 5.0, 0.05, "k in the IQR fence Q3 + k·(Q3 − Q1): patches with CLS attention above it are kept"
-    )
-    plus: bool = False  # PruMerge+: add uniform spatial samples to the outliers
-    merge: bool = True  # merge each kept token with its key-nearest neighbours, plus one aggregate token
-    neighbours: int = slider(32, 1, 256, 1, "How many key-similar patches are merged into each kept token")
+        1.5, 0.0, 5.0, 0.05, "k in the IQR fence Q3 + k·(Q3 − Q1): patches with CLS attention above it are kept "
+        "(official: 1.5)", "IQR multiplier k")
+    merge: bool = toggle(True, "Merge each kept token with its key-nearest patches, plus one aggregate token of "
+                         "the pruned ones (off: prune only)", "Merge")
+    neighbours: int = slider(32, 1, 256, 1, "How many key-similar patches are merged into each kept token "
+                             "(official: 32)", "Merge neighbours")
+    order: str = choice("attention", ORDERS, "Order of the kept tokens handed to the LLM: by descending attention "
+                        "(official) or raster order (not official)", "Token order")
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        if int(self.neighbours) != self.neighbours:
-            raise ValueError(f"PruMergeParams.neighbours must be an integer, got {self.neighbours}")
 
 
 def iqr_fence(attn: Tensor, k: float) -> tuple[float, float, float]:
@@ -84,17 +89,19 @@ def merge_tokens(x: Tensor, attn: Tensor, kept: Tensor, nbr: Tensor, extra: bool
     return merged.to(x.dtype), weight
 
 
-def prumerge(vt: VisualTokens, params: PruMergeParams | None = None) -> Reduction:
+def prumerge(vt: VisualTokens, params: PruMergeParams | None = None, *, plus: bool = False) -> Reduction:
     """PruMerge (`plus=False`) or PruMerge+ (`plus=True`) of one image's visual tokens."""
     p = params_or_default(params, PruMergeParams)
     vt.require("cls_attn", *(("keys",) if p.merge else ()), method="PruMerge")
     n, attn = vt.n, vt.cls_attn
     q1, q3, fence = iqr_fence(attn, p.iqr_multiplier)
     outliers = iqr_outliers(attn, fence)  # [K]
-    samples = uniform_samples(outliers, n) if p.plus else outliers[:0]  # [S]
+    samples = uniform_samples(outliers, n) if plus else outliers[:0]  # [S]
     kept = torch.cat([outliers, samples])  # [M]
+    if p.order == "raster":  # not official: the same tokens in the patches' raster order
+        kept = torch.sort(kept).values
     stages = {"tokens": n, "outliers": outliers.numel()}
-    if p.plus:
+    if plus:
         stages["+ samples"] = kept.numel()
     nbr = weight = None
     k = min(int(p.neighbours), n - 1)
@@ -108,12 +115,12 @@ def prumerge(vt: VisualTokens, params: PruMergeParams | None = None) -> Reductio
         tokens = vt.features[kept]
     stages["to LLM"] = tokens.shape[0]
     return Reduction(
-        method="prumerge+" if p.plus else "prumerge",
+        method="prumerge+" if plus else "prumerge",
         kept=kept,
         tokens=tokens,
         grid=vt.grid,
         stages=stages,
-        extra_token=extra,
+        n_extra=int(extra),
         attn=attn,
         q1=q1,
         q3=q3,

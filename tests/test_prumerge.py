@@ -33,7 +33,7 @@ SETTINGS = [  # (plus, merge, iqr multiplier, neighbours)
 
 def check_equal(inp: dict, plus: bool, merge: bool, k: float, neighbours: int) -> None:
     vt = VisualTokens(**inp)
-    red = prumerge(vt, PruMergeParams(iqr_multiplier=k, plus=plus, merge=merge, neighbours=neighbours))
+    red = prumerge(vt, PruMergeParams(iqr_multiplier=k, merge=merge, neighbours=neighbours), plus=plus)
     want = ref.prumerge(inp["features"], inp["keys"], inp["cls_attn"], k, plus, merge, neighbours)
     assert red.outliers.tolist() == want["outliers"]
     assert red.samples.tolist() == want["samples"]
@@ -85,7 +85,7 @@ def test_fence_is_numpy_percentile():
 def test_official_sample_stride_and_range():
     """PruMerge+ samples {0, s, 2s, … < N − 1}, s = int(int(1/r)/3) (official: arange(0, 575, s))."""
     inp = ref.synthetic((24, 24), d=16, e=8, seed=0)
-    red = prumerge(VisualTokens(**inp), PruMergeParams(plus=True))
+    red = prumerge(VisualTokens(**inp), PruMergeParams(), plus=True)
     r = red.outliers.numel() / 576
     s = int(int(1 / r) / 3)
     official = [x for x in range(0, 575, s) if x not in red.outliers.tolist()]
@@ -96,7 +96,7 @@ def test_official_sample_stride_and_range():
 def test_merge_picks_the_most_key_similar_others():
     inp = ref.synthetic((24, 24), d=32, e=8, seed=3)
     vt = VisualTokens(**inp)
-    red = prumerge(vt, PruMergeParams(plus=True))
+    red = prumerge(vt, PruMergeParams(), plus=True)
     sim = vt.normalised_keys @ vt.normalised_keys.T
     for i, row in zip(red.kept.tolist(), red.merge_index):
         chosen = torch.zeros(576, dtype=torch.bool)
@@ -112,12 +112,12 @@ def test_no_aggregate_token_when_every_patch_is_kept():
     inp = ref.synthetic((4, 4), d=8, e=8, seed=0)
     # fence = Q3: the top 4 of 16 are outliers, r = 1/4, stride int(4/3) = 1 samples 0…14
     inp["cls_attn"] = torch.linspace(0.01, 0.2, 16)  # patch 15 is an outlier → all 16 kept
-    red = prumerge(VisualTokens(**inp), PruMergeParams(iqr_multiplier=0.0, plus=True))
+    red = prumerge(VisualTokens(**inp), PruMergeParams(iqr_multiplier=0.0), plus=True)
     assert sorted(red.kept.tolist()) == list(range(16))
     assert not red.extra_token and red.n_kept == 16 == red.stages["to LLM"] and red.merge_index.shape == (16, 15)
     check_equal(inp, True, True, 0.0, 32)
     inp["cls_attn"] = inp["cls_attn"].flip(0)  # patch 15 is neither outlier nor sample → pruned
-    red = prumerge(VisualTokens(**inp), PruMergeParams(iqr_multiplier=0.0, plus=True))
+    red = prumerge(VisualTokens(**inp), PruMergeParams(iqr_multiplier=0.0), plus=True)
     assert sorted(red.kept.tolist()) == list(range(15))
     assert red.extra_token and red.n_kept == 16
     torch.testing.assert_close(red.tokens[-1], inp["cls_attn"][15] * inp["features"][15])
@@ -131,10 +131,10 @@ def test_memoised_neighbour_rows_equal_a_fresh_computation():
     vt = VisualTokens(**inp)
     for k, plus in [(3.0, False), (1.5, True), (0.0, True), (5.0, False), (0.5, False), (1.5, True)]:
         check_equal(inp, plus, True, k, 32)  # fresh
-        red = prumerge(vt, PruMergeParams(iqr_multiplier=k, plus=plus))  # shared memo
-        fresh = prumerge(VisualTokens(**inp), PruMergeParams(iqr_multiplier=k, plus=plus))
+        red = prumerge(vt, PruMergeParams(iqr_multiplier=k), plus=plus)  # shared memo
+        fresh = prumerge(VisualTokens(**inp), PruMergeParams(iqr_multiplier=k), plus=plus)
         assert red.kept.tolist() == fresh.kept.tolist()
         assert [set(r) for r in red.merge_index.tolist()] == [set(r) for r in fresh.merge_index.tolist()]
         torch.testing.assert_close(red.tokens, fresh.tokens)
-    rows, done = vt.__dict__["_key_rows"][("key_neighbours", 32)]
+    rows, done = vt.__dict__["_key_rows"].table[("key_neighbours", 32)]
     assert rows.shape == (576, 32) and done.any()

@@ -15,6 +15,7 @@ import torch
 from reducers import (
     REDUCERS,
     BudgetParams,
+    RandomParams,
     ClusterSweep,
     PARParams,
     PruMergeParams,
@@ -23,7 +24,7 @@ from reducers import (
     components,
     uniform_grid,
 )
-from reducers.base import Slider
+from reducers.base import controls
 from tests import reference as ref
 
 METHODS = sorted(REDUCERS)
@@ -38,17 +39,18 @@ def random_params(method: str, rng: random.Random):
     """A parameter set for `method` drawn from its sliders' ranges (on the slider's step), booleans at random."""
     cls = REDUCERS[method].params
     values = {}
-    for f in dataclasses.fields(cls):
-        spec = f.metadata.get("slider")
-        if isinstance(spec, Slider):
-            top = min(spec.maximum, 700) if method in ("random", "uniform", "top-attention") else spec.maximum
+    for name, spec, _ in controls(cls):
+        if spec.kind == "slider":
+            top = min(spec.maximum, 700) if spec.budget else spec.maximum
             steps = int(round((top - spec.minimum) / spec.step))
             value = spec.minimum + rng.randint(0, steps) * spec.step
-            values[f.name] = int(round(value)) if f.type in (int, "int") else round(value, 6)
-        elif f.type in (bool, "bool"):
-            values[f.name] = rng.random() < 0.5
-        elif f.name == "seed":
-            values[f.name] = rng.randint(0, 1000)
+            values[name] = int(round(value)) if spec.integer else round(value, 6)
+        elif spec.kind == "toggle":
+            values[name] = rng.random() < 0.5
+        elif spec.kind == "choice":
+            values[name] = rng.choice(spec.options)
+        elif spec.kind == "number":
+            values[name] = rng.randint(int(spec.minimum), 1000)
     return cls(**values)
 
 
@@ -133,7 +135,7 @@ def test_default_params_and_none_agree(method):
 def test_registry_names_and_needs():
     assert {"prumerge", "prumerge+", "par", "random", "uniform", "top-attention", "all"} <= set(REDUCERS)
     for name, entry in REDUCERS.items():
-        assert entry.description
+        assert entry.label and entry.summary
         vt = tokens((4, 4))
         bare = VisualTokens(features=vt.features, grid=vt.grid)
         if entry.needs:
@@ -187,9 +189,9 @@ def test_uniform_spreads_one_patch_per_cell():
 
 def test_random_is_seeded():
     vt = tokens()
-    a = REDUCERS["random"](vt, BudgetParams(budget=50, seed=7))
-    b = REDUCERS["random"](tokens(), BudgetParams(budget=50, seed=7))
-    c = REDUCERS["random"](vt, BudgetParams(budget=50, seed=8))
+    a = REDUCERS["random"](vt, RandomParams(budget=50, seed=7))
+    b = REDUCERS["random"](tokens(), RandomParams(budget=50, seed=7))
+    c = REDUCERS["random"](vt, RandomParams(budget=50, seed=8))
     assert torch.equal(a.kept, b.kept) and not torch.equal(a.kept, c.kept)
     assert a.kept.numel() == 50
 
@@ -344,7 +346,10 @@ BAD_PARAMS = [
     (PARParams, dict(alpha=2.0), "alpha"),
     (BudgetParams, dict(budget=0), "budget"),
     (BudgetParams, dict(budget=3.5), "budget"),
-    (BudgetParams, dict(seed=0.5), "seed"),
+    (RandomParams, dict(seed=0.5), "seed"),
+    (RandomParams, dict(seed=2**63), "seed"),
+    (PruMergeParams, dict(order="sideways"), "order"),
+    (PARParams, dict(spatial="yes"), "spatial"),
 ]
 
 
