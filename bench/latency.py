@@ -110,7 +110,7 @@ def in_process(explorer, n_moves: int) -> dict[str, list[float]]:
 
 def explorer_sweep_only(explorer, image, s, sweep_name, state):
     from explorer import explore as ex
-    from explorer import plots
+    from explorer.pictures import plots
 
     _, _, _, _, vt, _ = explorer.prepared(image, PROMPT, s, state)
     xs, counts, clusters, current, name = ex.sweep(vt, s, sweep_name)
@@ -119,7 +119,7 @@ def explorer_sweep_only(explorer, image, s, sweep_name, state):
 
 def explorer_compare_only(explorer, image, s, state):
     from explorer import explore as ex
-    from explorer import plots
+    from explorer.pictures import plots
 
     backend, enc, _, _, vt, _ = explorer.prepared(image, PROMPT, s, state)
     red = ex.reduce(vt, s)
@@ -314,7 +314,7 @@ def main(argv=None) -> None:
 
     from explorer.config import ExplorerConfig
     from explorer.service import Explorer
-    from explorer.synthetic import SyntheticBackend
+    from explorer.backend.synthetic import SyntheticBackend
 
     print(f"Machine: {machine()}\n")
     offline = Explorer(ExplorerConfig())

@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-
-class InputError(ValueError):
-    """Bad user input; the message is one sentence meant for a person."""
+from .errors import InputError
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -8,6 +8,7 @@ reaches the language model for every reducer. Runs on CPU (fp32) and, when prese
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 import os
@@ -17,12 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from explorer import answer as ans
-from explorer import models
+from explorer.backend import answer as ans
+from explorer.backend import models
 from explorer.config import ExplorerConfig
-from explorer.encode import consuming_layer, hidden_state_index, vision_core, vision_forward
-from explorer.hooks import capture, capture_inputs
-from explorer.images import InputError
+from explorer.backend.geometry import consuming_layer, hidden_state_index
+from explorer.backend.tower import vision_core, vision_forward
+from explorer.backend.hooks import capture, capture_inputs
+from explorer.errors import InputError
 from reducers import REDUCERS, BudgetParams
 from tests import tiny
 from tests.tiny import block_network  # noqa: F401  (fixture)
@@ -214,16 +216,12 @@ def test_other_feature_layers(feature_layer, device):
 def reductions(enc, backend):
     query = backend.encode_query(PROMPT)
     vt = enc.tokens.derive(query=query.embedding)
-    budget = BudgetParams(budget=5)
-    return {
-        "all": REDUCERS["all"](vt),
-        "prumerge": REDUCERS["prumerge"](vt),
-        "prumerge+": REDUCERS["prumerge+"](vt),
-        "par": REDUCERS["par"](vt),
-        "random": REDUCERS["random"](vt, budget),
-        "uniform": REDUCERS["uniform"](vt, budget),
-        "top-attention": REDUCERS["top-attention"](vt, budget),
-    }
+    out = {}
+    for name, entry in REDUCERS.items():
+        if all(getattr(vt, need) is not None for need in entry.needs):
+            params = entry.params(budget=5) if entry.budgeted else entry.params()
+            out[name] = entry(vt, params)
+    return out
 
 
 def test_lm_input_is_exactly_the_reduced_tokens(backend, encoded):
@@ -238,7 +236,7 @@ def test_lm_input_is_exactly_the_reduced_tokens(backend, encoded):
         m = len(red.tokens)
         sizes.add(m)
         with capture_inputs(lm) as calls:
-            answer = backend.answer(encoded, PROMPT, tokens=red.tokens, max_new_tokens=2)
+            answer = backend.answer(encoded, PROMPT, red, max_new_tokens=2)
         emb = calls[0]["inputs_embeds"]
         assert emb.shape == (1, len(chat.before) + m + len(chat.after), tiny.TEXT_WIDTH), name
         assert answer.n_visual_tokens == m, name
@@ -280,11 +278,11 @@ def test_full_input_equals_llava_own_merge(backend, encoded):
 
 def test_answers_are_deterministic_and_stream(backend, encoded):
     red = REDUCERS["top-attention"](encoded.tokens, BudgetParams(budget=6))
-    a1 = backend.answer(encoded, PROMPT, tokens=red.tokens, max_new_tokens=6)
-    a2 = backend.answer(encoded, PROMPT, tokens=red.tokens, max_new_tokens=6)
+    a1 = backend.answer(encoded, PROMPT, red, max_new_tokens=6)
+    a2 = backend.answer(encoded, PROMPT, red, max_new_tokens=6)
     assert a1.text == a2.text and a1.n_new_tokens == a2.n_new_tokens and a1.stop == a2.stop
     assert a1.n_visual_tokens == 6
-    items = list(backend.answer_stream(encoded, PROMPT, tokens=red.tokens, max_new_tokens=6))
+    items = list(backend.answer_stream(encoded, PROMPT, red, max_new_tokens=6))
     *texts, final = items
     assert isinstance(final, ans.Answer)
     assert all(isinstance(t, str) for t in texts)
@@ -308,7 +306,7 @@ def test_answer_stops_at_eos(backend, encoded):
                                          encoded.tokens.features)
     ids = [t for t, _ in ans.greedy_stream(backend.model, embeds, 2, set())]
     assert len(ids) == 2
-    b = models.Backend(backend.model, backend.tokenizer, backend.text, backend.geometry, name="eos",
+    b = models.LlavaBackend(backend.model, backend.tokenizer, backend.text, backend.geometry, name="eos",
                        untrained_vision=True)
     b.stop_ids = {ids[0]}
     out = b.answer(encoded, PROMPT, max_new_tokens=4)
@@ -339,10 +337,22 @@ def test_image_placeholder_in_the_prompt_is_neutralised(backend):
     assert chat.text.count("<image>") == 1
 
 
-@pytest.mark.parametrize("shape", [(0, tiny.VISION_WIDTH), (3, tiny.VISION_WIDTH + 1), (tiny.VISION_WIDTH,)])
+@pytest.mark.parametrize("shape", [(3, tiny.VISION_WIDTH + 1), (tiny.VISION_WIDTH,)])
 def test_answer_rejects_malformed_tokens(backend, encoded, shape):
+    red = dataclasses.replace(REDUCERS["all"](encoded.tokens), tokens=torch.zeros(shape))
     with pytest.raises(InputError, match="Visual tokens"):
-        backend.answer(encoded, PROMPT, tokens=torch.zeros(shape), max_new_tokens=1)
+        backend.answer(encoded, PROMPT, red, max_new_tokens=1)
+
+
+def test_answer_without_visual_tokens_is_the_text_only_prompt(backend, encoded):
+    """Zero visual tokens (the text-only floor) feed exactly the chat prompt's text tokens."""
+    red = dataclasses.replace(REDUCERS["all"](encoded.tokens), kept=encoded.tokens.features.new_zeros(0).long(),
+                              tokens=encoded.tokens.features[:0])
+    lm = backend.model.model.language_model
+    with capture_inputs(lm) as calls:
+        out = backend.answer(encoded, PROMPT, red, max_new_tokens=1)
+    assert out.n_visual_tokens == 0
+    assert calls[0]["inputs_embeds"].shape[1] == backend.n_text_tokens(PROMPT) == out.n_prompt_tokens
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -370,9 +380,9 @@ def test_encode_cache_by_pixel_content(backend):
 @pytest.mark.parametrize("mode", ["crop", "pad", "squash"])
 def test_encode_any_shape(backend, mode):
     """Tiny and extreme-aspect pictures encode in every region mode; the Encoded records the geometry."""
-    from explorer.encode import Geometry
+    from explorer.backend.geometry import Geometry
 
-    b = models.Backend(backend.model, backend.tokenizer, backend.text, Geometry((tiny.IMAGE_SIZE, tiny.IMAGE_SIZE), mode),
+    b = models.LlavaBackend(backend.model, backend.tokenizer, backend.text, Geometry((tiny.IMAGE_SIZE, tiny.IMAGE_SIZE), mode),
                        name="shapes", untrained_vision=True)
     for size in ((1, 1), (1000, 3), (3, 1000), (57, 55)):
         enc = b.encode(tiny.image(9, size))

@@ -18,7 +18,7 @@ import torch
 
 from explorer.config import OFFLINE, ExplorerConfig
 from explorer.service import Explorer
-from explorer.synthetic import SyntheticBackend
+from explorer.backend.synthetic import SyntheticBackend
 from tests import bad_inputs
 from tests.conftest import _launch
 
@@ -433,7 +433,7 @@ MISSING = "/nonexistent/folder"
 @pytest.fixture(scope="module")
 def failing_model_client():
     """Default model is a folder that does not exist, loaded by the real `load_backend`; "offline" is synthetic."""
-    from explorer.models import load_backend
+    from explorer.backend.models import load_backend
 
     def loader(config, progress=None):
         return SyntheticBackend() if config.model == OFFLINE else load_backend(config, progress)
@@ -479,7 +479,7 @@ def test_pad_geometry_does_not_allocate_a_square_of_the_long_side(monkeypatch):
     (10 MP, under the 40 MP limit) must not build a 20000×20000 (400 MP, 1.2 GB) canvas before resizing."""
     from PIL import Image
 
-    from explorer import encode
+    from explorer.backend import geometry as encode
 
     image = Image.new("RGB", (20_000, 500), (90, 120, 200))
     allowed = 4 * image.size[0] * image.size[1]

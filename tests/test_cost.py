@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from explorer.cost import flops_ratio, layer_flops, lm_dims, prefill_flops
+from explorer.backend.cost import flops_ratio, layer_flops, lm_dims, prefill_flops
 from tests import tiny
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import draw
+from explorer.pictures import draw
 
 AMBER = (255, 214, 0)
 CYAN = (0, 200, 255)

@@ -1,4 +1,4 @@
-"""explorer/encode.py pure parts: geometry, content keys, the LRU, attention formulas, prompt rewriting,
+"""explorer/backend pure parts: geometry, content keys, the LRU, attention formulas, prompt rewriting,
 the CLIP tokenizer contract and the pooled query embedding. No model weights beyond a tiny text tower."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from explorer import models
-from explorer.encode import (
-    LRU, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, TEMPLATES, Encoded, Geometry, attention_head_mean, attention_official,
-    content_key, content_phrase, embed_query, patch_grid, pool_text_embeddings, rewrite_prompt,
-)
+from explorer.backend import models
+from explorer.backend.attention import attention_head_mean, attention_official
+from explorer.backend.geometry import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Geometry, content_key, patch_grid
+from explorer.backend.prompts import TEMPLATES, content_phrase, embed_query, pool_text_embeddings, rewrite_prompt
+from explorer.backend.protocol import Encoded
+from reducers.cache import LRU
 from reducers import VisualTokens
 from tests import tiny
 from tests.tiny import block_network  # noqa: F401  (fixture)

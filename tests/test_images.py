@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer.images import InputError, load_image
+from explorer.errors import InputError
+from explorer.images import load_image
 from tests import bad_inputs
 
 LIMIT = 40_000_000

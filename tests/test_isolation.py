@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from explorer.config import OFFLINE, ExplorerConfig
-from explorer.encode import LRU
+from reducers.cache import LRU
 from explorer.service import Explorer
-from explorer.synthetic import SyntheticBackend
+from explorer.backend.synthetic import SyntheticBackend
 from tests import bad_inputs
 from tests.conftest import _launch
 

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from explorer import plots
+from explorer.pictures import plots
 
 
 def validated(fig: go.Figure) -> go.Figure:

@@ -20,7 +20,7 @@ import pytest
 
 from explorer.config import OFFLINE, ExplorerConfig
 from explorer.service import Explorer
-from explorer.synthetic import SyntheticBackend
+from explorer.backend.synthetic import SyntheticBackend
 from tests.conftest import _launch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,7 +274,7 @@ def test_plain_text_grep_agrees():
 def test_offline_checkpoint_is_safetensors_only(offline_explorer):
     from safetensors import safe_open
 
-    from explorer.models import offline_checkpoint
+    from explorer.backend.models import offline_checkpoint
 
     folder = offline_checkpoint(offline_explorer.config.seed)  # built by the fixture, so this only locates it
     weights = folder / "model.safetensors"

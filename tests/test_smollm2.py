@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer import models
+from explorer.backend import models
 from explorer.config import ExplorerConfig
 from reducers import REDUCERS, BudgetParams
 from tests import tiny
@@ -55,9 +55,9 @@ def test_encode_real_tower(backend, encoded):
 
 @pytest.mark.parametrize("budget", [None, 32])
 def test_answer_all_and_32_tokens(backend, encoded, budget):
-    tokens = None if budget is None else REDUCERS["top-attention"](encoded.tokens, BudgetParams(budget=budget)).tokens
-    a1 = backend.answer(encoded, PROMPT, tokens=tokens, max_new_tokens=8)
-    a2 = backend.answer(encoded, PROMPT, tokens=tokens, max_new_tokens=8)
+    red = None if budget is None else REDUCERS["top-attention"](encoded.tokens, BudgetParams(budget=budget))
+    a1 = backend.answer(encoded, PROMPT, red, max_new_tokens=8)
+    a2 = backend.answer(encoded, PROMPT, red, max_new_tokens=8)
     assert a1.text.strip(), a1
     assert a1.text == a2.text and a1.n_new_tokens == a2.n_new_tokens
     assert 1 <= a1.n_new_tokens <= 8

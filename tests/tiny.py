@@ -96,7 +96,7 @@ def tiny_tokenizer():
 
 
 def tiny_text_side(seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    from explorer import models
+    from explorer.backend import models
 
     side = models.offline_text_side(VISION_WIDTH, seed, joint_width=JOINT, width=32, layers=2, heads=4, mlp_width=64)
     side.text_model.to(device=device, dtype=dtype)
@@ -105,12 +105,12 @@ def tiny_text_side(seed: int = 0, device: str = "cpu", dtype: torch.dtype = torc
 
 
 def tiny_backend(device: str = "cpu", seed: int = 0, feature_layer=-2, **kwargs):
-    from explorer import models
-    from explorer.encode import Geometry
+    from explorer.backend import models
+    from explorer.backend.geometry import Geometry
 
     dtype = dtype_for(device)
     model = tiny_model(seed, feature_layer, device, dtype)
-    return models.Backend(model, tiny_tokenizer(), tiny_text_side(seed, device, dtype),
+    return models.LlavaBackend(model, tiny_tokenizer(), tiny_text_side(seed, device, dtype),
                           Geometry((IMAGE_SIZE, IMAGE_SIZE)), name="tiny-llava", untrained_vision=True, **kwargs)
 
 

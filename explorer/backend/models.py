@@ -35,12 +35,17 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from reducers import VisualTokens
+from reducers import Reduction, VisualTokens
 
+from reducers.cache import LRU
+
+from ..config import OFFLINE, ExplorerConfig
+from ..errors import InputError
 from . import answer as ans
-from .config import OFFLINE, ExplorerConfig
-from .encode import LRU, Encoded, Geometry, Query, TowerSpec, consuming_layer, content_key, embed_query, patch_grid, vision_core, vision_forward
-from .images import InputError
+from .geometry import Geometry, consuming_layer, content_key, patch_grid
+from .prompts import embed_query
+from .protocol import Answer, Encoded, Query
+from .tower import TowerSpec, vision_core, vision_forward
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
 IMAGE_TOKEN = "<image>"
@@ -147,8 +152,9 @@ def real_text_side(clip: str, device: torch.device, dtype: torch.dtype, vision_w
 # --------------------------------------------------------------------------------------------------
 # The backend: one VLM, its geometry, the text side, caches
 # --------------------------------------------------------------------------------------------------
-class Backend:
-    """Everything the explorer needs from a model. Thread-safe; bounded caches; no global state."""
+class LlavaBackend:
+    """A LLaVA-style model (real or the offline default) as a `protocol.Backend`. Thread-safe (one lock per
+    model: a slow load or forward of another model never waits for this one); bounded caches; no global state."""
 
     def __init__(self, model, tokenizer, text: TextSide | None, geometry: Geometry, *, name: str,
                  untrained_vision: bool, processor=None, encode_cache_size: int = 8, query_cache_size: int = 64,
@@ -157,6 +163,7 @@ class Backend:
         self.tokenizer = tokenizer
         self.processor = processor
         self.text = text
+        self.has_text_tower = text is not None
         self.geometry = geometry
         self.name = name
         self.untrained_vision = untrained_vision
@@ -181,9 +188,9 @@ class Backend:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self._lock = threading.RLock()  # one forward at a time on this model
-        self._encoded = LRU(encode_cache_size)
-        self._queries = LRU(query_cache_size)
-        self._chats = LRU(query_cache_size)
+        self._encoded = LRU(encode_cache_size)  # content key → Encoded
+        self._queries = LRU(query_cache_size)  # (prompt, rewrite) → Query
+        self._chats = LRU(query_cache_size)  # prompt → ChatPrompt
         stop = {getattr(tokenizer, "eos_token_id", None)}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         stop.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
@@ -209,12 +216,7 @@ class Backend:
     def encode(self, image) -> Encoded:
         """Image (PIL RGB) → cached `Encoded` (keyed by pixel content and this backend)."""
         key = content_key(image)
-        hit = self._encoded.get(key)
-        if hit is not None:
-            return hit
-        enc = self._encode(image, key)
-        self._encoded.put(key, enc)
-        return enc
+        return self._encoded.get_or_compute(key, lambda: self._encode(image, key))
 
     @gpu
     def _encode(self, image, key: str) -> Encoded:
@@ -240,33 +242,29 @@ class Backend:
     def encode_query(self, prompt: str, rewrite: bool = True) -> Query:
         if self.text is None:
             raise InputError(f"{self.name} has no CLIP text tower, so PAR is unavailable; choose PruMerge.")
-        cache_key = (prompt, bool(rewrite))
-        hit = self._queries.get(cache_key)
-        if hit is not None:
-            return hit
-        with self._lock:
-            q = embed_query(prompt, rewrite, self.text.tokenize, self.text.forward)
-        self._queries.put(cache_key, q)
-        return q
+
+        def compute() -> Query:
+            with self._lock:
+                return embed_query(prompt, rewrite, self.text.tokenize, self.text.forward)
+
+        return self._queries.get_or_compute((prompt, bool(rewrite)), compute)
 
     def chat(self, prompt: str) -> ans.ChatPrompt:
-        hit = self._chats.get(prompt)
-        if hit is None:
-            hit = ans.chat_prompt(prompt, self.tokenizer, self.image_token, self.image_token_id, self.processor)
-            self._chats.put(prompt, hit)
-        return hit
+        return self._chats.get_or_compute(prompt, lambda: ans.chat_prompt(
+            prompt, self.tokenizer, self.image_token, self.image_token_id, self.processor))
 
     def n_text_tokens(self, prompt: str) -> int:
         return self.chat(prompt).n_text
 
     # --- answers ------------------------------------------------------------------------------------
-    def answer_stream(self, enc: Encoded, prompt: str, tokens: Tensor | None = None,
-                      max_new_tokens: int | None = None) -> Iterator[str | ans.Answer]:
-        """Greedy answer from all patch features (tokens=None) or exactly `tokens` ([M', d], e.g.
-        `Reduction.tokens`): yields the growing text, then the final `Answer`."""
-        feats = enc.tokens.features if tokens is None else tokens
-        if feats.ndim != 2 or feats.shape[1] != enc.tokens.features.shape[1] or feats.shape[0] < 1:
-            raise InputError(f"Visual tokens must be [M ≥ 1, {enc.tokens.features.shape[1]}], got {list(feats.shape)}.")
+    def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
+                      max_new_tokens: int | None = None) -> Iterator[str | Answer]:
+        """Greedy answer from all patch features (`reduction=None`) or exactly `reduction.tokens`: yields the
+        growing text, then the final `Answer`."""
+        feats = enc.tokens.features if reduction is None else reduction.tokens
+        width = enc.tokens.features.shape[1]
+        if feats.ndim != 2 or feats.shape[1] != width:
+            raise InputError(f"Visual tokens must be [M, {width}], got {list(feats.shape)}.")
         yield from ans.answer_stream(
             self.model, self.embed_tokens, self.projector, self.chat(prompt), feats,
             decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
@@ -274,10 +272,10 @@ class Backend:
         )
 
     @gpu
-    def answer(self, enc: Encoded, prompt: str, tokens: Tensor | None = None,
-               max_new_tokens: int | None = None) -> ans.Answer:
+    def answer(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
+               max_new_tokens: int | None = None) -> Answer:
         final = None
-        for final in self.answer_stream(enc, prompt, tokens, max_new_tokens):
+        for final in self.answer_stream(enc, prompt, reduction, max_new_tokens):
             pass
         return final
 
@@ -421,7 +419,7 @@ def load_backend(config: ExplorerConfig, progress=None) -> Backend:
         text = real_text_side(clip, device, dtype, vision_width)
     geometry = Geometry.from_processor(getattr(processor, "image_processor", None), model.config.vision_config)
     name = config.model if clip in (OFFLINE, DEFAULT_CLIP) or config.is_offline else f"{config.model} + {clip}"
-    backend = Backend(model, tokenizer, text, geometry, name=name, untrained_vision=untrained, processor=processor,
+    backend = LlavaBackend(model, tokenizer, text, geometry, name=name, untrained_vision=untrained, processor=processor,
                       encode_cache_size=config.encode_cache_size, query_cache_size=config.query_cache_size,
                       max_new_tokens=config.max_new_tokens)
     if text.untrained and not untrained:

@@ -15,19 +15,10 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
+from .protocol import Answer
+
 # LLaVA-1.5's conversation format, used when a checkpoint ships no chat template.
 LLAVA_15_FORMAT = "USER: {image}\n{prompt} ASSISTANT:"
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    n_visual_tokens: int  # visual embeddings actually placed in the LM input
-    prefill_s: float  # first forward over the whole input (visual + text)
-    total_s: float  # projector + prefill + decoding
-    n_prompt_tokens: int  # LM input length incl. visual tokens
-    n_new_tokens: int = 0
-    stop: str = "length"  # "eos" | "length"
 
 
 @dataclass(frozen=True)

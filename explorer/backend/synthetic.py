@@ -7,9 +7,7 @@ Everything it returns is labelled synthetic; it never pretends to answer (`answe
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,34 +15,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from reducers import VisualTokens
+from reducers import Reduction, VisualTokens
+from reducers.cache import LRU
 
-
-@dataclass(frozen=True)
-class SyntheticEncoded:
-    key: str
-    tokens: VisualTokens
-    attn_head_mean: torch.Tensor
-    view: Image.Image
-    view_array: np.ndarray
-    crop_box: tuple[float, float, float, float]
-
-
-@dataclass(frozen=True)
-class SyntheticQuery:
-    embedding: torch.Tensor
-    phrase: str
-    prompts: tuple[str, ...]
-    truncated: bool = False
-
-
-@dataclass(frozen=True)
-class SyntheticAnswer:
-    text: str
-    n_visual_tokens: int
-    prefill_s: float
-    total_s: float
-    n_prompt_tokens: int
+from .protocol import Answer, Encoded, Query
 
 
 @dataclass(frozen=True)
@@ -57,29 +31,26 @@ class TinyLMConfig:
 class SyntheticBackend:
     """Encoder outputs whose patches come from smooth random fields (so similarity has spatial structure)."""
 
-    untrained_vision = True
     notice = "Synthetic encoder outputs — no model: patches, clusters and answers carry no meaning."
+    has_text_tower = True
 
     def __init__(self, grid=(24, 24), width=1024, joint_width=768, view_side=672, cache_size=8, seed=0):
         self.grid = tuple(grid)
         self.width, self.joint_width, self.view_side, self.seed = width, joint_width, view_side, seed
         self.name = f"synthetic {grid[0]}×{grid[1]}"
         self.lm_config = TinyLMConfig()
-        self._cache: OrderedDict[str, SyntheticEncoded] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._encoded = LRU(cache_size)
 
-    def lookup(self, key: str):
-        with self._lock:
-            return self._cache.get(key)
+    def lookup(self, key: str) -> Encoded | None:
+        return self._encoded.get(key)
 
-    def encode(self, image: Image.Image) -> SyntheticEncoded:
+    def encode(self, image: Image.Image) -> Encoded:
         pixels = np.asarray(image.convert("RGB"))
         key = hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()[:16]
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+        return self._encoded.get_or_compute(key, lambda: self._encode(image, key))
+
+    def _encode(self, image: Image.Image, key: str) -> Encoded:
+        t0 = time.perf_counter()
         h, w = self.grid
         gen = torch.Generator().manual_seed(int(key[:8], 16) ^ self.seed)
         coarse = torch.randn(1, self.width, max(2, h // 4), max(2, w // 4), generator=gen)
@@ -96,24 +67,28 @@ class SyntheticBackend:
         px = max(1, round(self.view_side / w))  # whole pixels per patch, as the real view (2 × 14 px)
         vw, vh = w * px, h * px
         view = image.convert("RGB").resize((vw, vh), Image.BILINEAR, box=box)
-        enc = SyntheticEncoded(key, tokens, head_mean, view, np.asarray(view), box)
-        with self._lock:
-            self._cache[key] = enc
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return enc
+        return Encoded(key, tokens, head_mean, view, box, image.size, time.perf_counter() - t0)
 
-    def encode_query(self, prompt: str, rewrite: bool = True) -> SyntheticQuery:
+    def encode_query(self, prompt: str, rewrite: bool = True) -> Query:
         digest = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)
         q = torch.randn(self.joint_width, generator=torch.Generator().manual_seed(digest))
-        return SyntheticQuery(F.normalize(q, dim=0), prompt, (prompt,))
+        return Query(F.normalize(q, dim=0), prompt, (prompt,), False, bool(rewrite), prompt)
 
     def n_text_tokens(self, prompt: str) -> int:
         return 16 + len(prompt.split())
 
-    def answer(self, enc, prompt: str, tokens=None, max_new_tokens=None) -> SyntheticAnswer:
+    def answer(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
+               max_new_tokens: int | None = None) -> Answer:
+        final = None
+        for final in self.answer_stream(enc, prompt, reduction, max_new_tokens):
+            pass
+        return final
+
+    def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
+                      max_new_tokens: int | None = None):
         t = time.perf_counter()
-        n = enc.tokens.n if tokens is None else int(tokens.shape[0])
+        n = enc.tokens.n if reduction is None else reduction.n_kept
+        text = f"(synthetic backend: {n} visual tokens, no language model)"
         dt = time.perf_counter() - t
-        return SyntheticAnswer(f"(synthetic backend: {n} visual tokens, no language model)", n, dt, dt,
-                               n + self.n_text_tokens(prompt))
+        yield text
+        yield Answer(text, n, dt, dt, n + self.n_text_tokens(prompt), 0, "length")
