@@ -453,14 +453,14 @@ def set_image_size(model, image_size: int) -> None:
     model.config.image_size = image_size
 
 
-def load_dinov2(cache_dir, image_size: int = 336, dtype: torch.dtype = torch.float32, progress=None):
+def load_dinov2(cache_dir, image_size: int | None = 336, dtype: torch.dtype = torch.float32, progress=None):
     """The converted Dinov2Model (eval, eager attention so attentions can be returned) for `image_size` px.
 
     image_size None keeps the native 37×37 table (518 px)."""
     from transformers import Dinov2Model
 
     folder = dinov2_checkpoint(cache_dir, progress)
-    model = Dinov2Model.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32)
+    model = Dinov2Model.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32, use_safetensors=True)
     if image_size is not None and image_size != model.config.image_size:
         set_image_size(model, image_size)  # in float32, before any cast
     return model.to(dtype).eval()
