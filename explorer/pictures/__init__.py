@@ -1,0 +1,1 @@
+"""Pure pictures (numpy/PIL) and plotly figures of a reduction: no model, no gradio."""
