@@ -4,3 +4,5 @@
     from explorer.service import Explorer          # the app's operations without gradio
     from explorer.ui import build_demo             # the Blocks (the only gradio module besides app.py)
 """
+
+__version__ = "0.5.0"

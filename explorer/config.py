@@ -2,11 +2,12 @@
 
 Chosen (highest priority first) by CLI flags, environment variables, then the defaults below:
 
-    --model   VTE_MODEL    "offline" (default) or a LLaVA-1.5-style hub id / local folder,
-                           e.g. llava-hf/llava-1.5-7b-hf
+    --model   VTE_MODEL    "offline" (default: real DINOv2 tower, untrained projector, SmolLM2), "offline-clip"
+                           (LLaVA-1.5's CLIP architecture, seeded random weights) or a LLaVA-1.5-style hub id /
+                           local folder, e.g. llava-hf/llava-1.5-7b-hf
     --clip    VTE_CLIP     CLIP checkpoint for PAR's text tower and visual projection, hub id / folder
                            (e.g. openai/clip-vit-large-patch14-336); empty → match the model (see
-                           `explorer.models` for the rule); "offline" → the seeded random text tower
+                           `explorer.backend.models.load_backend`); "offline-clip" → the seeded random text tower
     --device  VTE_DEVICE   "auto" (CUDA → fp16, else MPS → fp16, else CPU → fp32), or "cpu", "cuda", "cuda:1", "mps"
 
 The memory each choice needs is documented in `explorer.models`.
@@ -18,7 +19,9 @@ import argparse
 import os
 from dataclasses import dataclass
 
-OFFLINE = "offline"
+OFFLINE = "offline"  # the default: the real DINOv2 tower + untrained projector + SmolLM2 (explorer.backend.offline)
+OFFLINE_CLIP = "offline-clip"  # LLaVA-1.5's CLIP architecture with seeded random weights (mechanics only)
+OFFLINE_MODELS = (OFFLINE, OFFLINE_CLIP)
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,11 @@ class ExplorerConfig:
     device: str = "auto"
     encode_cache_size: int = 8  # encoded images kept per backend (LRU)
     query_cache_size: int = 64  # embedded prompts kept per backend (LRU)
-    max_new_tokens: int = 64  # default answer length
+    max_new_tokens: int = 48  # default answer length (the UI's slider starts here)
+    max_new_tokens_limit: int = 256  # the most an answer may ask for (UI and API)
+    cache_clean_every_s: int = 600  # Gradio's cache of uploads and outputs is cleaned this often …
+    cache_max_age_s: int = 3600  # … of files older than this
+    heavy_slots: int = 2  # exports / fidelity runs at once (each may redraw or run the LLM many times)
     max_image_pixels: int = 40_000_000  # uploads above this are refused (decompression-bomb guard)
     max_prompt_chars: int = 2_000  # longer prompts are cut before answering
     seed: int = 0  # seeds every randomly initialised weight of the offline default
@@ -36,14 +43,18 @@ class ExplorerConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError("model must be 'offline' or a hub id / local folder")
-        for name in ("encode_cache_size", "query_cache_size", "max_new_tokens", "max_image_pixels", "max_prompt_chars"):
+        for name in ("encode_cache_size", "query_cache_size", "max_new_tokens", "max_new_tokens_limit", "heavy_slots",
+                     "cache_clean_every_s", "cache_max_age_s",
+                     "max_image_pixels", "max_prompt_chars"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError(f"max_new_tokens {self.max_new_tokens} exceeds max_new_tokens_limit {self.max_new_tokens_limit}")
 
     @property
     def is_offline(self) -> bool:
-        return self.model == OFFLINE
+        return self.model in OFFLINE_MODELS
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None, env: dict[str, str] | None = None) -> "ExplorerConfig":

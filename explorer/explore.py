@@ -1,241 +1,296 @@
-"""From a cached encode and the UI's settings to pictures and numbers — the work of one slider move.
+"""From a cached encode and the settings to pictures and numbers — the work of one slider move.
 
-No gradio here: `ui.py` wires these functions to components, `bench/latency.py` times them in-process.
-Expensive work (encoding the image, embedding the prompt) is done by the backend and cached there; a slider
-move only runs a reducer on memoised per-image quantities and redraws.
+No gradio and no model here: `service.py` supplies the encode, the query and the `VisualTokens`, `ui.py` wires
+these functions to components, `bench/latency.py` times them in-process. A slider move runs one reducer on
+memoised per-image quantities and redraws; the sweep and the method comparison follow.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from reducers import REDUCERS, BudgetParams, PARParams, PruMergeParams, Reduction, VisualTokens
+from reducers import Reduction, VisualTokens
 
-from . import draw, plots
-from .cost import prefill_flops
+from .backend.cost import layer_flops, lm_dims, prefill_flops
+from .pictures import draw, plots
+from .settings import Settings
 
-ATTENTION_MODES = ("official", "head-mean")
-METHOD_LABELS = {
-    "par": "PAR (as specified here)",
-    "prumerge": "PruMerge",
-    "prumerge+": "PruMerge+",
-    "all": "All tokens",
-    "random": "Random (matched budget)",
-    "uniform": "Uniform grid (matched budget)",
-    "top-attention": "Top-M CLS attention (matched budget)",
-}
-BASELINES = ("random", "uniform", "top-attention")
-
-# Headline numbers of the papers, shown as reference labels (ALGORITHMS.md, seeds/).
-PAPER_NUMBERS = {
-    "prumerge": "Paper (LLaVA-1.5-7B, 576 → ~32 tokens): VQAv2 78.5 → 72.0, TextVQA 58.2 → 56.0, "
-    "POPE 85.9 → 76.3, MME 1510.7 → 1350.3.",
-    "prumerge+": "Paper (LLaVA-1.5-7B, 576 → ~144 tokens): VQAv2 78.5 → 76.8, TextVQA 58.2 → 57.1, "
-    "POPE 85.9 → 84.0, MME 1510.7 → 1462.4.",
-    "par": "Paper: −83 % FLOPs, 89 % compression, 97 % of baseline accuracy kept, 2× the reduction of prior methods.",
-}
+SWEEP_POINTS = 41
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the controls set; each field is one control (the params dataclasses hold the sliders)."""
-
-    method: str = "par"
-    par: PARParams = field(default_factory=PARParams)
-    prumerge: PruMergeParams = field(default_factory=PruMergeParams)
-    budget: BudgetParams = field(default_factory=BudgetParams)
-    attention: str = "official"
-    rewrite: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in REDUCERS:
-            raise ValueError(f"Unknown method {self.method!r}; choose one of {', '.join(REDUCERS)}.")
-        if self.attention not in ATTENTION_MODES:
-            raise ValueError(f"Unknown attention mode {self.attention!r}; choose one of {ATTENTION_MODES}.")
-
-    @property
-    def params(self):
-        """The parameter object the active reducer takes."""
-        if self.method == "par":
-            return self.par
-        if self.method in ("prumerge", "prumerge+"):
-            return dataclasses.replace(self.prumerge, plus=self.method == "prumerge+")
-        if self.method in BASELINES:
-            return self.budget
-        return None
-
-    def as_dict(self) -> dict:
-        return {
-            "method": self.method,
-            "attention": self.attention,
-            "rewrite": self.rewrite,
-            "par": dataclasses.asdict(self.par),
-            "prumerge": dataclasses.asdict(self.prumerge),
-            "budget": dataclasses.asdict(self.budget),
-        }
-
-
-def visual_tokens(base: VisualTokens, attn_head_mean: torch.Tensor, settings: Settings, query=None) -> VisualTokens:
-    """The encode's tokens with the chosen attention mode and query; memoised similarities carry over."""
-    changes = {}
-    if settings.attention == "head-mean":
-        changes["cls_attn"] = attn_head_mean
-    if query is not None:
-        changes["query"] = query
-    return base.derive(**changes) if changes else base
-
-
-def reduce(vt: VisualTokens, settings: Settings) -> Reduction:
-    return REDUCERS[settings.method](vt, settings.params)
-
-
+# --------------------------------------------------------------------------------------------------
+# Pictures of one reduction
+# --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Pictures:
     kept: np.ndarray  # retained patches on the view
-    groups: np.ndarray  # PAR clusters, or PruMerge merge groups, or the kept overlay again
+    kept_caption: str
+    groups: np.ndarray | None  # PAR clusters, merge groups, or None when the method has neither
     groups_caption: str
-    heatmap: np.ndarray  # PAR relevance, or CLS attention
+    heatmap: np.ndarray  # the per-patch score the method reads, with a colour bar
     heatmap_caption: str
 
 
-def pictures(canvas: draw.Canvas, vt: VisualTokens, red: Reduction) -> Pictures:
-    """The three on-image pictures of a reduction, all aligned with the patches the model saw.
+def heat_values(vt: VisualTokens, red: Reduction, attention: str) -> tuple[np.ndarray | None, str]:
+    """The per-patch score a method reads, for the heatmap: PAR's relevance r, FastV's LLM attention, or the
+    CLS→patch attention (of the chosen mode)."""
+    if red.relevance is not None:
+        return red.relevance.float().cpu().numpy(), "PAR relevance r (min–max cos(patch, query) per image)"
+    if red.layer and red.attn is not None:
+        return red.attn.float().cpu().numpy(), f"LLM attention to each patch at layer {red.layer - 1} (FastV's ranking)"
+    if vt.cls_attn is not None:
+        return vt.cls_attn.float().cpu().numpy(), f"CLS → patch attention ({attention})"
+    return None, "No per-patch score for this tower"
 
-    `canvas` is the encode's view on the reduction's grid (`draw.Canvas(view, grid)`, re-used across moves)."""
+
+def pictures(canvas: draw.Canvas, vt: VisualTokens, red: Reduction, attention: str, label: str,
+             points: np.ndarray | None = None) -> Pictures:
+    """The three on-image pictures of a reduction, aligned with the patches the model saw. `canvas` is the
+    encode's view on the reduction's grid (re-used across moves); `points` the patches PAR's query points at."""
     kept = red.kept_mask.cpu()
-    kept_img = canvas.kept(kept, samples=red.samples)
+    kept_img = canvas.kept(kept, samples=red.samples, points=points)
+    kept_caption = f"{label}: {red.kept.numel()} of {red.n_tokens} patches kept (bright, amber outline)"
+    if red.samples is not None and red.samples.numel():
+        kept_caption += f"; {red.samples.numel()} uniform samples outlined cyan"
+    if points is not None and len(points):
+        kept_caption += "; the query's patches outlined magenta"
+    if red.layer:
+        kept_caption += f" — all {red.n_tokens} enter the LLM, these remain from layer {red.layer} on"
     if red.labels is not None:
         groups = canvas.clusters(red.labels, kept_mask=kept)
-        caption = f"{red.n_clusters} clusters of the similarity graph (connected components); kept patches outlined"
+        sizes = np.bincount(red.labels.cpu().numpy())
+        top = ", ".join(str(v) for v in np.sort(sizes)[::-1][:3])
+        caption = (f"{red.n_clusters} clusters (connected components of similarity ≥ γ); largest: {top} patches; "
+                   f"{int((sizes == 1).sum())} singletons grey; kept outlined white")
     elif red.merge_index is not None:
-        n_out = red.outliers.numel()
         groups = canvas.merge_groups(red.kept, red.merge_index)
-        caption = f"Merge groups: each kept token and its {red.merge_index.shape[1]} key-nearest patches ({n_out} outliers)"
+        caption = (f"Merge groups: each kept token with its {red.merge_index.shape[1]} key-nearest patches "
+                   f"(in its colour); kept outlined white")
+    elif red.groups is not None:
+        groups = canvas.groups(red.groups, kept=red.kept)
+        sizes = np.bincount(red.groups[red.groups >= 0].cpu().numpy())
+        sizes = sizes[sizes > 0]
+        top = ", ".join(str(v) for v in np.sort(sizes)[::-1][:3])
+        caption = f"{sizes.size} merge groups (one colour per token); largest: {top} patches"
     else:
-        groups = kept_img
-        caption = "No clusters or merge groups for this method"
-    if red.relevance is not None:
-        heat = canvas.heatmap(red.relevance, kept_mask=kept)
-        heat_caption = "PAR relevance r = min-max cos(patch, prompt)"
+        groups, caption = None, f"{label} neither clusters nor merges patches"
+    values, heat_caption = heat_values(vt, red, attention)
+    if values is None:
+        heat = canvas.kept(kept)
     else:
-        attn = vt.cls_attn if vt.cls_attn is not None else torch.zeros(vt.n)
-        a = attn.float().cpu()
-        span = float(a.max() - a.min())
-        heat = canvas.heatmap((a - a.min()) / span if span > 0 else a * 0, kept_mask=kept)
-        heat_caption = "CLS → patch attention (min-max scaled)"
-    return Pictures(kept_img, groups, caption, heat, heat_caption)
+        scaled, log = colour_scale(values)
+        heat = draw.with_colour_bar(canvas.heatmap(scaled, kept_mask=kept), f"{values.min():.2g}", f"{values.max():.2g}")
+        heat_caption += f"; colour bar: min to max{' on a log scale' if log else ''}; kept outlined white"
+    return Pictures(kept_img, kept_caption, groups, caption, heat, heat_caption)
 
 
-def flops_summary(lm_config, n_text: int, n_visual: int, n_kept: int) -> dict:
-    full = prefill_flops(lm_config, n_text + n_visual)
-    reduced = prefill_flops(lm_config, n_text + n_kept)
+def colour_scale(values: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Values → [0, 1] for a heatmap: min–max, on a log scale when they are positive and span more than two
+    decades (attention does: with a linear scale a handful of patches would be bright and the rest one colour)."""
+    lo, hi = float(values.min()), float(values.max())
+    if lo > 0 and hi / lo > 100:
+        logs = np.log(values)
+        return (logs - np.log(lo)) / (np.log(hi) - np.log(lo)), True
+    return ((values - lo) / (hi - lo) if hi > lo else values * 0), False
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+def histogram(vt: VisualTokens, red: Reduction, settings: Settings):
+    """The per-patch score histogram each method is decided by, titled for what it shows, with only the
+    thresholds that method uses (PruMerge: Q1, Q3 and the IQR fence; PAR: τ on h; methods keeping the top of a
+    score: the cut at the lowest kept value)."""
+    kept = red.kept_mask.cpu().numpy()
+    attention = settings.inputs.attention
+    if red.fence is not None:  # PruMerge
+        lines = [(red.q1, "Q1", "quartile"), (red.q3, "Q3", "quartile"), (red.fence, "fence", "fence")]
+        return plots.score_histogram(red.attn.float().cpu().numpy(), kept, "CLS → patch attention: outliers above "
+                                     "the IQR fence are kept", f"attention ({attention})", lines)
+    if red.hybrid is not None:  # PAR
+        tau = settings.params.tau
+        return plots.score_histogram(red.hybrid.float().cpu().numpy(), kept, "PAR hybrid relevance h: routed if ≥ τ",
+                                     "h = α·r + (1 − α)·R_cluster", [(tau, f"τ = {tau:g}", "cut")])
+    if red.attn is not None and red.kept.numel():  # the top of a score: top-attention, FastV, VisionZip
+        values = red.attn.float().cpu().numpy()
+        cut = float(values[red.kept.cpu().numpy()].min())
+        source = "LLM attention (FastV)" if red.layer else f"CLS attention ({attention})"
+        return plots.score_histogram(values, kept, f"{source}: the highest are kept", source, [(cut, "cut", "cut")])
+    values = vt.cls_attn.float().cpu().numpy() if vt.cls_attn is not None else np.zeros(vt.n)
+    return plots.score_histogram(values, kept, "CLS → patch attention of kept and dropped patches (this method "
+                                 "does not read it)", f"attention ({attention})")
+
+
+def figures(vt: VisualTokens, red: Reduction, settings: Settings):
+    """(score histogram, stage funnel)."""
+    return histogram(vt, red, settings), plots.stage_funnel(red.stages)
+
+
+# --------------------------------------------------------------------------------------------------
+# Numbers
+# --------------------------------------------------------------------------------------------------
+def flops_summary(lm_config, n_text: int, red: Reduction) -> dict:
+    """Prefill FLOPs of the LLM, all visual tokens vs this reduction (FastV: K layers on all, the rest on the
+    kept ones)."""
+    n = red.n_tokens
+    full = prefill_flops(lm_config, n_text + n)
+    if red.layer:
+        d, m, layers = lm_dims(lm_config)
+        k = min(red.layer, layers)
+        reduced = k * layer_flops(d, m, n_text + n) + (layers - k) * layer_flops(d, m, n_text + red.n_kept)
+    else:
+        reduced = prefill_flops(lm_config, n_text + red.n_kept)
     return {
         "text_tokens": n_text,
         "prefill_flops_full": full,
         "prefill_flops_reduced": reduced,
         "flops_saving": 1.0 - reduced / full if full else 0.0,
+        "formula": ("per layer 2·n·(4d² + 3dm) + 4n²d; FastV: layers < K on all tokens, the rest on the kept"
+                    if red.layer else "per layer 2·n·(4d² + 3dm) + 4n²d, n = text + visual tokens"),
     }
 
 
-def summary(red: Reduction, settings: Settings, flops: dict, extra: dict | None = None) -> dict:
+def per_patch(vt: VisualTokens, red: Reduction) -> dict:
+    """Per-patch data for researchers: indices are row-major over `image.grid`, `kept` in the order the LLM
+    receives the tokens."""
+    out = {"kept": red.kept.tolist()}
+    if vt.cls_attn is not None:
+        out["attention"] = [round(float(v), 8) for v in vt.cls_attn.float().cpu()]
+    if red.relevance is not None:
+        out["relevance"] = [round(float(v), 6) for v in red.relevance.float().cpu()]
+        out["hybrid"] = [round(float(v), 6) for v in red.hybrid.float().cpu()]
+        out["labels"] = red.labels.tolist()
+    if red.merge_index is not None:
+        out["merge_groups"] = {
+            str(int(k)): {"neighbours": nbr.tolist(), "weights": [round(float(w), 8) for w in wt]}
+            for k, nbr, wt in zip(red.kept.cpu(), red.merge_index.cpu(), red.merge_weight.float().cpu())}
+    if red.groups is not None:
+        out["groups"] = red.groups.tolist()
+        out["group_weight"] = [round(float(v), 6) for v in red.group_weight.float().cpu()]
+    if red.layer and red.attn is not None:
+        out["llm_attention"] = [round(float(v), 8) for v in red.attn.float().cpu()]
+    return out
+
+
+def summary(red: Reduction, vt: VisualTokens, settings: Settings, flops: dict, extra: dict | None = None) -> dict:
     out = red.summary()
-    out["params"] = settings.as_dict()
-    out["method_label"] = METHOD_LABELS[red.method]
+    entry = settings.entry
+    out.update(settings.as_dict())
+    out["method_label"] = entry.label
     out["flops"] = flops
-    if red.method in PAPER_NUMBERS:
-        out["paper"] = PAPER_NUMBERS[red.method]
+    if entry.headline:
+        out["paper"] = {"citation": entry.paper, "headline": entry.headline}
+    out["per_patch"] = per_patch(vt, red)
     out.update(extra or {})
     return out
 
 
-def readout_markdown(s: dict, untrained_notice: str = "") -> str:
+def readout_markdown(s: dict) -> str:
+    """Two short lines: tokens and FLOPs, then the funnel and the method's own numbers."""
     f = s["flops"]
-    lines = [
-        f"**{s['method_label']}** — visual tokens **{s['n_tokens']} → {s['n_kept']}** "
-        f"(compression **{100 * s['compression']:.1f} %**)",
-        f"Prefill FLOPs of the LM (with {f['text_tokens']} text tokens): "
-        f"{f['prefill_flops_full'] / 1e9:.2f} G → {f['prefill_flops_reduced'] / 1e9:.2f} G, "
-        f"saving **{100 * f['flops_saving']:.1f} %**",
-        "Stages: " + " → ".join(f"{k} {v}" for k, v in s["stages"].items()),
-    ]
+    first = (f"**{s['method_label']}** · visual tokens **{s['n_tokens']} → {s['n_kept']}** "
+             f"(−{100 * s['compression']:.1f} %) · prefill {f['prefill_flops_full'] / 1e9:.2f} → "
+             f"{f['prefill_flops_reduced'] / 1e9:.2f} GFLOPs (−{100 * f['flops_saving']:.1f} %)")
+    if s.get("llm_layer"):
+        first += f" · pruned inside the LLM at layer {s['llm_layer']}"
+    details = ["Stages: " + " → ".join(f"{k} {v}" for k, v in s["stages"].items())]
     if "n_clusters" in s:
-        lines.append(f"Clusters: {s['n_clusters']}")
+        details.append(f"{s['n_clusters']} clusters")
     if "fence" in s:
-        lines.append(f"IQR fence: Q1 {s['q1']:.3g}, Q3 {s['q3']:.3g}, fence {s['fence']:.3g}")
-    if "paper" in s:
-        lines.append(f"_Reference — {s['paper']}_")
-    if untrained_notice:
-        lines.append(f"⚠️ {untrained_notice}")
-    return "\n\n".join(lines)
+        details.append(f"Q1 {s['q1']:.3g} · Q3 {s['q3']:.3g} · fence {s['fence']:.3g}")
+    if s.get("query"):
+        details.append(f"Query: {s['query']['description']}")
+    return first + "\n\n" + " · ".join(details)
 
 
-def figures(vt: VisualTokens, red: Reduction):
-    """(attention histogram, stage funnel)."""
-    attn = red.attn if red.attn is not None else vt.cls_attn
-    hist = plots.attention_histogram(
-        attn.float().cpu().numpy() if attn is not None else np.zeros(vt.n),
-        red.q1,
-        red.q3,
-        red.fence,
-        kept_mask=red.kept_mask.cpu().numpy(),
-    )
-    return hist, plots.stage_funnel(red.stages)
-
-
-# --- sweep and comparison (may follow the core pictures) ---------------------------------------------
-SWEEP_POINTS = 41
-
-
-def sweep_fields(method: str) -> list[str]:
-    """The slider fields of a method's parameters (what a sweep can vary)."""
-    entry = REDUCERS[method]
-    return [f.name for f in dataclasses.fields(entry.params) if "slider" in f.metadata]
+# --------------------------------------------------------------------------------------------------
+# Sweep, comparison, inspection, A/B
+# --------------------------------------------------------------------------------------------------
+def sweep_fields(settings: Settings, method: str | None = None) -> list[str]:
+    """The slider controls of a method's parameters (what a sweep can vary)."""
+    entry = settings.schema.entry(method or settings.method)
+    return [f.name for f in dataclasses.fields(entry.params)
+            if f.metadata.get("control") is not None and f.metadata["control"].kind == "slider"]
 
 
 def sweep(vt: VisualTokens, settings: Settings, name: str | None = None, points: int = SWEEP_POINTS):
-    """Tokens to the LLM as one slider of the active method sweeps its range (others fixed).
-
-    Returns (xs, kept counts, cluster counts or None, current value, field name).
-    """
-    names = sweep_fields(settings.method)
+    """Tokens to the LLM as one slider of the active method sweeps its range (others fixed): (xs, kept counts,
+    cluster counts or None, current value, field name), or None when the method has no slider."""
+    names = sweep_fields(settings)
     if not names:
         return None
     name = name if name in names else names[0]
-    params = settings.params
-    spec = next(f for f in dataclasses.fields(type(params)) if f.name == name).metadata["slider"]
-    hi = spec.maximum if name != "budget" else vt.n
-    xs = np.linspace(spec.minimum, hi, points)
-    if spec.step >= 1:
+    entry, params = settings.entry, settings.params
+    control = settings.schema.specs[name].control
+    hi = min(control.maximum, vt.n) if control.budget else control.maximum
+    xs = np.linspace(control.minimum, hi, points)
+    if control.integer:
         xs = np.unique(np.round(xs))
     clusters = None
-    if settings.method == "par" and name == "cluster_threshold":  # the forest first: then each γ costs O(N)
-        clusters = vt.cluster_sweep(settings.par.spatial).count(xs)
-    counts = []
-    for x in xs:
-        value = int(x) if spec.step >= 1 else float(x)
-        red = REDUCERS[settings.method](vt, dataclasses.replace(params, **{name: value}))
-        counts.append(red.n_kept)
+    if name == "cluster_threshold" and hasattr(params, "spatial"):  # the forest first: then each γ costs O(N)
+        clusters = vt.cluster_sweep(params.spatial).count(xs)
+    counts = [entry(vt, dataclasses.replace(params, **{name: int(x) if control.integer else float(x)})).n_kept
+              for x in xs]
     return xs, np.asarray(counts), clusters, float(getattr(params, name)), name
 
 
-def comparison(vt: VisualTokens, canvas: draw.Canvas, settings: Settings, budget: int):
-    """Every applicable method at a matched budget M (adaptive methods at the current settings).
-
-    Returns a list of (method, Reduction, thumbnail).
-    """
+def comparison(vt: VisualTokens, settings: Settings, budget: int, reduce) -> list[tuple[str, Reduction, bool]]:
+    """Every method the tokens can feed, at a matched budget M for budget methods (exactly M tokens; pooling
+    the nearest grid) and at its own settings for adaptive ones: [(method, Reduction, matched)].
+    `reduce(method, settings)` runs (or fetches) one reduction."""
     rows = []
-    for method, entry in REDUCERS.items():
+    for method, entry in settings.schema.methods.items():
         if any(getattr(vt, need) is None for need in entry.needs):
             continue
-        if method in BASELINES:
-            params = dataclasses.replace(settings.budget, budget=max(1, budget))
-        else:
-            params = dataclasses.replace(settings, method=method).params
-        red = entry(vt, params)
-        thumb = canvas.small.kept(red.kept_mask.cpu(), samples=red.samples)  # half size: a gallery thumbnail
-        rows.append((method, red, thumb))
+        other = settings.with_method(method)
+        if entry.budgeted:
+            other = other.with_values(**{entry.budget_field: max(1, budget)})
+        rows.append((method, reduce(method, other), entry.budgeted))
     return rows
+
+
+def inspect_patch(vt: VisualTokens, red: Reduction, index: int) -> dict:
+    """Everything about one patch: where it is, its scores, its cluster, whether (and where) it was kept, and
+    for merging methods which kept token absorbed it and with what weight."""
+    h, w = vt.grid
+    r, c = divmod(int(index), w)
+    kept = red.kept.tolist()
+    out = {"patch": int(index), "row": r, "column": c, "kept": index in kept}
+    if index in kept:
+        out["position_in_llm_input"] = kept.index(index)
+    if vt.cls_attn is not None:
+        a = vt.cls_attn.float()
+        out["attention"] = float(a[index])
+        out["attention_rank"] = int((a > a[index]).sum()) + 1
+    if red.relevance is not None:
+        out["relevance"] = float(red.relevance[index])
+        out["hybrid"] = float(red.hybrid[index])
+        label = int(red.labels[index])
+        out["cluster"] = label
+        out["cluster_size"] = int((red.labels == label).sum())
+        out["retrieved"] = bool(red.retrieved[index])
+        out["routed"] = bool(red.routed[index])
+    if red.merge_index is not None:
+        absorbed = [(kept[i], float(red.merge_weight[i, j])) for i, j in zip(*torch.nonzero(red.merge_index == index).T.tolist())]
+        out["merged_into"] = [{"kept_patch": k, "weight": wt} for k, wt in absorbed]
+        if red.extra_token and index not in kept:
+            out["in_aggregate_token"] = True
+    if red.groups is not None and int(red.groups[index]) >= 0:
+        g = int(red.groups[index])
+        out["token"] = g
+        out["group_size"] = int((red.groups == g).sum())
+        out["weight_in_token"] = float(red.group_weight[index])
+    if red.layer and red.attn is not None:
+        out["llm_attention"] = float(red.attn[index])
+    return out
+
+
+def jaccard(a, b) -> float:
+    """|A ∩ B| / |A ∪ B| of two kept index sets (1 when both are empty)."""
+    sa, sb = set(int(i) for i in a), set(int(i) for i in b)
+    union = sa | sb
+    return len(sa & sb) / len(union) if union else 1.0

@@ -1,98 +1,121 @@
-"""The app's operations without gradio: load backends lazily, encode with caching, explore, answer, export.
+"""The app's operations without gradio: backends, encodes, queries, reductions, answers, fidelity, export.
 
-Every public method raises `InputError` (a one-sentence message for a person) for anything a user did;
-`ui.py` turns those into `gr.Error`. Per-session state is a small dict the caller keeps (`gr.State`):
-it names the image (upload path + content key) and the backend, never tensors; tensors live in the
-backend's bounded LRU caches, keyed by image content, so sessions cannot see each other's settings.
+Every public method raises `InputError` (one sentence meant for a person) for anything a user did; `ui.py`
+turns those into `gr.Error`. Per-session state is a small dict the caller keeps (`gr.State`): it names the
+image (upload path + content key) and the backend, never tensors; tensors live in bounded LRU caches keyed by
+image content and settings, so sessions cannot see each other's work and a repeated request costs nothing.
+
+Work is done once: an image is encoded once per backend, a prompt embedded once, the `VisualTokens` for
+(image, attention mode, joint layer, query) built once (their memoised similarities survive slider moves),
+and each `Reduction` computed once per settings — the sweep, the comparison, the answer and the export reuse
+the one the explore event drew.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
-import shutil
+import re
 import tempfile
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from dataclasses import dataclass, replace
+from typing import Iterable, Mapping
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from reducers import BudgetParams, PARParams, PruMergeParams
+from reducers import REDUCERS, Reduction, VisualTokens
+from reducers.cache import LRU
 
-from . import draw, plots
+from . import __version__
 from . import explore as ex
-from .config import OFFLINE, ExplorerConfig
-from .encode import LRU
-from .images import InputError, load_image
+from .backend.protocol import Answer, Backend, Encoded
+from .config import OFFLINE_MODELS, ExplorerConfig
+from .errors import InputError
+from .images import load_image
+from .pictures import draw, plots
+from .settings import Schema, Settings
 
-
-def release_freed_memory() -> bool:
-    """Ask glibc's malloc to hand freed memory back to the OS (Linux only; a no-op elsewhere).
-
-    Each request allocates and frees a few large buffers (images, similarity matrices) on Gradio's worker
-    threads. By default glibc raises its mmap threshold after the first such free and keeps the memory in
-    per-thread arenas, so a long-running server's RSS climbs although nothing is retained. Fixed thresholds
-    (mmap above 1 MiB, trim above 1 MiB) and at most 4 arenas keep RSS flat. Idempotent."""
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl or another libc without mallopt
-        return False
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-    return all(mallopt(opt, value) == 1 for opt, value in
-               ((m_mmap_threshold, 1 << 20), (m_trim_threshold, 1 << 20), (m_arena_max, 4)))
+MAX_SUMMARY_BYTES = 2_000_000  # an export's JSON is refused above this (a 576-patch summary is ≈ 60 kB)
 
 
 @dataclass(frozen=True)
-class ExploreOutput:
-    kept: np.ndarray
-    groups: np.ndarray
-    heatmap: np.ndarray
+class QueryInfo:
+    """What PAR's query is and where it came from."""
+
+    kind: str  # "prompt" | "points" | "cls"
+    embedding: torch.Tensor  # [e], unit length
+    description: str
+    phrase: str = ""
+    prompts: tuple[str, ...] = ()
+    truncated: bool = False
+    patches: tuple[int, ...] = ()  # the pointed patches (kind "points")
+
+    def as_dict(self) -> dict:
+        out = {"kind": self.kind, "description": self.description}
+        if self.kind == "prompt":
+            out.update(phrase=self.phrase, prompts=list(self.prompts), truncated=self.truncated)
+        if self.patches:
+            out["patches"] = list(self.patches)
+        return out
+
+
+@dataclass(frozen=True)
+class Explored:
+    """One explore: the reduction, what it was computed from, and everything drawn for it."""
+
+    settings: Settings
+    prompt: str
+    query: QueryInfo | None
+    tokens: VisualTokens
+    reduction: Reduction
+    pictures: ex.Pictures
     histogram: object
     funnel: object
-    readout: str
     summary: dict
-    captions: tuple[str, str]
+    readout: str
+    stamp: dict
+    crop: np.ndarray
+    crop_caption: str
 
 
 class Explorer:
-    """One per server. Thread-safe: backends load once under a lock; everything else is per call."""
+    """One per server. Thread-safe: each backend loads once under its own lock (a slow load of one model never
+    blocks another), caches are bounded LRUs, nothing is kept per session here."""
 
-    def __init__(self, config: ExplorerConfig, loader=None):
-        from .models import load_backend
+    def __init__(self, config: ExplorerConfig, loader=None, methods: Mapping = REDUCERS):
+        from .backend.models import load_backend
 
-        release_freed_memory()
         self.config = config
+        self.schema = Schema.build(methods)
         self._loader = loader or load_backend
-        self._backends: dict[str, object] = {}
+        self._backends: dict[str, Backend] = {}
         self._errors: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._canvases = LRU(config.encode_cache_size)  # per-encode drawing state, keyed like the encodes
-        self._tokens = LRU(4 * config.encode_cache_size)  # VisualTokens per (encode, attention, prompt)
-        self._export_root = Path(tempfile.mkdtemp(prefix="vte-exports-"))
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the three dicts above only
+        size = config.encode_cache_size
+        self._canvases = LRU(size)  # (backend, image) → drawing state of the view
+        self._tokens = LRU(4 * size)  # (backend, image, inputs, query) → VisualTokens
+        self._reductions = LRU(16 * size)  # (backend, image, prompt?, settings) → Reduction
+        self._fidelity = LRU(4 * size)  # (backend, image, prompt, settings, budgets) → rows
+        self._exports = tempfile.TemporaryDirectory(prefix="vte-exports-")
+        self.export_root = Path(self._exports.name)
+        self.heavy = threading.BoundedSemaphore(config.heavy_slots)  # exports / fidelity runs at once
 
-    def canvas(self, backend, enc) -> draw.Canvas:
-        """The encode's view prepared for redraws (dimmed copy, grid, frames), built once per image."""
-        key = (backend.name, enc.key)
-        canvas = self._canvases.get(key)
-        if canvas is None:
-            canvas = draw.Canvas(enc.view_array, enc.tokens.grid)
-            self._canvases.put(key, canvas)
-        return canvas
+    def close(self) -> None:
+        """Remove the export folder (also done at interpreter exit)."""
+        self._exports.cleanup()
 
     # --- backends ------------------------------------------------------------------------------
     @property
     def model_choices(self) -> list[str]:
-        return [self.config.model] + ([OFFLINE] if self.config.model != OFFLINE else [])
+        return [self.config.model] + [m for m in OFFLINE_MODELS if m != self.config.model]
 
     def preload(self) -> threading.Thread:
         """Start loading the default backend in a daemon thread (errors are kept and reported on use)."""
@@ -107,30 +130,46 @@ class Explorer:
         thread.start()
         return thread
 
-    def backend(self, name: str | None = None, progress=None):
+    def backend(self, name: str | None = None, progress=None) -> Backend:
         name = name or self.config.model
         if name not in self.model_choices:
             raise InputError(f"Unknown model {name!r}; choose one of {', '.join(self.model_choices)}.")
         with self._lock:
             if name in self._backends:
                 return self._backends[name]
-            if name in self._errors:  # failed before: say so at once instead of retrying on every move
-                raise InputError(self._failure(name))
-            config = self.config if name == self.config.model else replace(self.config, model=OFFLINE, clip=None)
+            lock = self._load_locks.setdefault(name, threading.Lock())
+        with lock:  # one load per model; other models keep serving meanwhile
+            with self._lock:
+                if name in self._backends:
+                    return self._backends[name]
+                if name in self._errors:  # failed before: say so at once instead of retrying on every move
+                    raise InputError(self._failure(name))
+            config = self.config if name == self.config.model else dataclasses.replace(self.config, model=name, clip=None)
             try:
                 backend = self._loader(config, progress=progress)
             except Exception as err:  # report which model and why; the offline default stays usable
-                self._errors[name] = f"{type(err).__name__}: {err}".strip()[:300]
+                with self._lock:
+                    self._errors[name] = f"{type(err).__name__}: {err}".strip()[:300]
                 raise InputError(self._failure(name)) from None
-            self._backends[name] = backend
+            with self._lock:
+                self._backends[name] = backend
             return backend
 
+    def loaded(self, name: str) -> Backend | None:
+        with self._lock:
+            return self._backends.get(name)
+
     def _failure(self, name: str) -> str:
-        hint = " Choose the offline default to keep exploring (restart the server to retry)." if name != OFFLINE else ""
+        hint = " Choose an offline model to keep exploring (restart the server to retry)." if name not in OFFLINE_MODELS else ""
         return f"The model {name!r} failed to load ({self._errors[name]}).{hint}"
 
+    # --- settings ------------------------------------------------------------------------------
+    def settings(self, values: Mapping | None = None, points=(), clamp: bool = False) -> Settings:
+        return Settings.from_controls(values, self.schema, points, clamp)
+
     # --- encode --------------------------------------------------------------------------------
-    def encoded(self, image, state: dict | None, model: str | None = None, progress=None):
+    def encoded(self, image, state: dict | None, model: str | None = None, progress=None
+                ) -> tuple[Backend, Encoded, dict]:
         """(backend, Encoded, new state) for this image, re-using the session's encode when it can."""
         backend = self.backend(model, progress)
         state = dict(state or {})
@@ -146,169 +185,345 @@ class Explorer:
             enc = backend.encode(pil)
         except ValueError as err:
             raise InputError(self._unusable(backend, err)) from None
-        return backend, enc, {"path": path, "key": enc.key, "model": backend.name}
+        name = Path(path).name if path else "image"
+        state.update(path=path, key=enc.key, model=backend.name, image_name=name)
+        return backend, enc, state
+
+    def cached(self, state: dict | None) -> tuple[Backend, Encoded]:
+        """The session's backend and encode from the caches only (never loads a file), or InputError."""
+        state = state or {}
+        backend = self.loaded(state.get("model") or "")
+        enc = backend.lookup(state.get("key") or "") if backend is not None else None
+        if enc is None:
+            raise InputError("Nothing to work on: explore an image first (or explore it again if it has been a while).")
+        return backend, enc
 
     @staticmethod
     def _unusable(backend, err: ValueError) -> str:
         return (f"The model {backend.name!r} produced unusable features for this image ({err}); "
                 "the checkpoint may be broken.")
 
-    def query(self, backend, prompt: str, settings: ex.Settings, required: bool):
-        prompt = (prompt or "").strip()
-        if not prompt:
-            if required:
-                raise InputError("PAR needs a prompt: type a question about the image (PruMerge works without one).")
-            return None
-        return backend.encode_query(prompt, rewrite=settings.rewrite)
+    # --- query and tokens ------------------------------------------------------------------------
+    def clip_prompt(self, prompt) -> str:
+        if prompt is None:
+            return ""
+        if not isinstance(prompt, str):
+            raise InputError("The prompt must be text.")
+        prompt = prompt.strip()
+        return prompt[: self.config.max_prompt_chars]
 
-    def prepared(self, image, prompt: str, settings: ex.Settings, state=None, model=None, progress=None):
-        """(backend, encode, clipped prompt, query or None, VisualTokens, state) for one request.
+    def query(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings) -> QueryInfo:
+        """PAR's query: the pointed patches when there are any, else the prompt through the CLIP text tower,
+        else (a tower without a text side) the CLS token."""
+        joint, cls_joint = enc.joint(settings.inputs.joint_layer)
+        if joint is None:
+            raise InputError(f"{backend.name} gives no patch embeddings for PAR.")
+        if settings.points:
+            patches = tuple(dict.fromkeys(p for p in (enc.patch_at(x, y) for x, y in settings.points) if p is not None))
+            if not patches:
+                raise InputError("The pointed places lie outside the region the model sees; click inside the picture.")
+            q = F.normalize(F.normalize(joint[list(patches)].float(), dim=-1).mean(0), dim=0)
+            where = f"{len(patches)} pointed patch{'es' if len(patches) > 1 else ''}"
+            return QueryInfo("points", q, f"the mean embedding of {where}", patches=patches)
+        if backend.has_text_tower:
+            if not prompt:
+                raise InputError("PAR needs a prompt: type a question about the image (or point at patches).")
+            q = backend.encode_query(prompt, rewrite=settings.inputs.rewrite)
+            said = f"the prompt rewritten as “{q.phrase}”" if q.rewrite else "the raw prompt"
+            return QueryInfo("prompt", q.embedding, f"{said}, embedded by the CLIP text tower", q.phrase, q.prompts,
+                             q.truncated)
+        q = F.normalize(cls_joint.float(), dim=0)
+        return QueryInfo("cls", q, "the CLS token — relevance to the image's own summary (no text tower here: "
+                                   "click patches to point the query)")
 
-        The VisualTokens for (image, attention mode, prompt) are built once and cached, so their memoised
-        similarities and components survive across slider moves; the prompt is clipped to
-        `max_prompt_chars` here, so the pictures and the answers use exactly the same query."""
-        backend, enc, state = self.encoded(image, state, model, progress)
-        prompt, q, vt = self.tokens(backend, enc, prompt, settings)
-        return backend, enc, prompt, q, vt, state
+    def tokens(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings,
+               needs: Iterable[str] = ()) -> tuple[VisualTokens, QueryInfo | None]:
+        """The encode's VisualTokens with the settings' attention mode and joint layer, plus PAR's query and
+        FastV's LLM attention when `needs` asks for them; cached, memoised similarities carried over."""
+        needs = set(needs)
+        inputs = settings.inputs
+        q = self.query(backend, enc, prompt, settings) if "query" in needs else None
+        lm = "lm_attn" in needs
+        qkey = (q.kind, q.patches, prompt if q.kind == "prompt" else None, inputs.rewrite) if q else None
+        key = (backend.name, enc.key, inputs.attention, inputs.joint_layer, qkey, prompt if lm else None)
 
-    def tokens(self, backend, enc, prompt: str, settings: ex.Settings):
-        """(clipped prompt, query or None, VisualTokens) for an encode, cached per attention mode and prompt."""
-        prompt = self.clip_prompt((prompt or "").strip())
-        q = self.query(backend, prompt, settings, required=settings.method == "par")
-        key = (backend.name, enc.key, settings.attention, prompt if q is not None else None, settings.rewrite)
-        vt = self._tokens.get(key)
-        if vt is None:
+        def build() -> VisualTokens:
+            changes = {}
+            if inputs.attention != "official":
+                changes["cls_attn"] = enc.attention(inputs.attention)
+            if inputs.joint_layer != "feature":
+                changes["joint"] = enc.joint(inputs.joint_layer)[0]
+            if q is not None:
+                changes["query"] = q.embedding
+            if lm:
+                changes["lm_attn"] = backend.lm_attention(enc, prompt)
             try:
-                vt = ex.visual_tokens(enc.tokens, enc.attn_head_mean, settings, q.embedding if q is not None else None)
+                return enc.tokens.derive(**changes) if changes else enc.tokens
             except ValueError as err:
                 raise InputError(self._unusable(backend, err)) from None
-            self._tokens.put(key, vt)
-        return prompt, q, vt
+
+        return self._tokens.get_or_compute(key, build), q
+
+    def available(self, backend: Backend) -> list[str]:
+        """The methods this backend can feed (FastV needs an LLM whose attention it can read)."""
+        return [m for m, e in self.schema.methods.items()
+                if "lm_attn" not in e.needs or callable(getattr(type(backend), "lm_attention", None))]
+
+    def reduce(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings
+               ) -> tuple[Reduction, VisualTokens, QueryInfo | None]:
+        """The settings' method on this image (and prompt, for methods that read it), cached by settings."""
+        entry = settings.entry
+        if settings.method not in self.available(backend):
+            raise InputError(f"{entry.label} needs a language model whose attention can be read; {backend.name} has none.")
+        vt, q = self.tokens(backend, enc, prompt, settings, entry.needs)
+        reads_prompt = "lm_attn" in entry.needs or (q is not None and q.kind == "prompt")
+        key = (backend.name, enc.key, prompt if reads_prompt else None, settings.key())
+
+        def run() -> Reduction:
+            try:
+                return entry(vt, settings.params)
+            except ValueError as err:
+                raise InputError(str(err).rstrip(".") + ".") from None
+
+        return self._reductions.get_or_compute(key, run), vt, q
 
     # --- one slider move -------------------------------------------------------------------------
-    def explore(self, image, prompt: str, settings: ex.Settings, state: dict | None = None, model=None, progress=None):
-        backend, enc, prompt, q, vt, state = self.prepared(image, prompt, settings, state, model, progress)
-        try:
-            red = ex.reduce(vt, settings)
-        except ValueError as err:
-            raise InputError(str(err)) from None
-        pics = ex.pictures(self.canvas(backend, enc), vt, red)
-        hist, funnel = ex.figures(vt, red)
-        flops = ex.flops_summary(backend.lm_config, backend.n_text_tokens(prompt), red.n_tokens, red.n_kept)
+    def explore(self, image, prompt, settings: Settings, state: dict | None = None, model=None, progress=None
+                ) -> tuple[Explored, dict]:
+        backend, enc, state = self.encoded(image, state, model, progress)
+        return self.explore_encoded(backend, enc, prompt, settings, state)
+
+    def explore_encoded(self, backend: Backend, enc: Encoded, prompt, settings: Settings, state: dict
+                        ) -> tuple[Explored, dict]:
+        prompt = self.clip_prompt(prompt)
+        red, vt, q = self.reduce(backend, enc, prompt, settings)
+        label = settings.entry.label
+        query_patches = np.asarray(q.patches, np.int64) if q is not None and q.patches else None
+        pics = ex.pictures(self.canvas(backend, enc), vt, red, settings.inputs.attention, label, query_patches)
+        hist, funnel = ex.figures(vt, red, settings)
+        flops = ex.flops_summary(backend.lm_config, backend.n_text_tokens(prompt), red)
         extra = {
+            "app_version": __version__,
             "model": backend.name,
-            "untrained_vision": backend.untrained_vision,
-            "image": {"key": enc.key, "crop_box": list(enc.crop_box), "grid": list(red.grid),
-                      "size": list(enc.image_size) if hasattr(enc, "image_size") else None},
+            "notice": backend.notice,
+            "image": {"name": state.get("image_name", "image"), "key": enc.key, "crop_box": list(enc.crop_box),
+                      "grid": list(red.grid), "size": list(enc.image_size)},
             "prompt": prompt,
         }
         if q is not None:
-            extra["query"] = {"phrase": q.phrase, "prompts": list(q.prompts), "truncated": q.truncated}
-        s = ex.summary(red, settings, flops, extra)
-        readout = ex.readout_markdown(s, backend.notice)
-        if q is not None and q.truncated:
-            readout += "\n\nℹ️ The prompt was longer than the text tower's context and was truncated for PAR."
-        untrained = " — untrained weights: no meaning" if backend.untrained_vision else ""
-        out = ExploreOutput(pics.kept, pics.groups, pics.heatmap, hist, funnel, readout, s,
-                            (pics.groups_caption, pics.heatmap_caption + untrained))
-        return out, state, (vt, red)
+            extra["query"] = q.as_dict()
+        s = ex.summary(red, vt, settings, flops, extra)
+        stamp = self.stamp(backend, enc, prompt, settings, red)
+        light = {k: v for k, v in s.items() if k != "per_patch"}
+        state = dict(state, controls=settings.to_controls(), points=[list(p) for p in settings.points],
+                     prompt=prompt, stamp=stamp, view_size=list(enc.view.size), crop_box=list(enc.crop_box),
+                     last_summary=light, history=self._history(state.get("history"), settings, red))
+        out = Explored(settings, prompt, q, vt, red, pics, hist, funnel, s, ex.readout_markdown(s), stamp,
+                       self.crop(backend, enc), draw.crop_caption(enc.image_size, enc.crop_box))
+        return out, state
 
-    def sweep_and_compare(self, image, prompt, settings: ex.Settings, sweep_name: str | None, state=None, model=None):
+    HISTORY = 8
+
+    def _history(self, runs, settings: Settings, red: Reduction) -> list[dict]:
+        """The session's recent runs (newest first, at most `HISTORY`), each with the controls to restore it."""
+        controls = {**settings.to_controls(), "__points__": [list(p) for p in settings.points]}
+        runs = [r for r in (runs or []) if r["controls"] != controls]
+        relevant = ", ".join(f"{k}={v}" for k, v in settings.relevant().items())
+        label = f"{settings.entry.label} ({relevant}) → {red.n_kept} tokens" if relevant else f"{settings.entry.label} → {red.n_kept} tokens"
+        return [{"label": label, "controls": controls}] + runs[: self.HISTORY - 1]
+
+    def canvas(self, backend: Backend, enc: Encoded) -> draw.Canvas:
+        """The encode's view prepared for redraws (dimmed copy, grid, frames), built once per image."""
+        return self._canvases.get_or_compute((backend.name, enc.key), lambda: draw.Canvas(enc.view_array, enc.tokens.grid))
+
+    def crop(self, backend: Backend, enc: Encoded) -> np.ndarray:
+        """The user's image, small, with the region the model sees outlined (built once per image)."""
+        return self._canvases.get_or_compute((backend.name, enc.key, "crop"),
+                                             lambda: draw.crop_picture(enc.thumbnail, enc.crop_box))
+
+    @staticmethod
+    def stamp(backend: Backend, enc: Encoded, prompt: str, settings: Settings, red: Reduction) -> dict:
+        """What produced a result: answers and exports carry it, and the UI compares it with the screen's."""
+        return {"model": backend.name, "image": enc.key, "prompt": prompt, **settings.as_dict(),
+                "n_kept": red.n_kept}
+
+    # --- sweep and comparison --------------------------------------------------------------------
+    def sweep_and_compare(self, image, prompt, settings: Settings, sweep_name: str | None, state=None, model=None):
         """The sweep plot, the comparison gallery [(thumbnail, caption)] and the comparison bar chart."""
-        backend, enc, prompt, q, vt, state = self.prepared(image, prompt, settings, state, model)
-        red = ex.reduce(vt, settings)
+        backend, enc, state = self.encoded(image, state, model)
+        prompt = self.clip_prompt(prompt)
+        red, vt, _ = self.reduce(backend, enc, prompt, settings)
         result = ex.sweep(vt, settings, sweep_name)
         if result is None:
-            sweep_fig = plots.sweep_plot(np.array([0.0, 1.0]), np.array([vt.n, vt.n]), 0.0, "no parameter to sweep")
+            sweep_fig = plots.sweep_plot(np.array([0.0, 1.0]), np.array([vt.n, vt.n]), 0.0,
+                                         f"{settings.entry.label} has no slider to sweep")
         else:
             xs, counts, clusters, current, name = result
             sweep_fig = plots.sweep_plot(xs, counts, current, name, clusters=clusters)
-        rows = ex.comparison(vt, self.canvas(backend, enc), settings, red.n_kept)
-        gallery = [(thumb, f"{ex.METHOD_LABELS[m]} · {r.n_kept} tokens") for m, r, thumb in rows]
-        bar = plots.comparison_bar([{"method": m, "n_kept": r.n_kept} for m, r, _ in rows])
-        return sweep_fig, gallery, bar, state
+        rows = self.comparison(backend, enc, prompt, settings, red.n_kept)
+        canvas = self.canvas(backend, enc).small
+        gallery, bars = [], []
+        for method, r, matched in rows:
+            label = self.schema.entry(method).label
+            how = f"at M = {red.n_kept}" if matched else "at its own settings"
+            gallery.append((canvas.kept(r.kept_mask.cpu(), samples=r.samples), f"{label} · {r.n_kept} tokens ({how})"))
+            bars.append({"label": label, "n_kept": r.n_kept, "matched": matched})
+        return sweep_fig, gallery, plots.comparison_bar(bars, red.n_kept), state
+
+    def comparison(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int):
+        """[(method, Reduction, matched)] for every method this backend and prompt can feed."""
+        rows = []
+        for method in self.available(backend):
+            entry = self.schema.entry(method)
+            other = settings.with_method(method)
+            if entry.budgeted:
+                other = other.with_values(**{entry.budget_field: max(1, min(budget, entry_max(entry)))})
+            try:
+                red, _, _ = self.reduce(backend, enc, prompt, other)
+            except InputError:  # e.g. PAR without a prompt on a text tower: not comparable here
+                continue
+            rows.append((method, red, entry.budgeted))
+        return rows
+
+    # --- inspection, pin & compare ----------------------------------------------------------------
+    def inspect(self, state: dict | None, x: float, y: float, view_size: tuple[int, int] | None = None) -> dict:
+        """Everything about the patch under pixel (x, y) of the displayed view (or of the user's image when
+        `view_size` is None), for the session's last explore."""
+        backend, enc = self.cached(state)
+        settings = self.settings(state.get("controls"), state.get("points") or ())
+        red, vt, _ = self.reduce(backend, enc, state.get("prompt", ""), settings)
+        h, w = enc.grid
+        if view_size is not None:
+            vw, vh = view_size
+            if not (0 <= x < vw and 0 <= y < vh):
+                raise InputError("Click inside the picture.")
+            index = min(h - 1, int(y * h / vh)) * w + min(w - 1, int(x * w / vw))
+        else:
+            index = enc.patch_at(x, y)
+            if index is None:
+                raise InputError("That point lies outside the region the model sees.")
+        return ex.inspect_patch(vt, red, index)
+
+    def view_to_image(self, state: dict | None, x: float, y: float) -> list[float]:
+        """A click at (x, y) on the displayed view → [x, y] in the user's image pixels (through the crop box)."""
+        state = state or {}
+        if not state.get("view_size"):
+            raise InputError("Explore an image first, then click on it.")
+        vw, vh = state["view_size"]
+        x0, y0, x1, y1 = state["crop_box"]
+        if not (0 <= x < vw and 0 <= y < vh):
+            raise InputError("Click inside the picture of the patches.")
+        return [x0 + (x + 0.5) * (x1 - x0) / vw, y0 + (y + 0.5) * (y1 - y0) / vh]
+
+    def last(self, state: dict | None) -> tuple[Backend, Encoded, Settings, Reduction]:
+        """The session's last explore, recomputed from the caches (free when nothing was evicted)."""
+        backend, enc = self.cached(state)
+        settings = self.settings(state.get("controls"), state.get("points") or ())
+        red, _, _ = self.reduce(backend, enc, state.get("prompt", ""), settings)
+        return backend, enc, settings, red
+
+    def pin(self, state: dict | None) -> dict:
+        """Pin the session's last result as A."""
+        _, enc, settings, red = self.last(state)
+        label = f"{settings.entry.label}: " + ", ".join(f"{k} = {v}" for k, v in settings.relevant().items())
+        return dict(state, pinned={"image": enc.key, "kept": red.kept.tolist(), "n_kept": red.n_kept,
+                                   "label": label.rstrip(": ")})
+
+    def pin_diff(self, state: dict) -> tuple[np.ndarray | None, str]:
+        """The pinned result A against the current one B: a picture and a line of numbers."""
+        backend, enc, settings, red = self.last(state)
+        a = state["pinned"]
+        if a["image"] != enc.key:
+            return None, "A was pinned on another image: pin again on this one."
+        b_kept = red.kept.tolist()
+        only_a, only_b = set(a["kept"]) - set(b_kept), set(b_kept) - set(a["kept"])
+        label_b = f"{settings.entry.label}: " + ", ".join(f"{k} = {v}" for k, v in settings.relevant().items())
+        text = (f"**A** {a['label']} → {a['n_kept']} tokens · **B** {label_b.rstrip(': ')} → {red.n_kept} tokens · "
+                f"kept-set overlap (Jaccard) **{ex.jaccard(a['kept'], b_kept):.3f}** · only in A: {len(only_a)} "
+                f"patches (red) · only in B: {len(only_b)} (blue)")
+        return self.canvas(backend, enc).diff(a["kept"], b_kept), text
 
     # --- answers -------------------------------------------------------------------------------
-    def answer(self, image, prompt: str, settings: ex.Settings, state=None, model=None, max_new_tokens=None, progress=None):
-        """Greedy answers from all tokens and from the reduced tokens: (full Answer, reduced Answer, summary)."""
-        if not (prompt or "").strip():
+    def answer(self, image, prompt, settings: Settings, state=None, model=None, max_new_tokens=None, progress=None):
+        """Greedy answers from all tokens and from the reduced ones: (full Answer, reduced Answer, info)."""
+        max_new_tokens = self.check_max_new_tokens(max_new_tokens)
+        if not self.clip_prompt(prompt):
             raise InputError("Type a question first: the LLM answers the prompt about the image.")
-        prompt_truncated = len(prompt.strip()) > self.config.max_prompt_chars
-        backend, enc, prompt, q, vt, state = self.prepared(image, prompt, settings, state, model, progress)
-        red = ex.reduce(vt, settings)
+        truncated = len(prompt.strip()) > self.config.max_prompt_chars
+        backend, enc, state = self.encoded(image, state, model, progress)
+        prompt = self.clip_prompt(prompt)
+        red, _, _ = self.reduce(backend, enc, prompt, settings)
         if progress is not None:
-            progress(0.6, desc="Answering from all visual tokens")
-        full = backend.answer(enc, prompt, tokens=None, max_new_tokens=max_new_tokens)
+            progress(0.4, desc="Answering from all visual tokens")
+        full = backend.answer(enc, prompt, None, max_new_tokens)
         if progress is not None:
-            progress(0.8, desc=f"Answering from {red.n_kept} reduced tokens")
-        reduced = backend.answer(enc, prompt, tokens=red.tokens, max_new_tokens=max_new_tokens)
-        info = {
-            "model": backend.name,
-            "untrained_vision": backend.untrained_vision,
-            "method": settings.method,
-            "params": settings.as_dict(),
-            "full": answer_dict(full),
-            "reduced": answer_dict(reduced),
-            "prompt_truncated_to_chars": self.config.max_prompt_chars if prompt_truncated else None,
-        }
+            progress(0.7, desc=f"Answering from {red.n_kept} reduced tokens")
+        reduced = backend.answer(enc, prompt, red, max_new_tokens)
+        stamp = self.stamp(backend, enc, prompt, settings, red)
+        info = {"stamp": stamp, "full": answer_dict(full), "reduced": answer_dict(reduced),
+                "prompt_truncated_to_chars": self.config.max_prompt_chars if truncated else None}
+        state = dict(state, answers=info)
         return full, reduced, info, state
 
-    def clip_prompt(self, prompt: str) -> str:
-        limit = self.config.max_prompt_chars
-        return prompt if len(prompt) <= limit else prompt[:limit]
+    def check_max_new_tokens(self, value) -> int:
+        limit = self.config.max_new_tokens_limit
+        if value is None:
+            return self.config.max_new_tokens
+        try:
+            n = int(value)
+            ok = n == float(value) and 1 <= n <= limit
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise InputError(f"max_new_tokens must be a whole number from 1 to {limit}, got {value!r}.")
+        return n
 
     # --- export --------------------------------------------------------------------------------
-    def export(self, summary: dict, shown=None) -> tuple[str, str]:
-        """Write the summary (JSON) and the overlays side by side (PNG); returns the two paths.
-
-        The overlays are redrawn losslessly from the cached encode when it is still there (the live view
-        is JPEG); otherwise the shown images (`shown()` → arrays) are used. Exports live in one folder per server, newest 32 kept.
-        """
-        if not isinstance(summary, dict) or "params" not in summary:
-            raise InputError("Nothing to export yet: explore an image first.")
-        redrawn = self._redraw(summary)
-        pictures = redrawn if redrawn is not None else (shown() if shown is not None else [])
-        if not pictures:
-            raise InputError("Nothing to export yet: explore an image first.")
-        blob_json = self.export_json(summary)
-        blob_png = self.export_png(pictures)
-        folder = self._export_root / hashlib.sha256(blob_json + blob_png).hexdigest()[:16]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "token-reduction.json").write_bytes(blob_json)
-        (folder / "token-reduction.png").write_bytes(blob_png)
-        self._prune_exports()
-        return str(folder / "token-reduction.json"), str(folder / "token-reduction.png")
-
-    def _redraw(self, summary: dict) -> list[np.ndarray] | None:
+    def export(self, state: dict | None) -> tuple[str, str]:
+        """Write the session's last result as JSON (settings, per-patch data, answers with their stamps) and its
+        pictures side by side as a lossless PNG, both redrawn from the cached encode. Returns the two paths."""
+        if not self.heavy.acquire(timeout=60):
+            raise InputError("The server is busy with other exports; please try again in a minute.")
         try:
-            p = summary["params"]
-            backend = self._backends.get(summary.get("model"))
-            enc = backend.lookup(summary["image"]["key"]) if backend is not None else None
-            if enc is None:
-                return None
-            settings = settings_from_controls(
-                p["method"], p["par"]["tau"], p["par"]["delta"], p["par"]["cluster_threshold"],
-                p["par"]["retrieval_ratio"], p["prumerge"]["iqr_multiplier"], p["par"]["alpha"], p["par"]["spatial"],
-                p["rewrite"], p["attention"], p["prumerge"]["merge"], p["prumerge"]["neighbours"],
-                p["budget"]["budget"], p["budget"]["seed"])
-            _, _, vt = self.tokens(backend, enc, summary.get("prompt", ""), settings)
-            pics = ex.pictures(self.canvas(backend, enc), vt, ex.reduce(vt, settings))
-        except (KeyError, TypeError, ValueError):  # InputError is a ValueError
-            return None
-        return [pics.kept, pics.groups, pics.heatmap]
+            backend, enc = self.cached(state)
+            explored, _ = self.explore_encoded(backend, enc, state.get("prompt", ""),
+                                               self.settings(state.get("controls"), state.get("points") or ()), state)
+            s = dict(explored.summary)
+            if state.get("answers"):
+                s["answers"] = state["answers"]
+            blob_json = self.export_json(s)
+            pics = explored.pictures
+            blob_png = self.export_png([p for p in (pics.kept, pics.groups, pics.heatmap) if p is not None])
+            name = export_name(explored.settings)
+            folder = self.export_root / hashlib.sha256(blob_json + blob_png).hexdigest()[:16]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{name}.json").write_bytes(blob_json)
+            (folder / f"{name}.png").write_bytes(blob_png)
+            self._prune_exports()
+            return str(folder / f"{name}.json"), str(folder / f"{name}.png")
+        finally:
+            self.heavy.release()
 
     def _prune_exports(self, keep: int = 32) -> None:
-        folders = sorted((p for p in self._export_root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        folders = sorted((p for p in self.export_root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
         for old in folders[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            for f in old.iterdir():
+                f.unlink(missing_ok=True)
+            old.rmdir()
 
     @staticmethod
     def export_json(summary: dict) -> bytes:
-        return json.dumps(summary, indent=2, ensure_ascii=False, default=float).encode()
+        try:
+            blob = json.dumps(summary, indent=1, ensure_ascii=False, allow_nan=False).encode()
+        except ValueError:
+            raise InputError("The result holds a value that is not a finite number, so it cannot be exported.") from None
+        if len(blob) > MAX_SUMMARY_BYTES:
+            raise InputError("The result is too large to export.")
+        return blob
 
     @staticmethod
     def export_png(images: list[np.ndarray]) -> bytes:
-        """The overlays side by side in one PNG."""
+        """The pictures side by side in one PNG."""
         height = max(im.shape[0] for im in images)
         gap = 8
         width = sum(im.shape[1] for im in images) + gap * (len(images) - 1)
@@ -322,56 +537,26 @@ class Explorer:
         return buf.getvalue()
 
 
-def answer_dict(ans) -> dict:
+def entry_max(entry) -> int:
+    spec = next(c for name, c, _ in entry.controls if name == entry.budget_field)
+    return int(spec.maximum)
+
+
+def export_name(settings: Settings) -> str:
+    """A file name saying what produced the export, e.g. `prumerge+_iqr_multiplier-1.5_merge-true_…`."""
+    parts = [settings.method] + [f"{k}-{str(v).lower()}" for k, v in settings.relevant().items()]
+    return re.sub(r"[^A-Za-z0-9_.+-]", "", "_".join(parts))[:150] or "token-reduction"
+
+
+def answer_dict(ans: Answer) -> dict:
+    decode_s = max(0.0, ans.total_s - ans.prefill_s)
     return {
         "text": ans.text,
         "n_visual_tokens": ans.n_visual_tokens,
+        "n_prompt_tokens": ans.n_prompt_tokens,
+        "n_new_tokens": ans.n_new_tokens,
+        "stop": ans.stop,
         "prefill_s": round(ans.prefill_s, 4),
-        "total_s": round(ans.total_s, 4),
+        "decode_s": round(decode_s, 4),
+        "tokens_per_s": round(ans.n_new_tokens / decode_s, 2) if decode_s > 0 and ans.n_new_tokens else None,
     }
-
-
-def settings_from_controls(
-    method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier, alpha=0.5, spatial=False,
-    rewrite=True, attention="official", merge=True, neighbours=32, budget=64, seed=0,
-) -> ex.Settings:
-    """Build `Settings` from the flat control values, with person-readable errors naming the control."""
-
-    def num(name, value, kind=float):
-        try:
-            out = kind(value)
-        except (TypeError, ValueError, OverflowError):
-            raise InputError(f"Invalid setting: {name} must be a number, got {value!r}.") from None
-        if kind is int and out != float(value):
-            raise InputError(f"Invalid setting: {name} must be a whole number, got {value!r}.")
-        return out
-
-    def flag(name, value):
-        if isinstance(value, str):
-            if value.strip().lower() in ("true", "1", "yes", "on"):
-                return True
-            if value.strip().lower() in ("false", "0", "no", "off", ""):
-                return False
-            raise InputError(f"Invalid setting: {name} must be true or false, got {value!r}.")
-        return bool(value)
-
-    try:
-        return ex.Settings(
-            method=str(method),
-            par=PARParams(
-                tau=num("tau", tau), delta=num("delta", delta),
-                cluster_threshold=num("cluster_threshold", cluster_threshold),
-                retrieval_ratio=num("retrieval_ratio", retrieval_ratio), alpha=num("alpha", alpha),
-                spatial=flag("spatial", spatial),
-            ),
-            prumerge=PruMergeParams(
-                iqr_multiplier=num("iqr_multiplier", iqr_multiplier), merge=flag("merge", merge),
-                neighbours=num("neighbours", neighbours, int),
-            ),
-            budget=BudgetParams(budget=num("budget", budget, int), seed=num("seed", seed, int)),
-            attention=str(attention),
-            rewrite=flag("rewrite", rewrite),
-        )
-    except (TypeError, ValueError) as err:
-        raise InputError(f"Invalid setting: {err}") from None
-

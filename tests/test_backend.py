@@ -307,7 +307,7 @@ def test_answer_stops_at_eos(backend, encoded):
     ids = [t for t, _ in ans.greedy_stream(backend.model, embeds, 2, set())]
     assert len(ids) == 2
     b = models.LlavaBackend(backend.model, backend.tokenizer, backend.text, backend.geometry, name="eos",
-                       untrained_vision=True)
+                            notice="tiny")
     b.stop_ids = {ids[0]}
     out = b.answer(encoded, PROMPT, max_new_tokens=4)
     assert (out.stop, out.text, out.n_new_tokens) == ("eos", "", 0)
@@ -383,7 +383,7 @@ def test_encode_any_shape(backend, mode):
     from explorer.backend.geometry import Geometry
 
     b = models.LlavaBackend(backend.model, backend.tokenizer, backend.text, Geometry((tiny.IMAGE_SIZE, tiny.IMAGE_SIZE), mode),
-                       name="shapes", untrained_vision=True)
+                       name="shapes", notice="tiny")
     for size in ((1, 1), (1000, 3), (3, 1000), (57, 55)):
         enc = b.encode(tiny.image(9, size))
         assert enc.image_size == size and enc.crop_box == pytest.approx(b.geometry.box(*size))

@@ -111,7 +111,7 @@ def tiny_backend(device: str = "cpu", seed: int = 0, feature_layer=-2, **kwargs)
     dtype = dtype_for(device)
     model = tiny_model(seed, feature_layer, device, dtype)
     return models.LlavaBackend(model, tiny_tokenizer(), tiny_text_side(seed, device, dtype),
-                          Geometry((IMAGE_SIZE, IMAGE_SIZE)), name="tiny-llava", untrained_vision=True, **kwargs)
+                          Geometry((IMAGE_SIZE, IMAGE_SIZE)), name="tiny-llava", notice="tiny seeded model", **kwargs)
 
 
 def image(seed: int = 0, size: tuple[int, int] = (80, 64)) -> Image.Image:

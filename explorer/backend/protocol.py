@@ -18,7 +18,15 @@ from reducers import Reduction, VisualTokens
 
 @dataclass(frozen=True, eq=False)
 class Encoded:
-    """One image, encoded once. `tokens.cls_attn` is the "official" attention; `attn_head_mean` the other."""
+    """One image, encoded once: everything later requests derive their `VisualTokens` from.
+
+    tokens:          features, keys, the "official" CLS attention, grid and (if the backend has a joint space)
+                     `joint` from the hidden state the LLM consumes
+    attn_head_mean:  [N] the other CLS-attention mode (per-head softmax averaged)
+    joint_last:      [N, e] joint embeddings of the tower's last hidden state (the non-default option)
+    cls_joint, cls_joint_last: [e] the CLS row in the same space (PAR's query when nothing else gives one)
+    view:            the region the model saw, for display; crop_box: that region in the user's image
+    """
 
     key: str
     tokens: VisualTokens
@@ -27,6 +35,10 @@ class Encoded:
     crop_box: tuple[float, float, float, float]
     image_size: tuple[int, int]  # (W, H) of the user's image
     encode_s: float
+    thumbnail: Image.Image | None = None  # the user's whole image, small (the crop is drawn on it)
+    joint_last: Tensor | None = None
+    cls_joint: Tensor | None = None
+    cls_joint_last: Tensor | None = None
     view_array: np.ndarray = field(repr=False, default=None)
 
     def __post_init__(self) -> None:
@@ -37,10 +49,6 @@ class Encoded:
     def grid(self) -> tuple[int, int]:
         return self.tokens.grid
 
-    @property
-    def attn_official(self) -> Tensor:
-        return self.tokens.cls_attn
-
     def attention(self, mode: str = "official") -> Tensor:
         if mode == "official":
             return self.tokens.cls_attn
@@ -48,12 +56,30 @@ class Encoded:
             return self.attn_head_mean
         raise ValueError(f"attention mode must be 'official' or 'head-mean', got {mode!r}")
 
+    def joint(self, layer: str = "feature") -> tuple[Tensor | None, Tensor | None]:
+        """(joint [N, e], cls_joint [e]) from the feature layer (TRIM, default) or the last layer."""
+        if layer == "feature":
+            return self.tokens.joint, self.cls_joint
+        if layer == "last":
+            return self.joint_last, self.cls_joint_last
+        raise ValueError(f"joint layer must be 'feature' or 'last', got {layer!r}")
+
     def patch_box(self, r: int, c: int) -> tuple[float, float, float, float]:
         """Patch (r, c) in the original image's pixel coordinates."""
         h, w = self.grid
         x0, y0, x1, y1 = self.crop_box
         bw, bh = (x1 - x0) / w, (y1 - y0) / h
         return (x0 + c * bw, y0 + r * bh, x0 + (c + 1) * bw, y0 + (r + 1) * bh)
+
+    def patch_at(self, x: float, y: float) -> int | None:
+        """The patch index (row-major) under pixel (x, y) of the user's image, or None outside the crop."""
+        h, w = self.grid
+        x0, y0, x1, y1 = self.crop_box
+        if not (x0 <= x < x1 and y0 <= y < y1):
+            return None
+        c = min(w - 1, int((x - x0) * w / (x1 - x0)))
+        r = min(h - 1, int((y - y0) * h / (y1 - y0)))
+        return r * w + c
 
 
 @dataclass(frozen=True)

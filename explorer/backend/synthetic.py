@@ -18,6 +18,7 @@ from PIL import Image
 from reducers import Reduction, VisualTokens
 from reducers.cache import LRU
 
+from .geometry import thumbnail
 from .protocol import Answer, Encoded, Query
 
 
@@ -67,7 +68,10 @@ class SyntheticBackend:
         px = max(1, round(self.view_side / w))  # whole pixels per patch, as the real view (2 × 14 px)
         vw, vh = w * px, h * px
         view = image.convert("RGB").resize((vw, vh), Image.BILINEAR, box=box)
-        return Encoded(key, tokens, head_mean, view, box, image.size, time.perf_counter() - t0)
+        cls_joint = joint.mean(0)
+        return Encoded(key, tokens, head_mean, view, box, image.size, time.perf_counter() - t0,
+                       thumbnail=thumbnail(image), joint_last=joint.flip(0).contiguous(), cls_joint=cls_joint,
+                       cls_joint_last=cls_joint)
 
     def encode_query(self, prompt: str, rewrite: bool = True) -> Query:
         digest = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)

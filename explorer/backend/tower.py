@@ -1,60 +1,112 @@
-"""One forward through the vision tower with per-call hooks: features, keys, CLS attention, joint embeddings."""
+"""One forward through a ViT vision tower with per-call hooks: features, keys, CLS attention, joint embeddings.
+
+Works for any transformers ViT whose encoder is a list of layers with `q_proj` / `k_proj` projections inside
+their self-attention — CLIP (`encoder.layers[i].self_attn.{q,k}_proj`) and DINOv2
+(`encoder.layer[i].attention.{q,k}_proj`) alike: the layer list and the projections are found by name, not
+special-cased per family. The final layer norm is CLIP's `post_layernorm` or DINOv2's `layernorm`.
+
+Joint embeddings (PAR's patch-side of the image–text space) follow TRIM (FreedomIntelligence/TRIM): the patch
+rows of the hidden state the LLM consumes (`hidden_states[feature_layer]`) through the tower's final layer
+norm and, for CLIP, its visual projection. `joint_last` maps `hidden_states[-1]` instead (an option, never the
+silent default). The CLS row mapped the same way (`cls_joint`) is the image's own summary — PAR's query when a
+tower has no text side and nothing is pointed at.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .attention import attention_head_mean, attention_official
+from .geometry import hidden_state_index
 from .hooks import capture
 
 
 @dataclass(frozen=True)
 class TowerSpec:
-    """What to read out of a CLIP-style vision tower, all derived from the VLM config."""
+    """What to read out of a vision tower, all derived from the VLM config."""
 
-    feature_layer: int | tuple[int, ...]  # vision_feature_layer
-    strategy: str  # vision_feature_select_strategy ("default": drop CLS)
-    attn_layer: int  # consuming_layer(...)
+    feature_layer: int | tuple[int, ...]  # vision_feature_layer (hidden_states index; a list is concatenated)
+    attn_layer: int  # consuming_layer(...): the encoder layer whose attention reads the selected state
     num_heads: int
     grid: tuple[int, int]
 
 
 def vision_core(tower):
-    """The module holding `encoder` and `post_layernorm` (transformers ≥ 5 flattened CLIPVisionModel;
-    older versions wrap it in `.vision_model`)."""
+    """The module holding `encoder` (transformers ≥ 5 flattened CLIPVisionModel; older versions wrap it in
+    `.vision_model`)."""
     return getattr(tower, "vision_model", tower)
 
 
-def vision_forward(tower, pixel_values: Tensor, spec: TowerSpec, post_layernorm=None, projection=None
-                   ) -> dict[str, Tensor]:
+def encoder_layers(tower) -> nn.ModuleList:
+    """The tower's list of transformer layers (`encoder.layers` in CLIP, `encoder.layer` in DINOv2)."""
+    encoder = vision_core(tower).encoder
+    layers = getattr(encoder, "layers", None)
+    if layers is None:
+        layers = getattr(encoder, "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(tower).__name__} has no encoder layer list (encoder.layers / encoder.layer)")
+    return layers
+
+
+def qk_projections(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The self-attention's query and key projections of one layer, found by their names (`…q_proj`, `…k_proj`)."""
+    found: dict[str, list[nn.Module]] = {"q_proj": [], "k_proj": []}
+    for name, module in layer.named_modules():
+        tail = name.rsplit(".", 1)[-1]
+        if tail in found:
+            found[tail].append(module)
+    if len(found["q_proj"]) != 1 or len(found["k_proj"]) != 1:
+        raise ValueError(f"{type(layer).__name__} must hold exactly one q_proj and one k_proj, found "
+                         f"{len(found['q_proj'])} and {len(found['k_proj'])}")
+    return found["q_proj"][0], found["k_proj"][0]
+
+
+def final_norm(tower) -> nn.Module | None:
+    """The layer norm after the last layer (CLIP `post_layernorm`, DINOv2 `layernorm`), or None."""
+    core = vision_core(tower)
+    for name in ("post_layernorm", "layernorm"):
+        module = getattr(core, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
+def vision_forward(tower, pixel_values: Tensor, spec: TowerSpec,
+                   joint_map: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """Run the tower once with hooks on q/k of `spec.attn_layer`; return CPU float32 tensors:
-    features [N, d] (selected layer, patch rows), keys [N, D], cls_attn [N], attn_head_mean [N],
-    joint [N, e] (post_layernorm + projection of the last layer's patch rows; absent without projection).
+
+    features [N, d]   the selected hidden state's patch rows (LLaVA drops CLS)
+    keys [N, D]       patch keys of the consuming layer; cls_attn [N] / attn_head_mean [N] its CLS→patch
+                      attention, full width (official PruMerge) / per head averaged
+    joint, joint_last [N, e] and cls_joint, cls_joint_last [e]: `joint_map` of the selected / last hidden
+                      state's patch rows and CLS row (absent when `joint_map` is None)
     """
-    layer = vision_core(tower).encoder.layers[spec.attn_layer].self_attn
-    with torch.inference_mode(), capture({"q": layer.q_proj, "k": layer.k_proj}) as qk:
+    q_proj, k_proj = qk_projections(encoder_layers(tower)[spec.attn_layer])
+    with torch.inference_mode(), capture({"q": q_proj, "k": k_proj}) as qk:
         out = tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
         hidden = out.hidden_states
         layers = [spec.feature_layer] if isinstance(spec.feature_layer, int) else list(spec.feature_layer)
         # Patch rows only: LLaVA's "default" drops CLS; with "full" the CLS row is still not a patch, so the
         # explorer shows and feeds the patch rows (documented deviation for that rare setting).
-        features = torch.cat([hidden[f][0, 1:] for f in layers], dim=-1)
+        selected = torch.cat([hidden[f][0] for f in layers], dim=-1)  # [1 + N, d]
         q, k = qk["q"][0], qk["k"][0]
         result = {
-            "features": features,
+            "features": selected[1:],
             "keys": k[1:],
             "cls_attn": attention_official(q, k),
             "attn_head_mean": attention_head_mean(q, k, spec.num_heads),
         }
-        if projection is not None:
-            last = hidden[-1][0, 1:]
-            if post_layernorm is not None:
-                last = post_layernorm(last)
-            result["joint"] = projection(last)
+        if joint_map is not None:
+            deepest = max(hidden_state_index(f, len(hidden) - 1) for f in layers)
+            for suffix, state in (("", hidden[deepest][0]), ("_last", hidden[-1][0])):
+                mapped = joint_map(state)  # [1 + N, e]
+                result["joint" + suffix] = mapped[1:]
+                result["cls_joint" + suffix] = mapped[0]
     n = spec.grid[0] * spec.grid[1]
-    if features.shape[0] != n:
-        raise ValueError(f"the tower returned {features.shape[0]} patch tokens, the config says {n}")
+    if result["features"].shape[0] != n:
+        raise ValueError(f"the tower returned {result['features'].shape[0]} patch tokens, the config says {n}")
     return {name: value.detach().float().cpu().contiguous() for name, value in result.items()}

@@ -17,6 +17,9 @@ import torch
 
 KEPT_OUTLINE = np.array([255, 214, 0], np.float32)  # kept patches: amber outline
 SAMPLE_OUTLINE = np.array([0, 200, 255], np.float32)  # PruMerge+ samples: cyan outline
+POINT_OUTLINE = np.array([255, 0, 255], np.float32)  # patches PAR's query points at: magenta outline
+ONLY_A = np.array([230, 60, 60], np.float32)  # pinned run only: red
+ONLY_B = np.array([40, 120, 255], np.float32)  # current run only: blue
 GRID_COLOUR = np.array([255, 255, 255], np.float32)
 WHITE = np.array([255, 255, 255], np.float32)
 BORDER = np.array([20, 20, 20], np.float32)
@@ -229,12 +232,42 @@ class Canvas:
         return self.mix(1 - a, a * np.asarray(colour, np.float32))
 
     # --- the pictures ---------------------------------------------------------------------------
-    def kept(self, kept, samples=None) -> np.ndarray:
-        """Kept patches bright with an amber outline, dropped ones dimmed and desaturated, a faint grid."""
+    def kept(self, kept, samples=None, points=None) -> np.ndarray:
+        """Kept patches bright with an amber outline, dropped ones dimmed and desaturated, a faint grid;
+        PruMerge+'s samples outlined cyan, the patches PAR's query points at outlined magenta."""
         keep = _mask(kept, self.n)
         out = self._pixels(np.where(self._patches(keep)[..., None], self._cells(self.bright_framed), self._cells(self.dim)))
         if samples is not None and len(samples):
             self.paint_outline(out, samples, SAMPLE_OUTLINE)
+        if points is not None and len(points):
+            self.paint_outline(out, points, POINT_OUTLINE)
+        return out
+
+    def groups(self, groups, kept=None, alpha: float = 0.6) -> np.ndarray:
+        """Merge groups that partition the patches (ToMe, VisionZip's contexts, pooling): one colour per token
+        (largest group first), borders between groups, patches in no group (−1) dimmed, `kept` outlined white."""
+        groups = _numpy(groups).astype(np.int64).reshape(-1)
+        member = groups >= 0
+        colours = np.zeros((self.n, 3), np.float32)
+        if member.any():
+            colours[member] = cluster_colours(groups[member])
+        a = np.where(member, alpha, 0.0).astype(np.float32)[:, None]  # [N, 1]
+        scale = np.where(member, 1.0, 0.35).astype(np.float32)[:, None] * (1 - a)
+        out = self.mix(scale, a * colours)
+        self._paint_borders(out, np.where(member, groups, -1))
+        return self._finish(out, kept)
+
+    def diff(self, kept_a, kept_b) -> np.ndarray:
+        """Two kept sets on one picture: kept in both bright, only in A tinted red, only in B tinted blue (each
+        outlined in its colour), in neither dimmed."""
+        a, b = _mask(kept_a, self.n), _mask(kept_b, self.n)
+        only_a, only_b = a & ~b, b & ~a
+        scale = np.where(a & b, 1.0, np.where(only_a | only_b, 0.5, 0.3)).astype(np.float32)[:, None]
+        over = np.zeros((self.n, 3), np.float32)
+        over[only_a], over[only_b] = 0.5 * ONLY_A, 0.5 * ONLY_B
+        out = self.mix(scale, over)
+        self.paint_outline(out, only_a, ONLY_A)
+        self.paint_outline(out, only_b, ONLY_B)
         return out
 
     def clusters(self, labels, kept_mask=None, alpha: float = 0.55) -> np.ndarray:
@@ -271,17 +304,25 @@ class Canvas:
         return out
 
 
-def kept_overlay(view, kept, grid, samples=None) -> np.ndarray:
-    """Kept patches bright with an amber outline, dropped ones dimmed and desaturated, a faint grid.
-
-    kept: [N] bool mask or kept indices; samples: PruMerge+ sample indices, outlined in cyan.
-    """
-    return Canvas(view, grid).kept(kept, samples)
+# The first group colours: cool, saturated and far from skin, wood, sand and sky tones, so the largest clusters
+# stay visible on warm photos; warmer hues only after them.
+FIRST_COLOURS = np.array([
+    [0, 114, 255], [255, 0, 200], [0, 230, 255], [120, 255, 0], [150, 60, 255],
+    [0, 255, 160], [255, 40, 60], [0, 60, 160], [255, 240, 0], [40, 160, 40],
+], np.float32)
 
 
 @lru_cache(maxsize=8)
 def palette(n: int, seed: int = 0) -> np.ndarray:
-    """[n, 3] float32 distinct, saturated, deterministic colours (golden-ratio hues, seeded shuffle)."""
+    """[n, 3] float32 distinct, saturated, deterministic colours: `FIRST_COLOURS`, then golden-ratio hues."""
+    first = FIRST_COLOURS[: min(n, len(FIRST_COLOURS))]
+    rest = _golden_colours(max(0, n - len(first)), seed)
+    out = np.concatenate([first, rest]).astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def _golden_colours(n: int, seed: int) -> np.ndarray:
     hues = (np.arange(n) * 0.618033988749895 + 0.1) % 1.0
     rng = np.random.default_rng(seed)
     sat = 0.65 + 0.3 * rng.random(n)
@@ -294,9 +335,7 @@ def palette(n: int, seed: int = 0) -> np.ndarray:
         np.choose(i, [t, val, val, q, p, p]),
         np.choose(i, [p, p, t, val, val, q]),
     ], axis=1)
-    out = (255 * table).astype(np.float32)
-    out.setflags(write=False)
-    return out
+    return (255 * table).astype(np.float32).reshape(n, 3)
 
 
 def cluster_colours(labels: np.ndarray) -> np.ndarray:
@@ -318,16 +357,6 @@ def cluster_colours(labels: np.ndarray) -> np.ndarray:
     return per_label[labels]
 
 
-def cluster_overlay(view, labels, grid, kept_mask=None, alpha: float = 0.55) -> np.ndarray:
-    """One colour per connected component blended on the image, borders between clusters, kept outlined."""
-    return Canvas(view, grid).clusters(labels, kept_mask, alpha)
-
-
-def merge_overlay(view, kept, merge_index, grid, alpha: float = 0.6) -> np.ndarray:
-    """Each kept token's merge group in its own colour; kept patches outlined (see `Canvas.merge_groups`)."""
-    return Canvas(view, grid).merge_groups(kept, merge_index, alpha)
-
-
 def _viridis_lut() -> np.ndarray:
     # Viridis anchor points (from matplotlib's table), interpolated to 256 entries once at import.
     anchors = np.array([
@@ -344,6 +373,58 @@ def _viridis_lut() -> np.ndarray:
 VIRIDIS = _viridis_lut()
 
 
-def heatmap_overlay(view, values, grid, kept_mask=None, alpha: float = 0.6) -> np.ndarray:
-    """values [N] in [0, 1] (e.g. PAR relevance) as a viridis heatmap on the image; kept patches outlined."""
-    return Canvas(view, grid).heatmap(values, kept_mask, alpha)
+# --------------------------------------------------------------------------------------------------
+# Pictures beside the patch pictures: the crop on the user's image, a colour bar
+# --------------------------------------------------------------------------------------------------
+CROP_OUTLINE = (255, 214, 0)
+
+
+def crop_picture(image, box: tuple[float, float, float, float], max_side: int = 320) -> np.ndarray:
+    """The user's whole image, small, with the region the model sees outlined and everything outside it dimmed
+    (a wide photo loses its sides to a centre crop; a padded one gains bars)."""
+    from PIL import Image, ImageDraw
+
+    im = image.convert("RGB")
+    scale = max_side / max(im.size)
+    small = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.BILINEAR)
+    x0, y0, x1, y1 = (v * scale for v in box)
+    arr = np.asarray(small).astype(np.float32)
+    yy, xx = np.mgrid[: arr.shape[0], : arr.shape[1]]
+    outside = (xx < x0) | (xx >= x1) | (yy < y0) | (yy >= y1)
+    arr[outside] *= 0.3
+    out = Image.fromarray(arr.astype(np.uint8))
+    ImageDraw.Draw(out).rectangle([max(0, x0), max(0, y0), min(out.size[0], x1) - 1, min(out.size[1], y1) - 1],
+                                  outline=CROP_OUTLINE, width=3)
+    return np.asarray(out)
+
+
+def crop_caption(image_size: tuple[int, int], box: tuple[float, float, float, float]) -> str:
+    """One sentence on which part of a W×H image the model sees."""
+    w, h = image_size
+    x0, y0, x1, y1 = box
+    seen = f"{round(x1 - x0)}×{round(y1 - y0)}"
+    if x0 < -0.5 or y0 < -0.5:
+        return f"The model sees the whole {w}×{h} image, padded to a {seen} square."
+    if x0 > 0.5:
+        return f"The model sees the centre {seen} of this {w}×{h} image: {round(x0)} px on the left and right are cut off."
+    if y0 > 0.5:
+        return f"The model sees the centre {seen} of this {w}×{h} image: {round(y0)} px at the top and bottom are cut off."
+    return f"The model sees the whole {w}×{h} image."
+
+
+def with_colour_bar(picture: np.ndarray, low: str, high: str, width: int = 18, pad: int = 6) -> np.ndarray:
+    """`picture` with a vertical viridis bar on its right, labelled `high` at the top and `low` at the bottom."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    height = picture.shape[0]
+    size = max(11, height // 28)
+    label_w = int(3.4 * size)
+    bar = np.repeat(VIRIDIS[np.linspace(255, 0, height).round().astype(np.int64)][:, None, :], width, axis=1)
+    strip = np.full((height, pad + width + label_w, 3), 255, np.uint8)
+    strip[:, pad:pad + width] = bar.astype(np.uint8)
+    im = Image.fromarray(strip)
+    draw = ImageDraw.Draw(im)
+    font = ImageFont.load_default(size=size)
+    draw.text((pad + width + 3, 2), high, fill=(20, 20, 20), font=font)
+    draw.text((pad + width + 3, height - 4), low, fill=(20, 20, 20), font=font, anchor="ld")
+    return np.concatenate([picture, np.asarray(im)], axis=1)

@@ -30,7 +30,7 @@ def _layout(title: str, xtitle: str = "", ytitle: str = "", **extra) -> dict:
     layout = dict(
         template={},  # not None: plotly would deep-copy its default template into every figure (≈ 1 ms, 10 kB)
         title=dict(text=title, x=0.02, font=dict(size=14)),
-        paper_bgcolor="white", plot_bgcolor="white", height=300,
+        paper_bgcolor="white", plot_bgcolor="white", height=230,
         margin=dict(l=50, r=20, t=40, b=45),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
         xaxis=dict(axis, title=dict(text=xtitle)), yaxis=dict(axis, title=dict(text=ytitle)),
@@ -39,11 +39,31 @@ def _layout(title: str, xtitle: str = "", ytitle: str = "", **extra) -> dict:
     return layout
 
 
-def _vline(x: float, label: str, colour: str, dash: str) -> tuple[dict, dict]:
-    """A vertical line over the whole plot height and its label: (shape, annotation)."""
-    shape = dict(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line=dict(color=colour, dash=dash, width=2))
-    note = dict(x=x, y=1, yref="paper", text=label, showarrow=False, yanchor="bottom", font=dict(color=colour))
-    return shape, note
+LINE_COLOURS = {"quartile": QUARTILE, "fence": FENCE, "cut": FENCE, "current": FENCE}
+
+
+def _vlines(lines) -> tuple[list, list]:
+    """Vertical lines over the plot's height with their labels at the top, staggered so that close lines
+    (Q1 and Q3 are often a hair apart) do not write over each other: (shapes, annotations)."""
+    shapes, notes = [], []
+    for i, (x, label, kind) in enumerate(sorted(lines, key=lambda line: line[0])):
+        colour = LINE_COLOURS.get(kind, FENCE)
+        dash = "dot" if kind == "quartile" else "dash"
+        shapes.append(dict(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line=dict(color=colour, dash=dash, width=2)))
+        notes.append(dict(x=x, y=1.0 - 0.09 * (i % 3), yref="paper", text=label, showarrow=False, xanchor="left",
+                          yanchor="top", xshift=3, font=dict(color=colour, size=11), bgcolor="rgba(255,255,255,0.8)"))
+    return shapes, notes
+
+
+def _log_bins(values: np.ndarray, n_bins: int) -> np.ndarray | None:
+    """Geometric bin edges over positive `values` spanning more than two decades (attention is heavy-tailed:
+    on a linear axis every quartile sits in the first bin), else None."""
+    if values.size == 0 or values.min() <= 0:
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    if hi / lo < 100:
+        return None
+    return np.geomspace(lo, hi * (1 + 1e-9), n_bins + 1)
 
 
 def _bins(values: np.ndarray, n_bins: int) -> np.ndarray:
@@ -53,41 +73,51 @@ def _bins(values: np.ndarray, n_bins: int) -> np.ndarray:
     return np.linspace(lo, hi, n_bins + 1)
 
 
-def attention_histogram(attn: np.ndarray, q1: float | None, q3: float | None, fence: float | None,
-                        kept_mask: np.ndarray | None = None, n_bins: int = 60) -> go.Figure:
-    """Histogram of CLS→patch attention, kept and dropped patches stacked, with Q1, Q3 and the IQR fence.
+def score_histogram(values: np.ndarray, kept_mask: np.ndarray | None, title: str, xlabel: str,
+                    lines: Sequence[tuple[float, str, str]] = (), n_bins: int = 60) -> go.Figure:
+    """Histogram of a per-patch score (CLS attention, PAR's hybrid relevance, FastV's LLM attention), kept
+    and dropped patches stacked, with the method's thresholds as labelled vertical lines `(x, label, kind)`
+    (kind "quartile" | "fence" | "cut"): only the lines the method really uses.
 
     Counts are computed with numpy (one bar trace per group), so the figure is small and shows exactly the
-    numbers the reducer used; the count axis is logarithmic because outliers are few.
+    numbers the reducer used; the count axis is logarithmic (ticks at 1, 10, 100, …) because outliers are few.
     """
-    attn = np.nan_to_num(np.asarray(attn, np.float64).reshape(-1))
-    kept = np.zeros(attn.size, bool) if kept_mask is None else np.asarray(kept_mask, bool).reshape(-1)
-    edges = _bins(attn, n_bins)
-    centres, width = (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0])
+    values = np.nan_to_num(np.asarray(values, np.float64).reshape(-1))
+    kept = np.zeros(values.size, bool) if kept_mask is None else np.asarray(kept_mask, bool).reshape(-1)
+    edges = _log_bins(values, n_bins)
+    log_x = edges is not None
+    if not log_x:
+        edges = _bins(values, n_bins)
+    centres = np.sqrt(edges[:-1] * edges[1:]) if log_x else (edges[:-1] + edges[1:]) / 2
     data = []
     for name, mask, colour in (("dropped", ~kept, DROPPED), ("kept", kept, KEPT)):
-        counts, _ = np.histogram(attn[mask], bins=edges)
-        data.append(dict(type="bar", x=centres, y=counts, width=width, name=f"{name} ({int(mask.sum())})",
-                         marker=dict(color=colour), hovertemplate="attention %{x:.3g}<br>%{y} patches<extra></extra>"))
-    shapes, notes = [], []
-    for value, label, colour, dash in ((q1, "Q1", QUARTILE, "dot"), (q3, "Q3", QUARTILE, "dot"),
-                                       (fence, "fence", FENCE, "dash")):
-        if value is not None and np.isfinite(value):
-            shape, note = _vline(float(value), label, colour, dash)
-            shapes.append(shape)
-            notes.append(note)
-    layout = _layout("CLS → patch attention", "attention", "patches", barmode="stack", bargap=0,
-                     shapes=shapes, annotations=notes)
-    layout["yaxis"]["type"] = "log"
+        counts, _ = np.histogram(values[mask], bins=edges)
+        data.append(dict(type="bar", x=centres, y=counts, width=np.diff(edges), name=f"{name} ({int(mask.sum())})",
+                         marker=dict(color=colour), hovertemplate="%{x:.3g}<br>%{y} patches<extra></extra>"))
+    shapes, notes = _vlines([line for line in lines if line[0] is not None and np.isfinite(line[0])])
+    layout = _layout(title, "", "patches", barmode="stack", bargap=0, shapes=shapes, annotations=notes,
+                     legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="left", x=0.0),
+                     margin=dict(l=50, r=20, t=40, b=60))
+    layout["yaxis"].update(type="log", dtick=1, exponentformat="none", tickformat="d")
+    layout["xaxis"].update(hoverformat=".3g", exponentformat="power")
+    if log_x:
+        layout["xaxis"]["type"] = "log"
+        layout["xaxis"]["dtick"] = 1
+    layout["title"]["text"] = f"{title}<br><sub>{xlabel}{' (log scale)' if log_x else ''}</sub>"
     return _figure(data, layout)
 
 
 def stage_funnel(stages: Mapping[str, int]) -> go.Figure:
-    """Token counts through the method's stages (N → … → to LLM)."""
+    """Token counts through the method's stages (N → … → to LLM): each bar labelled with its count (a 1-token
+    stage reads "1", never "0 %")."""
     names, counts = list(stages), [int(v) for v in stages.values()]
+    total = max(counts[0], 1)
     colours = [DROPPED] * (len(names) - 1) + [KEPT]
-    data = [dict(type="funnel", y=names, x=counts, textinfo="value+percent initial", marker=dict(color=colours))]
-    layout = _layout("Tokens through the stages", margin=dict(l=110, r=20, t=40, b=20))
+    text = [f"{c} ({100 * c / total:.1f} %)" if 0 < c < total else str(c) for c in counts]
+    data = [dict(type="funnel", y=names, x=counts, text=text, textinfo="text", textposition="auto",
+                 insidetextfont=dict(color="white"), outsidetextfont=dict(color="#111827"), constraintext="none",
+                 marker=dict(color=colours), hovertemplate="%{y}: %{x} tokens<extra></extra>", cliponaxis=False)]
+    layout = _layout("Tokens through the stages", margin=dict(l=90, r=20, t=40, b=20))
     return _figure(data, layout)
 
 
@@ -100,15 +130,43 @@ def sweep_plot(xs: np.ndarray, counts: np.ndarray, current: float, name: str,
     if clusters is not None:
         data.append(dict(type="scatter", x=xs, y=np.asarray(clusters), mode="lines", name="clusters",
                          line=dict(color=QUARTILE, shape="hv", dash="dot")))
-    shape, note = _vline(float(current), "current", FENCE, "dash")
-    layout = _layout(f"Tokens kept as {name} sweeps its range", name, "tokens", shapes=[shape], annotations=[note])
+    shapes, notes = _vlines([(float(current), "current", "current")])
+    layout = _layout(f"Tokens kept as {name} sweeps its range", name, "tokens", shapes=shapes, annotations=notes)
     return _figure(data, layout)
 
 
-def comparison_bar(rows: Sequence[Mapping[str, object]]) -> go.Figure:
-    """Tokens to the LLM per method at a matched budget (rows: {"method", "n_kept"})."""
-    methods = [str(r["method"]) for r in rows]
-    counts = [int(r["n_kept"]) for r in rows]
-    data = [dict(type="bar", x=methods, y=counts, marker=dict(color=KEPT), text=counts, textposition="outside")]
-    layout = _layout("Tokens to the LLM per method (baselines at the current method's budget)", "", "tokens")
+def comparison_bar(rows: Sequence[Mapping[str, object]], budget: int) -> go.Figure:
+    """Tokens to the LLM per method (rows: {"label", "n_kept", "matched"}): budget methods at the matched
+    budget M, adaptive methods at their own settings (hatched, and said in the legend)."""
+    data = []
+    for matched, name, colour in ((True, f"at the matched budget M = {budget}", KEPT),
+                                  (False, "adaptive: at its own settings", DROPPED)):
+        group = [r for r in rows if bool(r["matched"]) == matched]
+        if group:
+            counts = [int(r["n_kept"]) for r in group]
+            data.append(dict(type="bar", x=[str(r["label"]) for r in group], y=counts, name=name, text=counts,
+                             textposition="outside", marker=dict(color=colour), cliponaxis=False))
+    layout = _layout("Tokens to the LLM per method", "", "tokens",
+                     legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0))
+    layout["xaxis"]["tickangle"] = -30
+    return _figure(data, layout)
+
+
+def fidelity_plot(rows: Sequence[Mapping[str, object]], metric: str = "logprob_drop") -> go.Figure:
+    """The accuracy–efficiency picture for one image: `metric` (log-prob drop or first-token KL) against the
+    tokens kept, one line of markers per method (rows: {"label", "n_kept", metric})."""
+    titles = {"logprob_drop": "drop in mean log-prob of the full-token answer (nats)",
+              "kl": "KL(full ‖ reduced) of the first answer token (nats)"}
+    data = []
+    labels = list(dict.fromkeys(str(r["label"]) for r in rows))
+    for label in labels:
+        group = sorted((r for r in rows if str(r["label"]) == label), key=lambda r: int(r["n_kept"]))
+        data.append(dict(type="scatter", mode="lines+markers", name=label, x=[int(r["n_kept"]) for r in group],
+                         y=[float(r[metric]) for r in group],
+                         hovertemplate=f"{label}<br>%{{x}} tokens<br>%{{y:.3g}}<extra></extra>"))
+    layout = _layout("Fidelity against tokens kept (this image and prompt)", "visual tokens to the LLM",
+                     titles.get(metric, metric), height=360,
+                     legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02),
+                     margin=dict(l=60, r=20, t=40, b=45))
+    layout["xaxis"]["type"] = "log"
     return _figure(data, layout)
