@@ -171,10 +171,11 @@ class Explorer:
     def encoded(self, image, state: dict | None, model: str | None = None, progress=None
                 ) -> tuple[Backend, Encoded, dict]:
         """(backend, Encoded, new state) for this image, re-using the session's encode when it can."""
+        model = model or self.config.model
         backend = self.backend(model, progress)
         state = dict(state or {})
         path = image.get("path") if isinstance(image, dict) else image if isinstance(image, str) else None
-        if path and state.get("path") == path and state.get("model") == backend.name:
+        if path and state.get("path") == path and state.get("model") == model:
             enc = backend.lookup(state["key"])
             if enc is not None:
                 return backend, enc, state
@@ -186,7 +187,7 @@ class Explorer:
         except ValueError as err:
             raise InputError(self._unusable(backend, err)) from None
         name = Path(path).name if path else "image"
-        state.update(path=path, key=enc.key, model=backend.name, image_name=name)
+        state.update(path=path, key=enc.key, model=model, image_name=name)
         return backend, enc, state
 
     def cached(self, state: dict | None) -> tuple[Backend, Encoded]:
@@ -317,6 +318,7 @@ class Explorer:
         light = {k: v for k, v in s.items() if k != "per_patch"}
         state = dict(state, controls=settings.to_controls(), points=[list(p) for p in settings.points],
                      prompt=prompt, stamp=stamp, view_size=list(enc.view.size), crop_box=list(enc.crop_box),
+                     n_tokens=red.n_tokens,
                      last_summary=light, history=self._history(state.get("history"), settings, red))
         out = Explored(settings, prompt, q, vt, red, pics, hist, funnel, s, ex.readout_markdown(s), stamp,
                        self.crop(backend, enc), draw.crop_caption(enc.image_size, enc.crop_box))
@@ -488,7 +490,7 @@ class Explorer:
             backend, enc = self.cached(state)
             explored, _ = self.explore_encoded(backend, enc, state.get("prompt", ""),
                                                self.settings(state.get("controls"), state.get("points") or ()), state)
-            s = dict(explored.summary)
+            s = dict(explored.summary, controls=explored.settings.to_controls())
             if state.get("answers"):
                 s["answers"] = state["answers"]
             blob_json = self.export_json(s)

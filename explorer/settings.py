@@ -243,7 +243,8 @@ def coerce(name: str, control: Control, raw, clamp: bool = False):
     if clamp:
         value = min(max(value, control.minimum), control.maximum)
     elif not control.minimum <= value <= control.maximum:
-        raise InputError(f"{name} must be between {control.minimum:g} and {control.maximum:g}, got {raw!r}.")
+        low, high = (f"{int(v)}" if control.integer else f"{v:g}" for v in (control.minimum, control.maximum))
+        raise InputError(f"{name} must be between {low} and {high}, got {raw!r}.")
     if control.integer:
         if clamp:
             value = float(round(value))

@@ -210,21 +210,23 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
     def settings_of(method, controls, points=None, clamp=False):
         return explorer.settings({METHOD: method, **controls}, points or (), clamp)
 
-    def explore_outputs(out, state, budget_max=None):
+    def explore_outputs(out, state):
         pics = out.pictures
-        stale = stale_note(state)
         groups = gr.Image(pics.groups, visible=pics.groups is not None)
-        updates = [gr.update(maximum=budget_max) if budget_max else gr.skip() for _ in budget_controls]
-        return [
-            pics.kept, pics.kept_caption, groups, pics.groups_caption, pics.heatmap, pics.heatmap_caption,
-            out.crop, out.crop_caption, out.histogram, out.funnel, out.readout, query_text(out), stale,
-            gr.Column(elem_classes=["stale"] if stale else []), state, *updates,
-        ]
+        return [pics.kept, pics.kept_caption, groups, pics.groups_caption, pics.heatmap, pics.heatmap_caption,
+                out.crop, out.crop_caption, out.histogram, out.funnel, out.readout, query_text(out), state]
+
+    def after_explore(state):
+        """Answers marked stale when the screen no longer shows what produced them; budgets up to the image's N."""
+        stale = stale_note(state)
+        n = (state or {}).get("n_tokens")
+        return [stale, gr.Column(elem_classes=["stale"] if stale else []),
+                *[gr.update(maximum=n) if n else gr.skip() for _ in budget_controls]]
 
     def quiet_reset(tail: list):
         """An emptied image: clear the pictures quietly (no error toast)."""
         return [None, "", gr.Image(None), "", None, "", None, "", None, None, "Upload an image or click an example.",
-                "", "", gr.Column(elem_classes=[]), gr.skip(), *[gr.skip() for _ in budget_controls], *tail]
+                "", gr.skip(), *tail]
 
     def explore(image, prompt, method, model, query_points, state, progress=gr.Progress(), **controls):
         """Reduce the image's visual tokens with `method` and its settings: the pictures, figures and readout,
@@ -237,8 +239,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
             out, state = explorer.explore(image, prompt, settings, state, model or None, progress)
         except Exception as err:
             raise _error(err) from None
-        n = out.reduction.n_tokens
-        return [*explore_outputs(out, state, n), out.summary]
+        return [*explore_outputs(out, state), out.summary]
 
     def move(image, prompt, method, model, query_points, state, **controls):
         if image is None:
@@ -434,7 +435,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                                                elem_id="patch-info")
                     with gr.Tab("Sweep & comparison", id="compare-tab"):
                         sweep_parameter = gr.Dropdown(ex.sweep_fields(explorer.settings({METHOD: first_method}))
-                                                      or ["(none)"], label="Sweep parameter",
+                                                      or ["(none)"], label="Sweep parameter", allow_custom_value=True,
                                                       info="Tokens kept as this slider sweeps its range")
                         with gr.Row():
                             sweep_plot = gr.Plot(label="Sweep", elem_id="sweep")
@@ -495,8 +496,10 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         head = [image, prompt, method, model, query_points]
         kw = dict(inputs_kwargs=dict(controls))
         pictures_out = [kept_img, kept_cap, groups_img, groups_cap, heat_img, heat_cap, crop_img, crop_cap,
-                        histogram, funnel, readout, query_md, stale_md, answers_box, state, *budget_controls]
-        redraw = dict(trigger_mode="always_last", concurrency_id="redraw", concurrency_limit=4)
+                        histogram, funnel, readout, query_md, state]
+        # preprocess=False: values arrive as sent, and the schema (not each component) says what is wrong with
+        # them, in one sentence naming the control; images are checked by `upload_path`
+        redraw = dict(trigger_mode="always_last", concurrency_id="redraw", concurrency_limit=4, preprocess=False)
 
         main = gr.on([image.change, prompt.submit, prompt.blur, model.change, query_points.change], explore,
                      inputs=head + [state], outputs=pictures_out + [summary], api_name="explore",
@@ -513,11 +516,13 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         url_inputs = [method] + control_list
         for event in (main, moved):
             event.success(None, inputs=url_inputs, js=URL_JS % json.dumps(names), queue=False)
+            event.success(after_explore, state, [stale_md, answers_box, *budget_controls], queue=False,
+                          api_visibility="private")
         method.change(on_method, method, control_list + [sweep_parameter, query_box], queue=False,
                       api_visibility="private")
         ask_btn.click(answer, inputs=head + [max_new_tokens, state],
                       outputs=[full_answer, reduced_answer, answer_md, stale_md, answers_box, answer_info, state],
-                      api_name="answer", concurrency_id="generate", concurrency_limit=1, **kw)
+                      api_name="answer", concurrency_id="generate", concurrency_limit=1, preprocess=False, **kw)
         run = fidelity_btn.click(fidelity, inputs=[state], outputs=[fidelity_table, fidelity_plot, fidelity_note],
                                  api_name="fidelity", concurrency_id="generate", concurrency_limit=1)
         fidelity_stop.click(None, cancels=[run], queue=False)

@@ -1,12 +1,12 @@
 """The launched app through gradio_client: /explore, /compare, /answer, /export, the API listing and the bind address.
 
-Runs against the shared `app` fixture (offline default: seeded vision tower, real SmolLM2), one fresh
-`client` session per test. Every check reads what a remote API user gets back, not the Python objects.
+Runs against the shared `app` fixture (offline default: real DINOv2 tower, untrained projector, real SmolLM2),
+one fresh `client` session per test. Every check reads what a remote API user gets back, not Python objects.
+The controls and their keyword names come from the schema (the registry), so a new method is tested here too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -14,46 +14,40 @@ import pytest
 from gradio_client import handle_file
 from PIL import Image
 
-from explorer import explore as ex
-from reducers import REDUCERS, BudgetParams, PARParams, PruMergeParams
+from explorer.settings import Schema, Settings
+from reducers import REDUCERS
 
 pytestmark = pytest.mark.slow
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 IMAGE = ASSETS / "coffee.jpg"
 PROMPT = "Is there a spoon next to the cup?"
-METHODS = list(REDUCERS)  # par, prumerge, prumerge+, all, random, uniform, top-attention
-# The live overlays are JPEG since 572a4c5 ("JPEG live overlays"); PNG/WebP were the earlier formats.
-OVERLAY_FORMATS = {"PNG", "WEBP", "JPEG"}
-EXPLORE_PARAMS = ["image", "prompt", "method", "tau", "delta", "cluster_threshold", "retrieval_ratio",
-                  "iqr_multiplier", "alpha", "spatial", "rewrite", "attention", "merge", "neighbours", "budget",
-                  "seed", "model"]
-
-_PAR, _PM, _BUDGET = PARParams(), PruMergeParams(), BudgetParams()
-DEFAULTS = dict(
-    tau=_PAR.tau, delta=_PAR.delta, cluster_threshold=_PAR.cluster_threshold,
-    retrieval_ratio=_PAR.retrieval_ratio, iqr_multiplier=_PM.iqr_multiplier, alpha=_PAR.alpha,
-    spatial=_PAR.spatial, rewrite=True, attention="official", merge=_PM.merge, neighbours=_PM.neighbours,
-    budget=_BUDGET.budget, seed=_BUDGET.seed,
-)
-# Slider settings away from the defaults (every control moved at once), and an extreme corner.
-VARIANTS = {
-    "defaults": {},
-    "moved": dict(tau=0.45, delta=0.8, cluster_threshold=0.9, retrieval_ratio=0.3, alpha=0.25, spatial=True,
-                  iqr_multiplier=0.75, merge=False, neighbours=8, attention="head-mean", budget=100, seed=3),
-    "corner": dict(tau=0.0, delta=1.0, cluster_threshold=0.0, retrieval_ratio=1.0, alpha=1.0, rewrite=False,
-                   iqr_multiplier=5.0, neighbours=256, budget=100_000),
-}
+SCHEMA = Schema.build()
+HEAD = ["image", "prompt", "method", "model", "query_points"]
+EXPLORE_RETURNS = 13  # pictures, captions, crop, histogram, funnel, readout, query, summary
 
 
-def _inputs(method: str, prompt: str = PROMPT, image: Path = IMAGE, **changes) -> dict:
-    unknown = set(changes) - set(DEFAULTS)
-    assert not unknown, f"not a control: {unknown}"
-    return dict(image=handle_file(str(image)), prompt=prompt, method=method, **{**DEFAULTS, **changes})
+def moved_values(method: str) -> dict:
+    """Every control of `method` away from its default (inside its range)."""
+    out = {}
+    for name in SCHEMA.method_controls(method):
+        c, default = SCHEMA.specs[name].control, SCHEMA.specs[name].default
+        if c.kind == "toggle":
+            out[name] = not default
+        elif c.kind == "choice":
+            out[name] = next(o for o in c.options if o != default)
+        elif c.kind == "number":
+            out[name] = int(default) + 3
+        else:
+            top = min(c.maximum, 200) if c.budget else c.maximum
+            value = default + (top - default) / 3 if default < top else default - (default - c.minimum) / 3
+            out[name] = int(round(value)) if c.integer else round(round(value / c.step) * c.step, 6)
+    return out
 
 
-def explore(client, method: str, prompt: str = PROMPT, image: Path = IMAGE, **changes):
-    return client.predict(**_inputs(method, prompt, image, **changes), api_name="/explore")
+def explore(client, method: str, prompt: str = PROMPT, image: Path = IMAGE, points=None, **controls):
+    return client.predict(image=handle_file(str(image)), prompt=prompt, method=method, query_points=points or [],
+                          api_name="/explore", **controls)
 
 
 def image_path(value) -> str:
@@ -68,176 +62,203 @@ def image_path(value) -> str:
     return value
 
 
-def _caption_count(caption: str) -> int:
-    """'PruMerge · 41 tokens' → 41."""
-    return int(caption.rsplit("·", 1)[1].split()[0])
-
-
 # --- /explore ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("variant", ["defaults", "moved"])
+@pytest.mark.parametrize("method", list(REDUCERS))
 def test_explore_every_method_is_consistent(client, method, variant):
-    out = explore(client, method, **VARIANTS[variant])
-    assert len(out) == 7
-    kept, groups, heat, _hist, _funnel, readout, summary = out
+    controls = moved_values(method) if variant == "moved" else {}
+    out = explore(client, method, **controls)
+    assert len(out) == EXPLORE_RETURNS
+    kept, _kc, groups, _gc, heat, _hc, crop, crop_caption, _hist, _funnel, readout, _query, summary = out
     n, m = summary["n_tokens"], summary["n_kept"]
-    assert summary["method"] == method
-    assert m == summary["stages"]["to LLM"]
-    assert 1 <= m <= n
+    assert summary["method"] == method and summary["method_label"] == REDUCERS[method].label
+    assert m == summary["stages"]["to LLM"] and summary["stages"]["tokens"] == n
     h, w = summary["image"]["grid"]
-    assert n == h * w == summary["stages"]["tokens"]
-    assert summary["params"]["method"] == method
+    assert n == h * w
+    want = Settings.from_controls({"method": method, **controls}, SCHEMA).as_dict()
+    assert summary["params"] == want["params"] and summary["inputs"] == want["inputs"]
     assert summary["flops"]["prefill_flops_reduced"] <= summary["flops"]["prefill_flops_full"]
     assert f"{n} → {m}" in readout, readout
-
+    # per-patch data: kept indices in LLM order, attention of every patch, method-specific fields
+    per = summary["per_patch"]
+    assert len(per["kept"]) == summary["n_patches_kept"] and len(set(per["kept"])) == len(per["kept"])
+    assert all(0 <= i < n for i in per["kept"]) and len(per["attention"]) == n
+    if method == "par":
+        assert len(per["relevance"]) == len(per["hybrid"]) == len(per["labels"]) == n
+    if method.startswith("prumerge") and controls.get("merge", True):
+        assert set(per["merge_groups"]) == {str(i) for i in per["kept"]}
     x0, y0, x1, y1 = summary["image"]["crop_box"]
-    expected_aspect = (x1 - x0) / (y1 - y0)
-    assert expected_aspect == pytest.approx(w / h, rel=0.02)  # the region the model saw, cut into the grid
-    for value in (kept, groups, heat):
+    assert (x1 - x0) / (y1 - y0) == pytest.approx(w / h, rel=0.02)
+    groups = groups.get("value") if isinstance(groups, dict) and "__type__" in groups else groups
+    has_groups = REDUCERS[method].label and any(k in per for k in ("labels", "merge_groups", "groups"))
+    assert (groups is not None) == has_groups, "a groups picture exactly when the method clusters or merges"
+    for value in (kept, heat) + ((groups,) if groups is not None else ()):
         with Image.open(image_path(value)) as im:
-            assert im.format in OVERLAY_FORMATS
-            assert im.width >= w and im.height >= h
-            assert im.width / im.height == pytest.approx(expected_aspect, rel=0.02)
+            assert im.format == "JPEG" and im.width >= w and im.height >= h
+    assert "model sees" in crop_caption
 
 
 @pytest.mark.parametrize("method", ["prumerge", "prumerge+"])
 def test_prumerge_outliers_shrink_as_the_fence_rises(client, method):
     ks = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0]
-    summaries = [explore(client, method, iqr_multiplier=k)[6] for k in ks]
+    summaries = [explore(client, method, iqr_multiplier=k)[-1] for k in ks]
     outliers = [s["stages"]["outliers"] for s in summaries]
     fences = [s["fence"] for s in summaries]
     assert all(a >= b for a, b in zip(outliers, outliers[1:])), dict(zip(ks, outliers))
     assert all(a <= b for a, b in zip(fences, fences[1:])), dict(zip(ks, fences))
-    assert outliers[0] > outliers[-1], "k over its whole range should change the outlier count"
+    assert outliers[0] > outliers[-1]
     for s in summaries:
-        assert s["n_kept"] == s["stages"]["to LLM"]
+        assert s["n_kept"] == s["stages"]["to LLM"] <= s["n_tokens"]
 
 
-@pytest.mark.parametrize("k", [0.0, 0.3])
-@pytest.mark.parametrize("method", ["prumerge", "prumerge+"])
-def test_prumerge_never_feeds_more_tokens_than_all(client, method, k):
-    """Low k on the slider's own range: PruMerge+ keeps every patch of coffee.jpg (outliers + uniform samples)
-    and must not hand the LLM an extra aggregate-of-nothing token on top (577 > 576, negative compression)."""
-    summary = explore(client, method, iqr_multiplier=k)[6]
-    assert summary["n_kept"] == summary["stages"]["to LLM"]
-    assert summary["n_kept"] <= summary["n_tokens"], summary["stages"]
-    assert summary["compression"] >= 0.0 and summary["flops"]["flops_saving"] >= 0.0
-
-
-@pytest.mark.parametrize("delta", [PARParams().delta, 1.0])
-def test_par_keeps_fewer_as_tau_rises(client, delta):
-    """Routed (retrieved ∧ h ≥ τ) shrinks with τ by construction. The kept count is checked on this example
-    at the default δ and with δ = 1 (suppression off); it is *not* monotone for every image and δ: the greedy
-    δ-suppression can keep more once a token that suppressed others stops being routed (e.g. astronaut.jpg,
-    δ 0.5, γ 0.8: τ 0.77 → 0.78 gives routed 8 → 7 but kept 4 → 5), which is the specified rule, not a bug."""
+def test_par_routes_fewer_as_tau_rises(client):
     taus = [round(0.1 * i, 1) for i in range(11)]
-    summaries = [explore(client, "par", tau=t, delta=delta)[6] for t in taus]
-    routed = [s["stages"]["routed"] for s in summaries]
-    kept = [s["n_kept"] for s in summaries]
+    routed = [explore(client, "par", tau=t, delta=1.0)[-1]["stages"]["routed"] for t in taus]
     assert all(a >= b for a, b in zip(routed, routed[1:])), dict(zip(taus, routed))
-    assert all(a >= b for a, b in zip(kept, kept[1:])), dict(zip(taus, kept))
-    assert kept[0] > kept[-1] >= 1
+    assert routed[0] > routed[-1]
 
 
-def test_explore_readout_and_summary_name_the_model_and_warn(client):
-    readout, summary = explore(client, "prumerge")[5:]
-    assert summary["model"] == "offline" and summary["untrained_vision"] is True
-    assert "untrained" in readout.lower()
-    assert summary["stages"]["outliers"] + 1 == summary["n_kept"]  # merge on: one aggregate token appended
+def test_par_query_is_the_cls_token_without_points_and_the_pointed_patches_with(client):
+    summary = explore(client, "par")[-1]
+    assert summary["query"]["kind"] == "cls" and "CLS" in summary["query"]["description"]
+    x0, y0, x1, y1 = summary["image"]["crop_box"]
+    point = [x0 + (x1 - x0) / 2, y0 + (y1 - y0) / 2]  # the centre of the seen region
+    out = explore(client, "par", points=[point])
+    query, pointed = out[-2], out[-1]
+    assert pointed["query"]["kind"] == "points" and pointed["query"]["patches"] == [12 * 24 + 12]
+    assert pointed["query_points"] == [point] and "pointed" in query
+    outside = explore_error(client, "par", points=[[-50, -50]])
+    assert "outside" in outside
 
 
-def test_par_without_prompt_is_a_clear_error(client):
-    with pytest.raises(Exception, match="PAR needs a prompt"):
-        explore(client, "par", prompt="   ")
+def explore_error(client, method, **kwargs) -> str:
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        explore(client, method, **kwargs)
+    return str(info.value)
+
+
+def test_the_summary_names_the_model_and_what_is_real(client):
+    summary = explore(client, "prumerge")[-1]
+    assert summary["model"] == "offline" and "DINOv2" in summary["notice"] and "not grounded" in summary["notice"]
+    assert summary["app_version"] and summary["image"]["name"] == "coffee.jpg"
 
 
 # --- /compare ------------------------------------------------------------------------------------------
-def compare(client, method, prompt=PROMPT, sweep_parameter=None, **changes):
-    return client.predict(**_inputs(method, prompt, **changes), sweep_parameter=sweep_parameter,
-                          api_name="/compare")
+def compare(client, method, prompt=PROMPT, sweep_parameter=None, **controls):
+    return client.predict(image=handle_file(str(IMAGE)), prompt=prompt, method=method, query_points=[],
+                          sweep_parameter=sweep_parameter, api_name="/compare", **controls)
 
 
-@pytest.mark.parametrize("method", ["par", "prumerge+", "uniform"])
-def test_compare_gallery_has_one_entry_per_method(client, method):
-    summary = explore(client, method)[6]
-    sweep_fields = ex.sweep_fields(method)
-    _sweep, gallery, _bar = compare(client, method, sweep_parameter=sweep_fields[0] if sweep_fields else None)
+@pytest.mark.parametrize("method", ["par", "prumerge", "uniform"])
+def test_compare_gallery_has_one_entry_per_method_at_the_matched_budget(client, method):
+    summary = explore(client, method)[-1]
+    sweep, gallery, bar, explain, *_ = compare(client, method)
     captions = [entry["caption"] for entry in gallery]
-    labels = [ex.METHOD_LABELS[m] for m in METHODS]  # offline backend: every method's inputs exist
-    assert len(gallery) == len(METHODS)
-    assert [c.rsplit(" · ", 1)[0] for c in captions] == labels
-    counts = dict(zip(METHODS, map(_caption_count, captions)))
-    assert counts[method] == summary["n_kept"]  # the active method as /explore reported it
-    assert counts["all"] == summary["n_tokens"]
-    assert counts["random"] == min(summary["n_kept"], summary["n_tokens"])  # baselines at the matched budget
-    for entry in gallery:
-        with Image.open(image_path(entry)) as im:
-            assert im.format in OVERLAY_FORMATS and im.width > 0
-
-
-def test_compare_without_prompt_leaves_out_par(client):
-    _sweep, gallery, _bar = compare(client, "prumerge", prompt="", sweep_parameter="iqr_multiplier")
-    names = [entry["caption"].rsplit(" · ", 1)[0] for entry in gallery]
-    assert names == [ex.METHOD_LABELS[m] for m in METHODS if m != "par"]
+    labels = [c.split(" · ")[0] for c in captions]
+    assert labels[: len(REDUCERS)] == [e.label for e in REDUCERS.values()][: len(labels)]
+    assert len(gallery) == len(REDUCERS)
+    counts = {label: int(c.split(" · ")[1].split()[0]) for label, c in zip(labels, captions)}
+    assert counts[REDUCERS[method].label] == summary["n_kept"]
+    for name, entry in REDUCERS.items():
+        caption = captions[labels.index(entry.label)]
+        if entry.budgeted and name != "uniform":  # uniform: the nearest grid
+            assert counts[entry.label] == summary["n_kept"] and f"at M = {summary['n_kept']}" in caption
+        elif not entry.budgeted:
+            assert "at its own settings" in caption
+    assert "From pixels to the LLM" in explain and summary["method_label"] in explain
 
 
 # --- /answer -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method,changes", [("par", {}), ("prumerge", {}), ("random", dict(budget=40))])
-def test_answer_feeds_the_explored_token_counts(client, method, changes):
-    summary = explore(client, method, **changes)[6]
-    full, reduced, stats, info = client.predict(**_inputs(method, **changes), max_new_tokens=16,
-                                                api_name="/answer")
-    assert isinstance(full, str) and full.strip()
-    assert isinstance(reduced, str) and reduced.strip()
+@pytest.mark.parametrize("method,controls", [("par", {}), ("prumerge", {}), ("random", dict(budget=40))])
+def test_answer_is_stamped_with_what_produced_it(client, method, controls):
+    summary = explore(client, method, **controls)[-1]
+    full, reduced, stats, _note, info = client.predict(
+        image=handle_file(str(IMAGE)), prompt=PROMPT, method=method, query_points=[], max_new_tokens=8,
+        api_name="/answer", **controls)
+    assert isinstance(full, str) and isinstance(reduced, str)
     assert info["full"]["text"] == full and info["reduced"]["text"] == reduced
     assert info["full"]["n_visual_tokens"] == summary["n_tokens"]
     assert info["reduced"]["n_visual_tokens"] == summary["n_kept"]
-    assert info["method"] == method and info["params"] == summary["params"]
-    assert info["untrained_vision"] is True
-    assert "Untrained vision weights" in stats
-    assert f"| {summary['n_tokens']} |" in stats and f"| {summary['n_kept']} |" in stats
+    stamp = info["stamp"]
+    assert stamp["method"] == method and stamp["params"] == summary["params"] and stamp["n_kept"] == summary["n_kept"]
+    assert stamp["prompt"] == PROMPT and stamp["image"] == summary["image"]["key"]
+    assert f"with **{summary['n_kept']}** reduced tokens" in stats and "prefill" in stats and "decode" in stats
+    for part in ("full", "reduced"):
+        assert info[part]["n_new_tokens"] <= 8 and info[part]["decode_s"] >= 0
+
+
+@pytest.mark.parametrize("value", [0, 257, 4000, 2.5, "many"])
+def test_answer_length_is_bounded(client, value):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="max_new_tokens must be a whole number from 1 to 256"):
+        client.predict(image=handle_file(str(IMAGE)), prompt=PROMPT, method="prumerge", query_points=[],
+                       max_new_tokens=value, api_name="/answer")
 
 
 # --- /export -------------------------------------------------------------------------------------------
 def test_export_round_trip(client):
-    kept, groups, heat, _h, _f, _r, summary = explore(client, "prumerge+", iqr_multiplier=1.0)
-    json_file, png_file = client.predict(summary, handle_file(image_path(kept)), handle_file(image_path(groups)),
-                                         handle_file(image_path(heat)), api_name="/export")
+    out = explore(client, "prumerge+", iqr_multiplier=1.0)
+    summary = out[-1]
+    json_file, png_file = client.predict(api_name="/export")
+    assert Path(json_file).name.startswith("prumerge+_iqr_multiplier-1.0") and json_file.endswith(".json")
     exported = json.loads(Path(json_file).read_text())
-    assert exported == summary
-    assert exported["params"]["method"] == "prumerge+"
-    assert exported["params"]["prumerge"]["iqr_multiplier"] == 1.0
-    with Image.open(image_path(kept)) as im:
+    assert exported["per_patch"] == summary["per_patch"] and exported["params"] == summary["params"]
+    assert exported["app_version"] and exported["image"]["key"] == summary["image"]["key"]
+    again = Settings.from_controls(exported["controls"], SCHEMA)
+    assert again.method == "prumerge+" and again.params.iqr_multiplier == 1.0
+    with Image.open(image_path(out[0])) as im:
         w, h = im.size
     with Image.open(png_file) as im:
-        im.load()
-        assert im.format == "PNG"
-        assert im.height == h and im.width >= 3 * w  # the three overlays side by side
+        assert im.format == "PNG" and im.height == h and im.width >= 2 * w
 
 
-def test_export_with_the_explore_outputs_as_returned(client):
-    """Feeding /explore's outputs straight back (as an API user would) still exports."""
-    kept, groups, heat, _h, _f, _r, summary = explore(client, "par")
-    json_file, png_file = client.predict(summary, kept, groups, heat, api_name="/export")
-    assert json.loads(Path(json_file).read_text()) == summary
-    with Image.open(png_file) as im:
-        assert im.format == "PNG"
+def test_export_holds_the_answers_with_their_stamps(client):
+    explore(client, "random", budget=30)
+    client.predict(image=handle_file(str(IMAGE)), prompt=PROMPT, method="random", query_points=[], budget=30,
+                   max_new_tokens=4, api_name="/answer")
+    json_file, _ = client.predict(api_name="/export")
+    exported = json.loads(Path(json_file).read_text())
+    assert exported["answers"]["stamp"]["n_kept"] == 30 and exported["answers"]["reduced"]["n_visual_tokens"] == 30
 
 
 def test_export_before_explore_is_a_clear_error(client):
-    with pytest.raises(Exception, match="Nothing to export yet"):
-        client.predict(None, None, None, None, api_name="/export")
+    with pytest.raises(Exception, match="explore an image first"):
+        client.predict(api_name="/export")
 
 
 # --- API listing and bind address ----------------------------------------------------------------------
-def test_view_api_lists_the_endpoints(client):
+def test_view_api_parameters_come_from_the_schema(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert {"/explore", "/answer", "/compare", "/export"} <= set(endpoints)
-    assert [p["parameter_name"] for p in endpoints["/explore"]["parameters"]] == EXPLORE_PARAMS
-    assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == EXPLORE_PARAMS + ["sweep_parameter"]
-    assert [p["parameter_name"] for p in endpoints["/answer"]["parameters"]] == EXPLORE_PARAMS + ["max_new_tokens"]
-    assert len(endpoints["/explore"]["returns"]) == 7
-    assert [p["parameter_name"] for p in endpoints["/export"]["parameters"]] == ["summary", "kept", "groups", "heatmap"]
+    assert {"/explore", "/answer", "/compare", "/export", "/fidelity"} <= set(endpoints)
+    names = list(SCHEMA.names)
+    assert [p["parameter_name"] for p in endpoints["/explore"]["parameters"]] == HEAD + names
+    assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == HEAD + ["sweep_parameter"] + names
+    assert [p["parameter_name"] for p in endpoints["/answer"]["parameters"]] == HEAD + ["max_new_tokens"] + names
+    assert len(endpoints["/explore"]["returns"]) == EXPLORE_RETURNS
+    for endpoint in endpoints.values():
+        for item in endpoint["returns"]:
+            assert not (item.get("label") or "").startswith("value_"), item
+
+
+def test_ui_controls_equal_the_dataclass_metadata(app):
+    """Each control the page shows is built from its params field: range, step, default, label, info."""
+    demo, _ = app
+    components = {c["props"].get("elem_id"): c for c in demo.config["components"] if c.get("props")}
+    for name, spec in SCHEMA.specs.items():
+        props = components[f"ctl-{name}"]["props"]
+        c = spec.control
+        assert props["label"] == c.label and props["info"] == c.info, name
+        if c.kind == "slider":
+            assert (props["minimum"], props["step"]) == (c.minimum, c.step), name
+            assert props["maximum"] == (min(c.maximum, 576) if c.budget else c.maximum), name
+            assert props["value"] == spec.default, name
+        elif c.kind == "choice":
+            assert [ch[1] for ch in props["choices"]] == list(c.options) and props["value"] == spec.default, name
+        else:
+            assert props["value"] == spec.default, name
 
 
 def test_fixture_app_binds_loopback(app):
@@ -253,14 +274,9 @@ def test_launch_kwargs_default_to_loopback_without_share(monkeypatch):
 
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     kwargs = launch_kwargs(ExplorerConfig())
-    assert kwargs["server_name"] == "127.0.0.1"
-    assert kwargs["share"] is False
-    assert kwargs.get("show_error") is False
-
+    assert kwargs["server_name"] == "127.0.0.1" and kwargs["share"] is False and kwargs.get("show_error") is False
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
-    kwargs = launch_kwargs(ExplorerConfig())
-    assert kwargs["server_name"] == "0.0.0.0"
-    assert kwargs["share"] is False
+    assert launch_kwargs(ExplorerConfig())["server_name"] == "0.0.0.0"
 
 
 def test_app_main_launches_on_loopback(monkeypatch):
@@ -270,7 +286,6 @@ def test_app_main_launches_on_loopback(monkeypatch):
     import app as app_module
 
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
-    monkeypatch.delenv("GRADIO_SHARE", raising=False)
     original = gr.Blocks.launch
     launched = []
 
@@ -279,24 +294,12 @@ def test_app_main_launches_on_loopback(monkeypatch):
         return original(self, *args, **{**kwargs, "prevent_thread_lock": True, "quiet": True})
 
     monkeypatch.setattr(gr.Blocks, "launch", launch)
-    # No second model in the background: the shared fixture already holds one; the bind address is the point.
     monkeypatch.setattr(app_module.Explorer, "preload", lambda self: None, raising=False)
     app_module.main([])
     assert len(launched) == 1
     demo, kwargs = launched[0]
     try:
-        assert kwargs.get("share") is False
-        assert kwargs.get("server_name") == "127.0.0.1"
-        assert demo.server_name == "127.0.0.1"
+        assert kwargs.get("share") is False and kwargs.get("server_name") == "127.0.0.1"
         assert demo.local_url.startswith("http://127.0.0.1:")
-        assert not demo.share and demo.share_url is None
     finally:
         demo.close()
-
-
-def test_settings_defaults_match_the_sliders():
-    """The test's DEFAULTS come from the same dataclasses as the UI's sliders."""
-    for params in (PARParams(), PruMergeParams(), BudgetParams()):
-        for f in dataclasses.fields(params):
-            if f.name in DEFAULTS:
-                assert DEFAULTS[f.name] == getattr(params, f.name)

@@ -16,6 +16,23 @@ import torch
 
 from explorer.pictures import draw
 
+# One picture on a throwaway Canvas (the app keeps one Canvas per image and redraws on it).
+def kept_overlay(view, kept, grid, samples=None):
+    return draw.Canvas(view, grid).kept(kept, samples)
+
+
+def cluster_overlay(view, labels, grid, kept_mask=None, alpha=0.55):
+    return draw.Canvas(view, grid).clusters(labels, kept_mask, alpha)
+
+
+def merge_overlay(view, kept, merge_index, grid, alpha=0.6):
+    return draw.Canvas(view, grid).merge_groups(kept, merge_index, alpha)
+
+
+def heatmap_overlay(view, values, grid, kept_mask=None, alpha=0.6):
+    return draw.Canvas(view, grid).heatmap(values, kept_mask, alpha)
+
+
 AMBER = (255, 214, 0)
 CYAN = (0, 200, 255)
 WHITE = (255, 255, 255)
@@ -109,7 +126,7 @@ def test_patch_grid_index_view_smaller_than_grid():
 def test_single_kept_patch_lands_on_its_floor_box_non_divisible():
     """100×70 view, 3×5 grid: patch (1, 2) is rows [33, 66), cols [28, 42) — not [34, 67) × [28, 42)."""
     view = np.full((100, 70, 3), 120, np.uint8)
-    out = draw.kept_overlay(view, [1 * 5 + 2], (3, 5))
+    out = kept_overlay(view, [1 * 5 + 2], (3, 5))
     check_image(out, view)
     amber = np.all(out == AMBER, axis=-1)
     ys, xs = np.nonzero(amber)
@@ -156,7 +173,7 @@ def reference_kept(view, keep, grid, samples=()):
 def test_kept_overlay_matches_slow_reference(view_hw, grid):
     view = random_view(view_hw)
     keep = random_keep(grid)
-    out = draw.kept_overlay(view, keep, grid)
+    out = kept_overlay(view, keep, grid)
     check_image(out, view)
     ref = reference_kept(view, keep, grid)
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
@@ -166,7 +183,7 @@ def test_kept_overlay_matches_slow_reference(view_hw, grid):
 def test_kept_patches_keep_pixels_dropped_patches_dimmed(view_hw, grid):
     view = random_view(view_hw, seed=3)
     keep = random_keep(grid, seed=4, frac=0.5)
-    out = draw.kept_overlay(view, keep, grid)
+    out = kept_overlay(view, keep, grid)
     check_image(out, view)
     n_interior = 0
     for (r, c), box in boxes(view_hw, grid).items():
@@ -189,16 +206,16 @@ def test_kept_patches_keep_pixels_dropped_patches_dimmed(view_hw, grid):
 def test_kept_overlay_all_or_nothing():
     view = random_view((50, 60), seed=5)
     grid = (5, 6)
-    none = draw.kept_overlay(view, np.zeros(30, bool), grid)
+    none = kept_overlay(view, np.zeros(30, bool), grid)
     check_image(none, view)
     assert not np.any(np.all(none == AMBER, axis=-1))
     assert brightness(none).mean() < 0.45 * brightness(view).mean()
-    everything = draw.kept_overlay(view, np.arange(30), grid)
+    everything = kept_overlay(view, np.arange(30), grid)
     check_image(everything, view)
     for box in boxes((50, 60), grid).values():
         r0, r1, c0, c1 = box
         np.testing.assert_array_equal(everything[r0:r1, c0:c1][~frame(box)], view[r0:r1, c0:c1][~frame(box)])
-    empty_list = draw.kept_overlay(view, [], grid)
+    empty_list = kept_overlay(view, [], grid)
     np.testing.assert_array_equal(empty_list, none)
 
 
@@ -206,7 +223,7 @@ def test_kept_overlay_samples_outlined_cyan():
     view = random_view((100, 70), seed=6)
     grid = (3, 5)
     kept, samples = [0, 7], [7, 14]
-    out = draw.kept_overlay(view, kept, grid, samples=torch.tensor(samples))
+    out = kept_overlay(view, kept, grid, samples=torch.tensor(samples))
     check_image(out, view)
     bx = boxes((100, 70), grid)
     for i in samples:
@@ -217,9 +234,9 @@ def test_kept_overlay_samples_outlined_cyan():
     assert np.all(out[box[0]:box[1], box[2]:box[3]][frame(box)] == AMBER)
     ref = reference_kept(view, draw._mask(kept, 15), grid, samples=samples)
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
-    no_samples = draw.kept_overlay(view, kept, grid, samples=[])
+    no_samples = kept_overlay(view, kept, grid, samples=[])
     check_image(no_samples, view)
-    np.testing.assert_array_equal(no_samples, draw.kept_overlay(view, kept, grid))
+    np.testing.assert_array_equal(no_samples, kept_overlay(view, kept, grid))
 
 
 @pytest.mark.parametrize("view_hw,grid", [((100, 70), (24, 24)), ((100, 70), (3, 5))])
@@ -237,10 +254,10 @@ def test_kept_overlay_accepts_every_mask_form(view_hw, grid):
         torch.from_numpy(idx),
         torch.from_numpy(idx[::-1].copy()),  # order does not matter
     ]
-    want = draw.kept_overlay(view, keep, grid)
+    want = kept_overlay(view, keep, grid)
     check_image(want, view)
     for form in forms:
-        got = draw.kept_overlay(view, form, grid)
+        got = kept_overlay(view, form, grid)
         check_image(got, view)
         np.testing.assert_array_equal(got, want)
 
@@ -248,13 +265,13 @@ def test_kept_overlay_accepts_every_mask_form(view_hw, grid):
 def test_views_of_other_layouts_come_out_rgb_uint8():
     grid = (4, 4)
     grey = np.random.default_rng(9).integers(0, 256, (40, 36), dtype=np.uint8)
-    out = draw.kept_overlay(grey, [0, 5], grid)
+    out = kept_overlay(grey, [0, 5], grid)
     check_image(out, grey)
-    np.testing.assert_array_equal(out, draw.kept_overlay(np.repeat(grey[..., None], 3, 2), [0, 5], grid))
+    np.testing.assert_array_equal(out, kept_overlay(np.repeat(grey[..., None], 3, 2), [0, 5], grid))
     rgba = np.dstack([random_view((40, 36), seed=10), np.full((40, 36), 7, np.uint8)])
-    out = draw.heatmap_overlay(rgba, np.linspace(0, 1, 16), grid)
+    out = heatmap_overlay(rgba, np.linspace(0, 1, 16), grid)
     check_image(out, rgba)
-    np.testing.assert_array_equal(out, draw.heatmap_overlay(rgba[..., :3], np.linspace(0, 1, 16), grid))
+    np.testing.assert_array_equal(out, heatmap_overlay(rgba[..., :3], np.linspace(0, 1, 16), grid))
 
 
 # ---------------------------------------------------------------------------------------------- palette, clusters
@@ -312,7 +329,7 @@ def test_cluster_overlay_colours_per_patch_against_reference():
         4, 5, 1, 1, 1,
     ])
     kept = [0, 19]
-    out = draw.cluster_overlay(view, torch.from_numpy(labels), grid, kept_mask=kept)
+    out = cluster_overlay(view, torch.from_numpy(labels), grid, kept_mask=kept)
     check_image(out, view)
     pal = draw.palette(3)
     expected = {0: pal[0], 1: pal[1], 2: pal[2], 3: np.full(3, GREY), 4: np.full(3, GREY), 5: np.full(3, GREY)}
@@ -339,13 +356,13 @@ def test_cluster_overlay_colours_per_patch_against_reference():
     assert seen[3] == seen[4] == seen[5]
     assert next(iter(seen[3])) not in multi
     # deterministic and numpy/torch agnostic
-    np.testing.assert_array_equal(out, draw.cluster_overlay(view, labels, grid, kept_mask=np.isin(np.arange(20), kept)))
+    np.testing.assert_array_equal(out, cluster_overlay(view, labels, grid, kept_mask=np.isin(np.arange(20), kept)))
 
 
 def test_cluster_overlay_without_kept_has_no_white_frames():
     view = random_view((61, 53), seed=11)
     labels = np.repeat(np.arange(14), 2)
-    out = draw.cluster_overlay(view, labels, (7, 4))
+    out = cluster_overlay(view, labels, (7, 4))
     check_image(out, view)
     assert not np.any(np.all(out == WHITE, axis=-1))
 
@@ -361,7 +378,7 @@ def test_merge_overlay_groups_take_their_kept_tokens_colour(as_torch):
     kept = [5, 17]
     merge_index = [[4, 6, 11], [16, 18, 6]]  # patch 6 is claimed by both: the first kept token wins
     args = (torch.tensor(kept), torch.tensor(merge_index)) if as_torch else (kept, np.array(merge_index))
-    out = draw.merge_overlay(view, *args, grid)
+    out = merge_overlay(view, *args, grid)
     check_image(out, view)
     pal = draw.palette(2)
     group = {5: 0, 4: 0, 6: 0, 11: 0, 17: 1, 16: 1, 18: 1}
@@ -382,7 +399,7 @@ def test_merge_overlay_groups_take_their_kept_tokens_colour(as_torch):
             assert np.abs(got - np.floor(want)).max() <= 1, (r, c)
     # neighbours of a kept token share its colour (compare on a flat view so colours are directly comparable)
     flat = np.full((*view_hw, 3), 128, np.uint8)
-    out = draw.merge_overlay(flat, *args, grid)
+    out = merge_overlay(flat, *args, grid)
     check_image(out, flat)
     bx = boxes(view_hw, grid)
 
@@ -398,7 +415,7 @@ def test_merge_overlay_groups_take_their_kept_tokens_colour(as_torch):
 
 def test_merge_overlay_single_kept_token():
     view = random_view((48, 48), seed=13)
-    out = draw.merge_overlay(view, np.array([3]), np.array([[0, 1, 2, 7]]), (4, 4))
+    out = merge_overlay(view, np.array([3]), np.array([[0, 1, 2, 7]]), (4, 4))
     check_image(out, view)
     bx = boxes((48, 48), (4, 4))
     colour = np.floor(0.4 * view.astype(np.float64) + 0.6 * draw.palette(1)[0])
@@ -420,7 +437,7 @@ def test_heatmap_overlay_matches_colormap_and_is_monotone(view_hw, grid):
     n = h * w
     values = np.random.default_rng(14).permutation(np.linspace(0, 1, n))
     black = np.zeros((*view_hw, 3), np.uint8)
-    out = draw.heatmap_overlay(black, values, grid)
+    out = heatmap_overlay(black, values, grid)
     check_image(out, black)
     lum = np.empty(n)
     for (r, c), (r0, r1, c0, c1) in boxes(view_hw, grid).items():
@@ -436,7 +453,7 @@ def test_heatmap_overlay_matches_colormap_and_is_monotone(view_hw, grid):
     assert lum[order[-1]] - lum[order[0]] > 100
     # on a real view the same colours are blended 60/40
     view = random_view(view_hw, seed=15)
-    out = draw.heatmap_overlay(view, values, grid)
+    out = heatmap_overlay(view, values, grid)
     check_image(out, view)
     r0, r1, c0, c1 = boxes(view_hw, grid)[0, 0]
     want = np.floor(0.4 * view[r0:r1, c0:c1].astype(np.float64) + 0.6 * draw.VIRIDIS[int(round(values[0] * 255))])
@@ -455,17 +472,17 @@ def test_heatmap_overlay_handles_nan_inf_and_out_of_range():
     grid = (2, 3)
     black = np.zeros((20, 30, 3), np.uint8)
     values = np.array([np.nan, -0.5, 0.0, 1.0, 7.0, np.inf])
-    out = draw.heatmap_overlay(black, values, grid)
+    out = heatmap_overlay(black, values, grid)
     check_image(out, black)
     bx = boxes((20, 30), grid)
     low, high = np.floor(0.6 * draw.VIRIDIS[0]), np.floor(0.6 * draw.VIRIDIS[255])
     for i, want in enumerate([low, low, low, high, high, high]):
         r0, r1, c0, c1 = bx[divmod(i, 3)]
         assert np.abs(out[r0:r1, c0:c1].astype(int) - want).max() <= 1, i
-    all_nan = draw.heatmap_overlay(black, np.full(6, np.nan), grid)
+    all_nan = heatmap_overlay(black, np.full(6, np.nan), grid)
     check_image(all_nan, black)
     assert np.abs(all_nan.astype(int) - low).max() <= 1
-    t = draw.heatmap_overlay(black, torch.tensor([float("nan"), 0.2, 0.4, 0.6, 0.8, 1.0]), grid)
+    t = heatmap_overlay(black, torch.tensor([float("nan"), 0.2, 0.4, 0.6, 0.8, 1.0]), grid)
     check_image(t, black)
 
 
@@ -476,21 +493,21 @@ def test_heatmap_overlay_accepts_torch_and_numpy(dtype):
     values = np.random.default_rng(17).random(576)
     keep = random_keep(grid, seed=18)
     t_values = torch.tensor(values, dtype=dtype)
-    want = draw.heatmap_overlay(view, t_values.double().numpy(), grid, kept_mask=keep)
+    want = heatmap_overlay(view, t_values.double().numpy(), grid, kept_mask=keep)
     check_image(want, view)
     for kept_mask in (keep, torch.from_numpy(keep), np.flatnonzero(keep).tolist(), torch.from_numpy(np.flatnonzero(keep))):
-        got = draw.heatmap_overlay(view, t_values, grid, kept_mask=kept_mask)
+        got = heatmap_overlay(view, t_values, grid, kept_mask=kept_mask)
         check_image(got, view)
         np.testing.assert_array_equal(got, want)
     # values given as an [h, w] map draw the same picture
-    np.testing.assert_array_equal(draw.heatmap_overlay(view, t_values.reshape(grid), grid, kept_mask=keep), want)
+    np.testing.assert_array_equal(heatmap_overlay(view, t_values.reshape(grid), grid, kept_mask=keep), want)
 
 
 def test_heatmap_overlay_outlines_kept_white():
     view_hw, grid = (100, 70), (3, 5)
     view = random_view(view_hw, seed=19)
     kept = [2, 8]
-    out = draw.heatmap_overlay(view, np.full(15, 0.5), grid, kept_mask=kept)
+    out = heatmap_overlay(view, np.full(15, 0.5), grid, kept_mask=kept)
     check_image(out, view)
     bx = boxes(view_hw, grid)
     for i in range(15):
@@ -498,7 +515,7 @@ def test_heatmap_overlay_outlines_kept_white():
         r0, r1, c0, c1 = box
         on_frame = np.all(out[r0:r1, c0:c1][frame(box)] == WHITE)
         assert on_frame == (i in kept)
-    plain = draw.heatmap_overlay(view, np.full(15, 0.5), grid)
+    plain = heatmap_overlay(view, np.full(15, 0.5), grid)
     check_image(plain, view)
     for i in range(15):
         if i not in kept:
