@@ -1,23 +1,30 @@
-"""The page in headless Chromium: the notice, an example click, the τ slider by mouse and by keyboard, a screenshot.
+"""The page in headless Chromium, as a user meets it: an example on the first screen, results in view after an
+example click, only the active method's controls, stale answers, the address holding the settings, pin and
+compare, a patch click, typed values clamped, and screenshots at three viewports.
 
-Screenshots go to $VTE_ARTIFACTS or tests/artifacts/ (git-ignored by the `artifacts/` rule). Waits are generous
-(the first explore encodes the image); nothing here asserts a timing.
+Screenshots go to $VTE_ARTIFACTS or tests/artifacts/ (git-ignored). Waits are generous (the first explore encodes
+the image); nothing here asserts a timing.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
+
+from explorer.settings import Schema
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WAIT_MS = 60_000
+WAIT_MS = 90_000
+SCHEMA = Schema.build()
 KEPT_SRC = "(() => { const i = document.querySelector('#overlay-kept img'); return i ? i.getAttribute('src') : null; })()"
+VIEWPORTS = {"desktop": (1440, 900), "laptop": (1280, 720), "phone": (390, 844)}
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing: the browser tests drive that headless Chromium", allow_module_level=True)
@@ -42,110 +49,204 @@ def browser():
             chromium.close()
 
 
-@pytest.fixture()
-def page(browser, app):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+def open_page(browser, url: str, viewport=(1280, 720), query: str = ""):
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
-    page.errors = []  # uncaught exceptions in the page
+    page.errors = []
     page.on("pageerror", lambda err: page.errors.append(str(err)))
-    page.goto(app[1])
-    page.wait_for_selector("#slider-tau input[type=range]")
+    page.goto(url + query)
+    page.wait_for_function(f"{KEPT_SRC} !== null")  # the example on the first screen has been explored
+    wait_idle(page)
+    return context, page
+
+
+def wait_idle(page) -> None:
+    """No request of the app pending (progress bars gone, every queued event answered)."""
+    page.wait_for_function("!document.querySelector('.progress-text, .eta-bar, .wrap.pending')")
+    page.wait_for_timeout(300)
+
+
+@pytest.fixture()
+def page(browser, app):
+    context, page = open_page(browser, app[1])
     try:
         yield page
+    finally:
+        assert not page.errors, page.errors
+        context.close()
+
+
+def readout(page) -> str:
+    return page.inner_text("#readout")
+
+
+def kept_count(page) -> int:
+    return int(re.search(r"→ (\d+)", readout(page)).group(1))
+
+
+def visible(page, elem_id: str) -> bool:
+    el = page.query_selector(f"#{elem_id}")
+    return el is not None and el.is_visible()
+
+
+def in_viewport(page, selector: str) -> bool:
+    box = page.query_selector(selector).bounding_box()
+    vp = page.viewport_size
+    return box is not None and box["y"] >= -1 and box["y"] + min(box["height"], 200) <= vp["height"] + 1
+
+
+def set_slider(page, name: str, value) -> None:
+    """Type a value into a slider's number box and leave it (what a user typing does)."""
+    box = page.locator(f"#ctl-{name} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(page)
+
+
+def pick_method(page, method: str) -> None:
+    label = SCHEMA.methods[method].label
+    page.click("#method input")
+    page.get_by_role("option", name=label, exact=True).click()
+    wait_idle(page)
+
+
+# --- the first screen ------------------------------------------------------------------------------------
+def test_an_example_is_on_the_first_screen_with_its_results(page):
+    assert "visual tokens 576 →" in readout(page)
+    assert in_viewport(page, "#overlay-kept") and in_viewport(page, "#input-image")
+    assert "Visual Token Reduction Explorer" in page.inner_text("#header")
+    notice = page.inner_text("#header summary")
+    assert "DINOv2" in notice and "not grounded" in notice and notice.count("\n") == 0, "one line"
+
+
+@pytest.mark.parametrize("index", [1, 3])
+def test_clicking_an_example_keeps_its_results_in_view(page, index):
+    before = page.evaluate(KEPT_SRC)
+    page.locator("#examples .thumbnail-item").nth(index).click()
+    page.wait_for_function(f"{KEPT_SRC} !== {before!r}")
+    wait_idle(page)
+    assert in_viewport(page, "#overlay-kept"), "the results of the example are in view"
+
+
+def test_only_the_active_methods_controls_are_shown(page):
+    for method in ("par", "prumerge", "random", "all"):
+        pick_method(page, method)
+        wanted = set(SCHEMA.method_controls(method))
+        shown = {name for name in SCHEMA.names if visible(page, f"ctl-{name}")}
+        assert shown == wanted, (method, shown ^ wanted)
+        assert SCHEMA.methods[method].label in readout(page)
+
+
+def test_moving_k_keeps_the_histogram_and_fence_in_view(page):
+    pick_method(page, "prumerge")
+    before = kept_count(page)
+    set_slider(page, "iqr_multiplier", 3.0)
+    assert kept_count(page) < before
+    assert in_viewport(page, "#overlay-kept") and in_viewport(page, "#histogram")
+    assert "fence" in page.inner_text("#histogram")
+
+
+# --- answers cannot go stale silently -------------------------------------------------------------------
+def ask(page) -> None:
+    page.get_by_role("tab", name="Answers").click()
+    page.fill("#max-new-tokens input[type=number]", "4")
+    page.press("#max-new-tokens input[type=number]", "Enter")
+    page.click("#ask")
+    page.wait_for_function("document.querySelector('#answer-stats').innerText.includes('Produced by')")
+    wait_idle(page)
+
+
+def stale(page, expected: bool | None = None) -> bool:
+    """Whether the answers are marked stale (waiting for the mark to become `expected` when given)."""
+    if expected is not None:
+        page.wait_for_function("document.querySelector('#stale-note').innerText.toLowerCase()"
+                               f".includes('settings changed') === {str(expected).lower()}")
+    return "settings changed" in page.inner_text("#stale-note").lower()
+
+
+def test_answers_are_stamped_and_marked_stale_after_a_slider_move_and_a_prompt_edit(page):
+    pick_method(page, "prumerge")
+    ask(page)
+    n = kept_count(page)
+    assert f"with {n} reduced tokens" in page.inner_text("#answer-stats") and not stale(page)
+    assert "tok/s" in page.inner_text("#answer-stats") or "—" in page.inner_text("#answer-stats")
+    set_slider(page, "iqr_multiplier", 2.5)
+    assert stale(page, True) and "stale" in page.get_attribute("#answers", "class")
+    ask(page)
+    assert not stale(page, False)
+    page.fill("#prompt textarea", "What colour is the cup?")
+    page.press("#prompt textarea", "Enter")
+    wait_idle(page)
+    assert stale(page, True)
+
+
+# --- shareable state --------------------------------------------------------------------------------------
+def test_the_address_holds_the_settings_and_restores_them(browser, app):
+    context, page = open_page(browser, app[1], query="?method=random&budget=23&seed=5")
+    try:
+        assert "Random" in readout(page) and kept_count(page) == 23
+        assert page.input_value("#ctl-budget input[type=number]") == "23"
+        set_slider(page, "budget", 31)
+        assert "budget=31" in page.url and "method=random" in page.url
+        context2, page2 = open_page(browser, app[1], query="?" + page.url.split("?", 1)[1])
+        try:
+            assert kept_count(page2) == 31 and page2.input_value("#ctl-seed input") == "5"
+        finally:
+            context2.close()
     finally:
         context.close()
 
 
-@pytest.fixture()
-def kept_for(offline_explorer):
-    """τ → how many tokens PAR hands the LLM for the coffee example (default sliders otherwise), computed in-process."""
-    import json
-
-    from explorer.service import settings_from_controls
-    from reducers import PARParams, PruMergeParams
-
-    assets = Path(__file__).resolve().parent.parent / "assets"
-    row = next(r for r in json.loads((assets / "examples.json").read_text()) if r["file"] == "coffee.jpg")
-    par, pm = PARParams(), PruMergeParams()
-
-    def kept(tau: float) -> int:
-        settings = settings_from_controls("par", tau, par.delta, par.cluster_threshold, par.retrieval_ratio,
-                                          pm.iqr_multiplier, par.alpha)
-        out, _, _ = offline_explorer.explore(str(assets / row["file"]), row["prompt"], settings)
-        return out.summary["n_kept"]
-
-    return kept
+# --- pin & compare, patch inspection, clamping ----------------------------------------------------------------
+def test_pin_and_compare_shows_the_overlap(page):
+    pick_method(page, "prumerge")
+    page.get_by_role("tab", name="Pin & compare").click()
+    page.click("#pin")
+    wait_idle(page)
+    assert "Jaccard) **1.000**" in page.inner_html("#diff-info") or "Jaccard) 1.000" in page.inner_text("#diff-info")
+    set_slider(page, "iqr_multiplier", 3.0)
+    text = page.inner_text("#diff-info")
+    jaccard = float(re.search(r"Jaccard\) ([0-9.]+)", text).group(1))
+    assert 0 < jaccard < 1 and "only in A" in text
+    page.click("#history input")
+    assert page.get_by_role("option").count() >= 2  # the recent runs
 
 
-def wait_readout(page, n_kept: int) -> None:
-    """Until the readout shows the reduction for the slider's final value (an earlier redraw may land first)."""
-    page.wait_for_function("(m) => document.querySelector('#readout').innerText.includes('576 → ' + m + ' ')",
-                           arg=str(n_kept))
+def test_clicking_a_patch_describes_it(page):
+    pick_method(page, "prumerge")
+    img = page.locator("#overlay-kept img")
+    box = img.bounding_box()
+    img.click(position={"x": box["width"] / 2, "y": box["height"] / 2})
+    page.wait_for_function("document.querySelector('#patch-info').innerText.includes('row 12')")
+    info = page.inner_text("#patch-info")
+    assert "Patch 300" in info and "CLS attention" in info
 
 
-def kept_src(page) -> str | None:
-    return page.evaluate(KEPT_SRC)
+def test_a_typed_value_out_of_range_is_clamped_and_the_box_agrees(page):
+    pick_method(page, "par")
+    set_slider(page, "cluster_threshold", 1.7)
+    assert page.input_value("#ctl-cluster_threshold input[type=number]") == "1"
+    assert page.input_value("#ctl-cluster_threshold input[type=range]") == "1"
 
 
-def wait_src_changed(page, old: str | None) -> str:
-    page.wait_for_function(f"(old) => {{ const s = {KEPT_SRC}; return !!s && s !== old; }}", arg=old)
-    return kept_src(page)
+def test_clearing_the_image_resets_quietly(page):
+    page.click("#input-image button[aria-label='Clear']")
+    wait_idle(page)
+    assert "Upload an image" in readout(page)
+    assert not page.query_selector(".toast-body.error"), "no error toast"
 
 
-def test_untrained_weights_notice_is_visible(page):
-    notice = page.locator("#notice")
-    notice.wait_for(state="visible")
-    assert "untrained vision weights" in notice.inner_text().lower()
-
-
-def test_example_then_tau_by_mouse_and_keyboard(page, kept_for):
-    assert kept_src(page) is None  # nothing explored yet
-
-    # An example row (coffee.jpg and its prompt) fills the image and the prompt; image.change explores.
-    rows = page.locator("table tbody tr")
-    assert rows.count() >= 3
-    rows.nth(2).locator("td").first.click()
-    src0 = wait_src_changed(page, None)
-    wait_readout(page, kept_for(0.3))
-    assert "spoon" in page.locator("textarea").first.input_value()
-
-    # τ by mouse: press on the thumb (value 0.3), drag to about 65 % of the track, release.
-    rng = page.locator("#slider-tau input[type=range]")
-    rng.scroll_into_view_if_needed()
-    assert float(rng.input_value()) == pytest.approx(0.3)
-    box = rng.bounding_box()
-    y = box["y"] + box["height"] / 2
-    page.mouse.move(box["x"] + 0.3 * box["width"], y)
-    page.mouse.down()
-    page.mouse.move(box["x"] + 0.5 * box["width"], y, steps=5)
-    page.mouse.move(box["x"] + 0.65 * box["width"], y, steps=5)
-    page.mouse.up()
-    dragged = float(rng.input_value())
-    assert 0.5 < dragged < 0.8, dragged
-    wait_src_changed(page, src0)
-    wait_readout(page, kept_for(dragged))
-    src1 = kept_src(page)
-    page.wait_for_function("(v) => document.querySelector('#slider-tau input[type=number]').value == v",
-                           arg=rng.input_value())
-
-    # τ by keyboard: one step right, then End (τ = 1 routes almost nothing).
-    rng.focus()
-    page.keyboard.press("ArrowRight")
-    assert float(rng.input_value()) == pytest.approx(dragged + 0.01)
-    page.keyboard.press("End")
-    assert float(rng.input_value()) == pytest.approx(1.0)
-    wait_src_changed(page, src1)
-    page.wait_for_function("() => document.querySelector('#slider-tau input[type=number]').value == '1'")
-    wait_readout(page, kept_for(1.0))
-    assert kept_for(1.0) != kept_for(dragged)  # so the keyboard redraw is a different picture
-
-    # Let the comparison that follows each explore fill the gallery, so the screenshot shows it too.
-    page.wait_for_function("() => document.querySelectorAll('#compare-gallery img').length >= 7")
-    assert page.locator("#notice").is_visible()
-
-    shot = artefact_dir() / "browser-example-tau.png"
-    shot.unlink(missing_ok=True)
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.is_file() and shot.stat().st_size > 10_000
-    assert page.errors == []
+# --- screenshots ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(VIEWPORTS))
+def test_screenshots_at_three_viewports(browser, app, name):
+    context, page = open_page(browser, app[1], viewport=VIEWPORTS[name])
+    try:
+        path = artefact_dir() / f"explorer-{name}.png"
+        page.screenshot(path=str(path))
+        assert path.stat().st_size > 20_000
+        assert in_viewport(page, "#input-image")
+        if name != "phone":
+            assert in_viewport(page, "#overlay-kept"), "controls and pictures side by side"
+    finally:
+        context.close()
