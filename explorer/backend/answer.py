@@ -116,8 +116,12 @@ class _NoLock:
 
 
 def answer_stream(model, embed_tokens, projector, chat: ChatPrompt, tokens: Tensor, decode: Callable[[list[int]], str],
-                  max_new_tokens: int, stop_ids: set[int], step_lock=None) -> Iterator[str | Answer]:
-    """Yield the growing answer text after every new token, then the final `Answer`."""
+                  max_new_tokens: int, stop_ids: set[int], step_lock=None, generate=None,
+                  n_visual_kept: int | None = None, layer: int = 0) -> Iterator[str | Answer]:
+    """Yield the growing answer text after every new token, then the final `Answer`.
+
+    `generate` replaces `greedy_stream` (same call and yield protocol). FastV passes one that prunes inside the
+    LM at `layer`, keeping `n_visual_kept` of the `tokens` from that layer on (reported in the `Answer`)."""
     t0 = time.perf_counter()
     lock = step_lock if step_lock is not None else _NoLock()
     with lock, torch.inference_mode():
@@ -125,12 +129,13 @@ def answer_stream(model, embed_tokens, projector, chat: ChatPrompt, tokens: Tens
     n_visual = int(tokens.shape[0])
     ids: list[int] = []
     prefill_s, stop, text = 0.0, "length", ""
-    for token, prefill_s in greedy_stream(model, inputs_embeds, max_new_tokens, stop_ids, step_lock):
+    for token, prefill_s in (generate or greedy_stream)(model, inputs_embeds, max_new_tokens, stop_ids, step_lock):
         if token in stop_ids:
             stop = "eos"
             break
         ids.append(token)
         text = decode(ids)
         yield text
-    yield Answer(text=text, n_visual_tokens=n_visual, prefill_s=prefill_s, total_s=time.perf_counter() - t0,
-                 n_prompt_tokens=int(inputs_embeds.shape[1]), n_new_tokens=len(ids), stop=stop)
+    yield Answer(text=text, n_visual_tokens=n_visual if n_visual_kept is None else int(n_visual_kept),
+                 prefill_s=prefill_s, total_s=time.perf_counter() - t0, n_prompt_tokens=int(inputs_embeds.shape[1]),
+                 n_new_tokens=len(ids), stop=stop, n_visual_tokens_in=n_visual, layer=int(layer))

@@ -14,6 +14,14 @@ papers' accounting). Grouped-query attention makes k/v smaller than d×d; the fo
 convention of 4d², so ratios between full and reduced inputs are what to read, not absolute numbers.
 d, m and the layer count come from the LM config (`hidden_size`, `intermediate_size`,
 `num_hidden_layers`); a VLM config is unwrapped to its `text_config`.
+
+FastV prunes inside the LM: with n_in = text + all visual tokens entering layer 0 and n_kept = text + the
+visual tokens left from layer K on,
+
+    pruned:     K × per layer(n_in)  +  (num_hidden_layers − K) × per layer(n_kept)
+
+(the paper's FLOPs formula, K·(4nd² + 2n²d + 2ndm) + (T−K)·(4n̂d² + 2n̂²d + 2n̂dm), in this module's
+per-layer accounting); K = 0 is the ordinary reduced prefill.
 """
 
 from __future__ import annotations
@@ -42,6 +50,20 @@ def prefill_flops(lm_config, n_tokens: int) -> float:
         raise ValueError(f"n_tokens must be ≥ 0, got {n_tokens}")
     d, m, layers = lm_dims(lm_config)
     return layers * layer_flops(d, m, int(n_tokens))
+
+
+def prefill_flops_pruned(lm_config, n_text: int, n_visual_in: int, n_visual_kept: int, layer: int) -> float:
+    """FLOPs to prefill when layers 0…layer−1 see `n_text + n_visual_in` tokens and layers layer… only
+    `n_text + n_visual_kept` (FastV with K = `layer`)."""
+    d, m, layers = lm_dims(lm_config)
+    n_text, n_in, n_kept, k = int(n_text), int(n_visual_in), int(n_visual_kept), int(layer)
+    if min(n_text, n_in, n_kept) < 0:
+        raise ValueError(f"token counts must be ≥ 0, got text {n_text}, visual in {n_in}, kept {n_kept}")
+    if n_kept > n_in:
+        raise ValueError(f"cannot keep {n_kept} of {n_in} visual tokens")
+    if not 0 <= k <= layers:
+        raise ValueError(f"layer must be in 0…{layers} (the LM's layer count), got {layer}")
+    return k * layer_flops(d, m, n_text + n_in) + (layers - k) * layer_flops(d, m, n_text + n_kept)
 
 
 def flops_ratio(lm_config, n_text: int, n_visual_full: int, n_visual_reduced: int) -> dict:

@@ -22,6 +22,7 @@ Model forwards are serialised by one lock per backend; hooks live in `hooks.py` 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -41,7 +42,7 @@ from reducers.cache import LRU
 from ..config import ExplorerConfig
 from ..errors import InputError
 from . import answer as ans
-from . import offline
+from . import fastv, offline
 from .geometry import Geometry, consuming_layer, content_key, patch_grid, thumbnail
 from .prompts import embed_query
 from .protocol import Answer, Encoded, Query
@@ -182,6 +183,7 @@ class LlavaBackend:
         self._encoded = LRU(encode_cache_size)  # content key → Encoded
         self._queries = LRU(query_cache_size)  # (prompt, rewrite) → Query
         self._chats = LRU(query_cache_size)  # prompt → ChatPrompt
+        self._lm_attn = LRU(query_cache_size)  # (image key, prompt) → FastV's lm_attn [L, 2, N]
         stop = {getattr(tokenizer, "eos_token_id", None)}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         stop.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
@@ -255,7 +257,10 @@ class LlavaBackend:
     def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                       max_new_tokens: int | None = None) -> Iterator[str | Answer]:
         """Greedy answer from all patch features (`reduction=None`) or exactly `reduction.tokens`: yields the
-        growing text, then the final `Answer`."""
+        growing text, then the final `Answer`. `reduction.layer > 0` (FastV): see `_fastv_answer_stream`."""
+        if reduction is not None and reduction.layer > 0:
+            yield from self._fastv_answer_stream(enc, prompt, reduction, max_new_tokens)
+            return
         feats = enc.tokens.features if reduction is None else reduction.tokens
         width = enc.tokens.features.shape[1]
         if feats.ndim != 2 or feats.shape[1] != width:
@@ -273,6 +278,43 @@ class LlavaBackend:
         for final in self.answer_stream(enc, prompt, reduction, max_new_tokens):
             pass
         return final
+
+    # --- FastV: pruning inside the language model (fastv.py) ----------------------------------------
+    def lm_attention(self, enc: Encoded, prompt: str) -> Tensor:
+        """[L, 2, N] CPU float32: the attention each patch token receives in each LM layer for this image and
+        prompt, head mean ([:, 0] from the last prompt token, [:, 1] mean over the positions that see the
+        image); one eager prefill over all N tokens, cached per (image, prompt)."""
+        return self._lm_attn.get_or_compute((enc.key, prompt), lambda: self._lm_attention(enc, prompt))
+
+    @gpu
+    def _lm_attention(self, enc: Encoded, prompt: str) -> Tensor:
+        chat = self.chat(prompt)
+        with self._lock, torch.inference_mode():
+            embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, enc.tokens.features)
+            return fastv.image_attention(self.model, embeds, len(chat.before), enc.tokens.n)
+
+    def _fastv_answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction,
+                             max_new_tokens: int | None) -> Iterator[str | Answer]:
+        """All N patch features enter the LM; from layer `reduction.layer` on only the patches `reduction.kept`
+        remain (in raster order, at their original positions; the KV cache of layers ≥ K holds only them)."""
+        n = enc.tokens.n
+        kept = reduction.kept
+        if reduction.n_extra or kept.ndim != 1 or kept.is_floating_point() or (
+                kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= n)) or kept.unique().numel() != kept.numel():
+            raise InputError(f"FastV keeps distinct patch indices in 0…{n - 1} and adds no extra tokens.")
+        try:
+            layer = fastv.check_layer(self.model, reduction.layer)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        chat = self.chat(prompt)
+        generate = functools.partial(fastv.greedy_stream, image_start=len(chat.before), n_image=n, layer=layer,
+                                     keep=kept.sort().values.to(self.device))
+        yield from ans.answer_stream(
+            self.model, self.embed_tokens, self.projector, chat, enc.tokens.features,
+            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+            max_new_tokens=max_new_tokens or self.max_new_tokens, stop_ids=self.stop_ids, step_lock=self._lock,
+            generate=generate, n_visual_kept=int(kept.numel()), layer=layer,
+        )
 
 
 def check_source(source: str) -> str:

@@ -85,12 +85,20 @@ class Encoded:
 @dataclass(frozen=True)
 class Answer:
     text: str
-    n_visual_tokens: int  # visual embeddings actually placed in the LM input
+    n_visual_tokens: int  # visual embeddings the LM works on (FastV: those left from layer `layer` on)
     prefill_s: float  # first forward over the whole input (visual + text)
     total_s: float  # projector + prefill + decoding
-    n_prompt_tokens: int  # LM input length incl. visual tokens
+    n_prompt_tokens: int  # LM input length incl. visual tokens (all that enter layer 0)
     n_new_tokens: int = 0
     stop: str = "length"  # "eos" | "length"
+    # FastV (pruning inside the LM): visual embeddings entering layer 0 (None → n_visual_tokens), and the LM
+    # layer from which on only n_visual_tokens remain (0: reduced before the LM)
+    n_visual_tokens_in: int | None = None
+    layer: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_visual_tokens_in is None:
+            object.__setattr__(self, "n_visual_tokens_in", self.n_visual_tokens)
 
 
 @dataclass(frozen=True, eq=False)
