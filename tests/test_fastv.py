@@ -45,7 +45,7 @@ def tiny_backend(lm_layers: int):
         torch.manual_seed(0)
         model = LlavaForConditionalGeneration(config).eval()
     return models.LlavaBackend(model, tiny.tiny_tokenizer(), tiny.tiny_text_side(0), Geometry((tiny.IMAGE_SIZE,) * 2),
-                               name=f"tiny-llava-{lm_layers}", untrained_vision=True)
+                               name=f"tiny-llava-{lm_layers}", notice="tiny")
 
 
 @pytest.fixture(scope="module")
