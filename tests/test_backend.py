@@ -164,9 +164,13 @@ def test_features_keys_joint(backend, encoded):
     _, k = hand_qk(backend, out.hidden_states, backend.spec.attn_layer)
     torch.testing.assert_close(vt.keys, k[1:].cpu(), **t)
     core = vision_core(backend.vision_tower)
-    with torch.inference_mode():
-        joint = backend.text.visual_projection(core.post_layernorm(out.hidden_states[-1][0, 1:]))
-    torch.testing.assert_close(vt.joint, joint.float().cpu(), **t)
+    with torch.inference_mode():  # TRIM: the feature layer (hidden_states[-2]); the last layer is the option
+        joint = backend.text.visual_projection(core.post_layernorm(out.hidden_states[-2][0]))
+        last = backend.text.visual_projection(core.post_layernorm(out.hidden_states[-1][0]))
+    torch.testing.assert_close(vt.joint, joint[1:].float().cpu(), **t)
+    torch.testing.assert_close(encoded.cls_joint, joint[0].float().cpu(), **t)
+    torch.testing.assert_close(encoded.joint_last, last[1:].float().cpu(), **t)
+    torch.testing.assert_close(encoded.cls_joint_last, last[0].float().cpu(), **t)
     assert vt.features.shape == (tiny.N_PATCHES, tiny.VISION_WIDTH)
     assert vt.joint.shape == (tiny.N_PATCHES, tiny.JOINT)
     assert vt.grid == tiny.GRID and encoded.grid == tiny.GRID
