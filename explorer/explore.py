@@ -154,25 +154,30 @@ def flops_summary(lm_config, n_text: int, red: Reduction) -> dict:
     }
 
 
+def _rounded(x, digits: int) -> list:
+    """A tensor as a JSON list, rounded in one vectorised step (no per-element Python work)."""
+    return np.round(x.detach().float().cpu().numpy().astype(np.float64), digits).tolist()
+
+
 def per_patch(vt: VisualTokens, red: Reduction) -> dict:
     """Per-patch data for researchers: indices are row-major over `image.grid`, `kept` in the order the LLM
     receives the tokens."""
     out = {"kept": red.kept.tolist()}
     if vt.cls_attn is not None:
-        out["attention"] = [round(float(v), 8) for v in vt.cls_attn.float().cpu()]
+        out["attention"] = _rounded(vt.cls_attn, 8)
     if red.relevance is not None:
-        out["relevance"] = [round(float(v), 6) for v in red.relevance.float().cpu()]
-        out["hybrid"] = [round(float(v), 6) for v in red.hybrid.float().cpu()]
+        out["relevance"] = _rounded(red.relevance, 6)
+        out["hybrid"] = _rounded(red.hybrid, 6)
         out["labels"] = red.labels.tolist()
     if red.merge_index is not None:
-        out["merge_groups"] = {
-            str(int(k)): {"neighbours": nbr.tolist(), "weights": [round(float(w), 8) for w in wt]}
-            for k, nbr, wt in zip(red.kept.cpu(), red.merge_index.cpu(), red.merge_weight.float().cpu())}
+        weights = _rounded(red.merge_weight, 8)
+        out["merge_groups"] = {str(k): {"neighbours": nbr, "weights": wt}
+                               for k, nbr, wt in zip(out["kept"], red.merge_index.tolist(), weights)}
     if red.groups is not None:
         out["groups"] = red.groups.tolist()
-        out["group_weight"] = [round(float(v), 6) for v in red.group_weight.float().cpu()]
+        out["group_weight"] = _rounded(red.group_weight, 6)
     if red.layer and red.attn is not None:
-        out["llm_attention"] = [round(float(v), 8) for v in red.attn.float().cpu()]
+        out["llm_attention"] = _rounded(red.attn, 8)
     return out
 
 
