@@ -10,12 +10,14 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from explorer.config import ExplorerConfig  # noqa: E402
+from explorer.runtime import release_freed_memory  # noqa: E402
 from explorer.service import Explorer  # noqa: E402
 from explorer.ui import build_demo, launch_kwargs  # noqa: E402
 
 
 def main(argv=None) -> None:
     config = ExplorerConfig.from_args(argv)
+    release_freed_memory()  # a long-running server: freed buffers go back to the OS (glibc)
     explorer = Explorer(config)
     explorer.preload()  # loads the model in the background; the page is served meanwhile
     demo = build_demo(explorer)

@@ -220,7 +220,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         """Answers marked stale when the screen no longer shows what produced them; budgets up to the image's N."""
         stale = stale_note(state)
         n = (state or {}).get("n_tokens")
-        return [stale, gr.Column(elem_classes=["stale"] if stale else []),
+        return [stale, gr.Column(elem_classes=["stale"] if stale else []), history_choices(state),
                 *[gr.update(maximum=n) if n else gr.skip() for _ in budget_controls]]
 
     def quiet_reset(tail: list):
@@ -516,7 +516,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         url_inputs = [method] + control_list
         for event in (main, moved):
             event.success(None, inputs=url_inputs, js=URL_JS % json.dumps(names), queue=False)
-            event.success(after_explore, state, [stale_md, answers_box, *budget_controls], queue=False,
+            event.success(after_explore, state, [stale_md, answers_box, history, *budget_controls], queue=False,
                           api_visibility="private")
         method.change(on_method, method, control_list + [sweep_parameter, query_box], queue=False,
                       api_visibility="private")
@@ -542,7 +542,6 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         if examples:
             example_gallery.select(pick_example, None, [image, prompt, method, query_points] + control_list,
                                    api_visibility="private", queue=False).then(None, js=SCROLL_JS, queue=False)
-    demo.css = CSS
     return demo
 
 

@@ -10,12 +10,13 @@ import pytest  # noqa: E402
 
 
 def _launch(explorer):
-    from explorer.ui import build_demo
+    """The app as `python app.py` launches it (same queue, page style and limits), on a free loopback port."""
+    from explorer.ui import build_demo, launch_kwargs
 
     demo = build_demo(explorer)
     demo.queue(max_size=64, default_concurrency_limit=2)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True,
-                show_error=False, max_file_size="50mb")
+    kwargs = {**launch_kwargs(explorer.config), "server_name": "127.0.0.1"}
+    demo.launch(prevent_thread_lock=True, server_port=None, quiet=True, **kwargs)
     return demo
 
 

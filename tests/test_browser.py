@@ -176,7 +176,7 @@ def test_answers_are_stamped_and_marked_stale_after_a_slider_move_and_a_prompt_e
     ask(page)
     assert not stale(page, False)
     page.fill("#prompt textarea", "What colour is the cup?")
-    page.press("#prompt textarea", "Enter")
+    page.click("#readout")  # leaving the box applies the prompt
     wait_idle(page)
     assert stale(page, True)
 
@@ -217,7 +217,8 @@ def test_clicking_a_patch_describes_it(page):
     pick_method(page, "prumerge")
     img = page.locator("#overlay-kept img")
     box = img.bounding_box()
-    img.click(position={"x": box["width"] / 2, "y": box["height"] / 2})
+    centre = (12 + 0.5) / 24  # the middle of patch (12, 12)
+    img.click(position={"x": box["width"] * centre, "y": box["height"] * centre})
     page.wait_for_function("document.querySelector('#patch-info').innerText.includes('row 12')")
     info = page.inner_text("#patch-info")
     assert "Patch 300" in info and "CLS attention" in info
@@ -231,7 +232,7 @@ def test_a_typed_value_out_of_range_is_clamped_and_the_box_agrees(page):
 
 
 def test_clearing_the_image_resets_quietly(page):
-    page.click("#input-image button[aria-label='Clear']")
+    page.click("#input-image button[aria-label='Remove Image']")
     wait_idle(page)
     assert "Upload an image" in readout(page)
     assert not page.query_selector(".toast-body.error"), "no error toast"

@@ -42,15 +42,17 @@ def _layout(title: str, xtitle: str = "", ytitle: str = "", **extra) -> dict:
 LINE_COLOURS = {"quartile": QUARTILE, "fence": FENCE, "cut": FENCE, "current": FENCE}
 
 
-def _vlines(lines) -> tuple[list, list]:
+def _vlines(lines, log_x: bool = False) -> tuple[list, list]:
     """Vertical lines over the plot's height with their labels at the top, staggered so that close lines
-    (Q1 and Q3 are often a hair apart) do not write over each other: (shapes, annotations)."""
+    (Q1 and Q3 are often a hair apart) do not write over each other: (shapes, annotations). On a log x axis
+    plotly places annotations at log10(x) (shapes take x itself)."""
     shapes, notes = [], []
     for i, (x, label, kind) in enumerate(sorted(lines, key=lambda line: line[0])):
+        at = float(np.log10(x)) if log_x and x > 0 else x
         colour = LINE_COLOURS.get(kind, FENCE)
         dash = "dot" if kind == "quartile" else "dash"
         shapes.append(dict(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line=dict(color=colour, dash=dash, width=2)))
-        notes.append(dict(x=x, y=1.0 - 0.09 * (i % 3), yref="paper", text=label, showarrow=False, xanchor="left",
+        notes.append(dict(x=at, y=1.0 - 0.09 * (i % 3), yref="paper", text=label, showarrow=False, xanchor="left",
                           yanchor="top", xshift=3, font=dict(color=colour, size=11), bgcolor="rgba(255,255,255,0.8)"))
     return shapes, notes
 
@@ -94,7 +96,7 @@ def score_histogram(values: np.ndarray, kept_mask: np.ndarray | None, title: str
         counts, _ = np.histogram(values[mask], bins=edges)
         data.append(dict(type="bar", x=centres, y=counts, width=np.diff(edges), name=f"{name} ({int(mask.sum())})",
                          marker=dict(color=colour), hovertemplate="%{x:.3g}<br>%{y} patches<extra></extra>"))
-    shapes, notes = _vlines([line for line in lines if line[0] is not None and np.isfinite(line[0])])
+    shapes, notes = _vlines([line for line in lines if line[0] is not None and np.isfinite(line[0])], log_x)
     layout = _layout(title, "", "patches", barmode="stack", bargap=0, shapes=shapes, annotations=notes,
                      legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="left", x=0.0),
                      margin=dict(l=50, r=20, t=40, b=60))
