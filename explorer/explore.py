@@ -15,7 +15,7 @@ import torch
 
 from reducers import Reduction, VisualTokens
 
-from .backend.cost import layer_flops, lm_dims, prefill_flops
+from .backend.cost import lm_dims, prefill_flops, prefill_flops_pruned
 from .pictures import draw, plots
 from .settings import Settings
 
@@ -139,9 +139,7 @@ def flops_summary(lm_config, n_text: int, red: Reduction) -> dict:
     n = red.n_tokens
     full = prefill_flops(lm_config, n_text + n)
     if red.layer:
-        d, m, layers = lm_dims(lm_config)
-        k = min(red.layer, layers)
-        reduced = k * layer_flops(d, m, n_text + n) + (layers - k) * layer_flops(d, m, n_text + red.n_kept)
+        reduced = prefill_flops_pruned(lm_config, n_text, n, red.n_kept, min(red.layer, lm_dims(lm_config)[2]))
     else:
         reduced = prefill_flops(lm_config, n_text + red.n_kept)
     return {

@@ -23,7 +23,8 @@ from explorer.backend import models
 from explorer.config import ExplorerConfig
 from explorer.backend.geometry import consuming_layer, hidden_state_index
 from explorer.backend.tower import vision_core, vision_forward
-from explorer.backend.hooks import capture, capture_inputs
+from explorer.backend.hooks import capture
+from tests.tiny import capture_inputs
 from explorer.errors import InputError
 from reducers import REDUCERS, BudgetParams
 from tests import tiny

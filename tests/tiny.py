@@ -14,10 +14,14 @@ Nothing here touches the network; `block_network` makes any attempt fail loudly.
 from __future__ import annotations
 
 import socket
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from PIL import Image
 
 IMAGE_SIZE = 56
@@ -136,3 +140,24 @@ def block_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
     yield
+
+
+@contextmanager
+def capture_inputs(module: nn.Module, names: tuple[str, ...] = ("input_ids", "inputs_embeds")
+                   ) -> Iterator[list[dict[str, object]]]:
+    """Record, for every forward of `module` during the block, the named keyword inputs (and the positional
+    ones under "args"). Used to check what actually reaches the language model (test-only)."""
+    owner = threading.get_ident()
+    calls: list[dict[str, object]] = []
+
+    def hook(_module, args, kwargs):
+        if threading.get_ident() == owner:
+            seen: dict[str, object] = {name: kwargs.get(name) for name in names}
+            seen["args"] = args
+            calls.append(seen)
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()

@@ -9,6 +9,7 @@ deterministic and the prefill (the first forward over the whole prompt) is timed
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -85,7 +86,7 @@ def greedy_stream(model, inputs_embeds: Tensor, max_new_tokens: int, stop_ids: s
     device = inputs_embeds.device
     n = inputs_embeds.shape[1]
     mask = torch.ones(1, n, dtype=torch.long, device=device)
-    lock = step_lock if step_lock is not None else _NoLock()
+    lock = step_lock if step_lock is not None else nullcontext()
 
     t0 = time.perf_counter()
     with lock, torch.inference_mode():
@@ -107,14 +108,6 @@ def greedy_stream(model, inputs_embeds: Tensor, max_new_tokens: int, stop_ids: s
         past = out.past_key_values
 
 
-class _NoLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def answer_stream(model, embed_tokens, projector, chat: ChatPrompt, tokens: Tensor, decode: Callable[[list[int]], str],
                   max_new_tokens: int, stop_ids: set[int], step_lock=None, generate=None,
                   n_visual_kept: int | None = None, layer: int = 0) -> Iterator[str | Answer]:
@@ -123,7 +116,7 @@ def answer_stream(model, embed_tokens, projector, chat: ChatPrompt, tokens: Tens
     `generate` replaces `greedy_stream` (same call and yield protocol). FastV passes one that prunes inside the
     LM at `layer`, keeping `n_visual_kept` of the `tokens` from that layer on (reported in the `Answer`)."""
     t0 = time.perf_counter()
-    lock = step_lock if step_lock is not None else _NoLock()
+    lock = step_lock if step_lock is not None else nullcontext()
     with lock, torch.inference_mode():
         inputs_embeds = build_inputs_embeds(embed_tokens, projector, chat, tokens)
     n_visual = int(tokens.shape[0])

@@ -64,10 +64,3 @@ def prefill_flops_pruned(lm_config, n_text: int, n_visual_in: int, n_visual_kept
     if not 0 <= k <= layers:
         raise ValueError(f"layer must be in 0…{layers} (the LM's layer count), got {layer}")
     return k * layer_flops(d, m, n_text + n_in) + (layers - k) * layer_flops(d, m, n_text + n_kept)
-
-
-def flops_ratio(lm_config, n_text: int, n_visual_full: int, n_visual_reduced: int) -> dict:
-    """Full vs reduced prefill FLOPs and their ratio (reduced / full)."""
-    full = prefill_flops(lm_config, n_text + n_visual_full)
-    reduced = prefill_flops(lm_config, n_text + n_visual_reduced)
-    return {"full": full, "reduced": reduced, "ratio": reduced / full if full else 1.0}

@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import torch
 from torch import Tensor
 
-from .answer import _NoLock, _sync
+from .answer import _sync
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def greedy_stream(model, inputs_embeds: Tensor, max_new_tokens: int, stop_ids: s
     lm, head = _parts(model)
     layer = check_layer(model, layer)
     device = inputs_embeds.device
-    lock = step_lock if step_lock is not None else _NoLock()
+    lock = step_lock if step_lock is not None else nullcontext()
     cache = DynamicCache(config=lm.config)
 
     t0 = time.perf_counter()

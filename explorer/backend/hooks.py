@@ -42,24 +42,3 @@ def capture(modules: Mapping[str, nn.Module]) -> Iterator[dict[str, torch.Tensor
     finally:
         for handle in handles:
             handle.remove()
-
-
-@contextmanager
-def capture_inputs(module: nn.Module, names: tuple[str, ...] = ("input_ids", "inputs_embeds")
-                   ) -> Iterator[list[dict[str, object]]]:
-    """Record, for every forward of `module` during the block, the named keyword inputs (and the positional
-    ones under "args"). Used to check what actually reaches the language model."""
-    owner = threading.get_ident()
-    calls: list[dict[str, object]] = []
-
-    def hook(_module, args, kwargs):
-        if threading.get_ident() == owner:
-            seen: dict[str, object] = {name: kwargs.get(name) for name in names}
-            seen["args"] = args
-            calls.append(seen)
-
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield calls
-    finally:
-        handle.remove()
