@@ -18,7 +18,11 @@ One step on the current sequence of n tokens (each token holds a group of origin
 5. The remaining tokens keep their order. (ToMe concatenates the unmerged A tokens and then B; here the
    sequence stays in raster order of its representative patches, so the next A/B split alternates over the
    image as the first one does.)
-Steps repeat until n = min(budget, N): `merge_schedule` gives r per step (⌈log₂(N/budget)⌉ steps).
+Steps repeat until n = min(budget, N): `merge_schedule` gives r per step (⌈log₂(N/budget)⌉ steps; the
+funnel shows only N and the result, the step count is len(merge_schedule(N, budget))). Every step but the last
+takes r = |A|, i.e. merges ALL of A, so only the last step chooses which A tokens merge; after s full steps the
+surviving representatives are the patches at positions 2^s − 1, 2·2^s − 1, … of the raster order, and the
+similarity decides which patches join which of them. (ToMe proper merges a small r per layer over many layers.)
 
 Output: the final tokens in raster order of their representative patch. kept[i] = the representative of token
 i: the one patch of its group that was never merged away (the B-side destination of every merge it took
