@@ -8,7 +8,9 @@ For each image size and method it prints
 - ref:   the reference loop of tests/reference.py (Python loops over tokens, float64) and cold's speed-up
          over it;
 - floor: the unavoidable dense product in the same dtype (PAR: the N×N feature similarity `x @ x.T`;
-         PruMerge(+): the M×N key similarity `k[kept] @ k.T` with the M it kept) and cold / floor.
+         PruMerge(+): the M×N key similarity `k[kept] @ k.T` with the M it kept; ToMe: every step's
+         ⌈n/2⌉×⌊n/2⌋ key similarity `k[0::2] @ k[1::2].T`; pooling: one pass over the features `x.sum(0)`;
+         FastV: the top-M of the ranking row) and cold / floor.
 cold, warm and floor are interleaved repeat by repeat so that other load on the machine hits them alike, and
 every cell is measured in `--runs` (3) runs spread over the benchmark, keeping the one with the lowest cold median.
 Inputs are tests.reference.synthetic (d = 1024 features and keys, e = 768 joint width, float32, CPU),
@@ -29,9 +31,13 @@ import torch
 import torch.nn.functional as F
 
 from reducers import REDUCERS, VisualTokens
+from reducers.tome import merge_schedule
 from tests import reference as ref
 
-METHODS = ("prumerge", "prumerge+", "par", "all", "random", "uniform", "top-attention")
+METHODS = ("prumerge", "prumerge+", "par", "tome", "pool", "fastv", "all", "none", "random", "uniform",
+           "top-attention")
+BUDGET = 64  # the shared budget slider's default (baselines, ToMe, pooling, FastV)
+FASTV_LAYER = 2  # FastV's default K
 REF_BUDGET_S = 20.0  # the reference loop gets at most about this much time per (size, method)
 
 
@@ -58,16 +64,22 @@ def reference_call(method: str, inp: dict):
     if method == "par":
         return lambda: ref.par(x, inp["joint"], inp["query"], inp["grid"])
     if method == "top-attention":
-        return lambda: ref.top_attention(x, a, 64)
+        return lambda: ref.top_attention(x, a, BUDGET)
     if method == "uniform":
-        return lambda: ref.uniform(x, inp["grid"], 64)
+        return lambda: ref.uniform(x, inp["grid"], BUDGET)
+    if method == "tome":
+        return lambda: ref.tome(x, k, BUDGET)
+    if method == "pool":
+        return lambda: ref.pool(x, inp["grid"], BUDGET)
+    if method == "fastv":
+        return lambda: ref.fastv(x, inp["lm_attn"], FASTV_LAYER, BUDGET)
     if method == "all":
         return lambda: ref.identity(x)
-    return None  # random: the sample is defined by torch's generator, there is no loop to compare with
+    return None  # random: the sample is defined by torch's generator; none: nothing to compute
 
 
 def floor_call(method: str, inp: dict, red):
-    """The dense product `method` cannot avoid, in the input dtype; None for the baselines."""
+    """The dense product `method` cannot avoid, in the input dtype; None for the baselines and none."""
     if method == "par":
         x = inp["features"]
         return lambda: x @ x.T
@@ -75,6 +87,20 @@ def floor_call(method: str, inp: dict, red):
         kn = F.normalize(inp["keys"], dim=-1)
         km = kn[red.kept].contiguous()
         return lambda: km @ kn.T
+    if method == "tome":  # the same step shapes (and strides) as the reducer's matching
+        kn = F.normalize(inp["keys"], dim=-1)
+        sizes, n = [], kn.shape[0]
+        for r in merge_schedule(n, BUDGET):
+            sizes.append(n)
+            n -= r
+        return lambda: [kn[:s][0::2] @ kn[:s][1::2].T for s in sizes]
+    if method == "pool":
+        x = inp["features"]
+        return lambda: x.sum(0)
+    if method == "fastv":
+        score = inp["lm_attn"][FASTV_LAYER - 1, 0]
+        m = min(BUDGET, score.shape[0])
+        return lambda: score.topk(m)
     return None
 
 
@@ -147,7 +173,7 @@ def run(sizes, repeats: int, runs: int = 1, d: int = 1024, e: int = 768) -> list
                 if ref_n < repeats:
                     ref_note = f"{ref_n} repeat{'s' if ref_n > 1 else ''}"
             else:
-                ref_note = "no loop: torch RNG"
+                ref_note = "no loop: torch RNG" if method == "random" else "no loop: nothing computed"
             row = dict(n=grid[0] * grid[1], grid=f"{grid[0]}×{grid[1]}", method=method, ref=ref_s,
                        ref_note=ref_note, **best[(grid, method)])
             row["speedup"] = ref_s / row["cold"] if ref_s else None
@@ -220,13 +246,16 @@ def main(argv=None) -> None:
         f"after 2 warm-up calls, cold / warm / floor interleaved repeat by repeat; every cell measured in "
         f"{args.runs} run(s) spread over the benchmark, the run with the lowest cold median kept (this filters "
         f"bursts of load from other processes on a shared machine); d = {args.d}, e = 768, float32, CPU, "
-        "default slider parameters (baselines: budget 64). "
+        f"default slider parameters (budget {BUDGET} for the baselines, ToMe, pooling and FastV; FastV K = "
+        f"{FASTV_LAYER}, last-token row). "
         "**cold** = a fresh `VisualTokens` per repeat (built outside the timed region), so the memoised "
         "similarity / neighbour keys / clusters are NOT reused: what a new image costs. **warm** = the same "
         "`VisualTokens` again (cache hit: what a slider move costs). **reference loop** = tests/reference.py "
         "(Python loops over tokens, float64), fewer repeats where one call is slow (about "
         f"{REF_BUDGET_S:.0f} s per cell). **floor** = the dense product the method cannot avoid, same dtype: "
-        "PAR the N×N feature similarity `x @ x.T`, PruMerge(+) the M×N key similarity `k[kept] @ k.T`.",
+        "PAR the N×N feature similarity `x @ x.T`, PruMerge(+) the M×N key similarity `k[kept] @ k.T`, ToMe "
+        "every step's ⌈n/2⌉×⌊n/2⌋ key similarity, pooling one pass `x.sum(0)` over the features, FastV the "
+        "top-M of its N-long ranking row.",
         "",
         HEADER,
         RULE,

@@ -15,9 +15,13 @@ from types import MappingProxyType
 from .base import (Control, Reduction, RegistryEntry, VisualTokens, choice, controls, number, params_or_default,
                    slider, toggle)
 from .baselines import BudgetParams, NoParams, RandomParams, identity, random_tokens, top_attention, uniform_grid
+from .fastv import FastVParams, fastv
 from .graph import ClusterSweep, components
+from .none import no_image
 from .par import PARParams, par
+from .pool import PoolParams, pool
 from .prumerge import PruMergeParams, prumerge
+from .tome import ToMeParams, tome
 
 PRUMERGE_PAPER = "Shang et al., LLaVA-PruMerge, arXiv 2403.15388"
 PRUMERGE_NOTE = ("paper's numbers, from its LoRA-fine-tuned checkpoints (the official README evaluates those); "
@@ -59,13 +63,45 @@ REDUCERS = MappingProxyType(
         "top-attention": RegistryEntry(top_attention, BudgetParams, "Top-M CLS attention",
                                        "The budget's most CLS-attended patches (FasterVLM-style)", ("cls_attn",),
                                        formula="keep the M largest a_i"),
+        "tome": RegistryEntry(
+            tome, ToMeParams, "ToMe merging",
+            "Bipartite soft matching on the keys: alternate tokens merge into their most similar partner, step "
+            "after step, until the budget is left", ("keys",),
+            "Bolya et al., Token Merging: Your ViT But Faster, arXiv 2210.09461 (written from the paper; applied "
+            "once after the tower)",
+            "A = even, B = odd positions; each a ∈ A → argmax_b cos(k_a, k_b); merge the r = min(|A|, n − M) "
+            "closest pairs by size-weighted mean; repeat until n = M",
+            "paper, inside a ViT (merging in every layer): off-the-shelf 2× the throughput of ViT-L @ 512 and "
+            "ViT-H @ 518 on images and 2.2× of ViT-L on video with only a 0.2–0.3 % accuracy drop"),
+        "pool": RegistryEntry(
+            pool, PoolParams, "Average pooling",
+            "The mean feature of each cell of the h'×w' grid nearest the budget (the \"just downsample\" "
+            "baseline)",
+            paper="Liao et al., VTC-Bench, arXiv 2510.07143 (downsampling baseline; here the patch features are "
+                  "pooled rather than the image downsampled)",
+            formula="token_ij = mean of X_p over cell (i, j) of an h'×w' grid, h'·w' ≈ M",
+            headline="paper (Qwen2-VL-7B, image downsampling): simple image downsampling consistently outperforms "
+                     "many advanced compression methods across multiple widely used benchmarks"),
+        "none": RegistryEntry(no_image, NoParams, "No image (text only)",
+                              "No visual token at all: the text-only floor of any comparison",
+                              formula="keep nothing: the LLM sees only the prompt"),
+        "fastv": RegistryEntry(
+            fastv, FastVParams, "FastV",
+            "Inside the LLM: from layer K on, only the M image tokens that got the most attention in layer K−1 "
+            "remain", ("lm_attn",),
+            "Chen et al., An Image is Worth 1/2 Tokens After Layer 2 (FastV), arXiv 2403.06764",
+            "φ_i = head-mean attention to image token i in LLM layer K−1 (last token's row, or mean over rows); "
+            "layers ≥ K keep the top M by φ, original order and positions",
+            "paper: a 45 % reduction in FLOPs for LLaVA-1.5-13B without sacrificing performance"),
     }
 )
 
 __all__ = [
     "VisualTokens", "Reduction", "Control", "RegistryEntry", "REDUCERS",
     "slider", "toggle", "choice", "number", "controls", "params_or_default",
-    "PruMergeParams", "PARParams", "BudgetParams", "RandomParams", "NoParams",
-    "prumerge", "par", "identity", "random_tokens", "uniform_grid", "top_attention",
+    "PruMergeParams", "PARParams", "BudgetParams", "RandomParams", "NoParams", "ToMeParams", "PoolParams",
+    "FastVParams",
+    "prumerge", "par", "identity", "random_tokens", "uniform_grid", "top_attention", "tome", "pool", "no_image",
+    "fastv",
     "components", "ClusterSweep",
 ]

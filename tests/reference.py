@@ -186,11 +186,13 @@ def par(features, joint, query, grid, tau=0.3, delta=0.9, cluster_threshold=0.8,
 
 
 # --------------------------------------------------------------------------------------------- inputs
-def synthetic(grid=(24, 24), d=64, e=32, seed=0, centres=8, dtype=torch.float32, device="cpu"):
+def synthetic(grid=(24, 24), d=64, e=32, seed=0, centres=8, dtype=torch.float32, device="cpu", layers=32):
     """Random but structured inputs for `reducers.VisualTokens`: spatially coherent regions of similar
     features (so clusters and redundancy are non-trivial at the default thresholds), keys correlated with
     features, a heavy-tailed softmax CLS attention (so the IQR fence finds outliers), a joint space correlated
-    with features and a unit query. Returns a dict of tensors (keyword arguments of VisualTokens)."""
+    with features, a unit query and the attention image tokens receive in each of `layers` LLM layers
+    (a heavy-tailed share of each row, last-token and mean rows). Returns a dict of tensors (keyword arguments
+    of VisualTokens)."""
     gen = torch.Generator().manual_seed(seed)
     h, w = grid
     n = h * w
@@ -204,7 +206,11 @@ def synthetic(grid=(24, 24), d=64, e=32, seed=0, centres=8, dtype=torch.float32,
     attn = torch.softmax(0.7 * torch.randn(n, generator=gen) + spikes, dim=0)
     joint = features @ torch.randn(d, e, generator=gen) / math.sqrt(d) + 0.5 * torch.randn(n, e, generator=gen)
     query = F.normalize(joint[int(torch.randint(n, (1,), generator=gen))] + torch.randn(e, generator=gen), dim=0)
-    out = dict(features=features, keys=keys, cls_attn=attn, joint=joint, query=query)
+    # drawn last, so that the other fields are the same as before lm_attn existed
+    sinks = 4.0 * (torch.rand(layers, 1, n, generator=gen) < 0.02)  # a few heavily attended image tokens per layer
+    share = 0.1 + 0.4 * torch.rand(layers, 2, 1, generator=gen)  # the part of each row that falls on the image
+    lm_attn = share * torch.softmax(torch.randn(layers, 2, n, generator=gen) + sinks, dim=-1)  # [L, 2, N]
+    out = dict(features=features, keys=keys, cls_attn=attn, joint=joint, query=query, lm_attn=lm_attn)
     out = {k: v.to(dtype=dtype, device=device) for k, v in out.items()}
     return dict(out, grid=grid)
 
@@ -223,9 +229,9 @@ def top_attention(features, attn, budget: int) -> dict:
     return dict(kept=kept, tokens=as_f64(features)[kept])
 
 
-def uniform(features, grid, budget: int) -> dict:
-    """The centre patch of each cell of the h'×w' sub-grid whose size is nearest the budget (reducers'
-    definition: among equally near sizes the one closest to the grid's aspect, then the fewest rows)."""
+def nearest_grid(grid, budget: int) -> tuple[int, int]:
+    """Every h'×w' sub-grid tried: the one whose size is nearest the budget (reducers' definition: among
+    equally near sizes the one closest to the grid's aspect, then the fewest rows)."""
     h, w = grid
     budget = min(budget, h * w)
     best = None
@@ -234,7 +240,13 @@ def uniform(features, grid, budget: int) -> dict:
             score = (abs(gh * gw - budget), abs(math.log(gh / gw) - math.log(h / w)), gh)
             if best is None or score < best[0]:
                 best = (score, gh, gw)
-    _, gh, gw = best
+    return best[1], best[2]
+
+
+def uniform(features, grid, budget: int) -> dict:
+    """The centre patch of each cell of the h'×w' sub-grid whose size is nearest the budget."""
+    h, w = grid
+    gh, gw = nearest_grid(grid, budget)
     kept = []
     for row_cell in range(gh):
         for col_cell in range(gw):
@@ -242,3 +254,83 @@ def uniform(features, grid, budget: int) -> dict:
             col = math.floor((col_cell + 0.5) * w / gw)
             kept.append(row * w + col)
     return dict(kept=kept, tokens=as_f64(features)[kept], shape=(gh, gw))
+
+
+# --------------------------------------------------------------------------------------------- ToMe
+def tome(features, keys, budget: int, track_keys: bool = True) -> dict:
+    """Bipartite soft matching, one token at a time (reducers/tome.py's docstring, from the ToMe paper).
+
+    Each token of the current sequence is a dict: rep (the patch never merged away), members (its patches)
+    and key (the sum of its patches' keys; the cosine ignores the scale, so this is the size-weighted mean's
+    direction). Returns kept, tokens [M, d], groups [N], group_weight [N] and steps (r of each step).
+    `track_keys=False` (a deliberately wrong variant, for tests) leaves each B token its own key."""
+    x, k = as_f64(features), as_f64(keys)
+    n = x.shape[0]
+    seq = [dict(rep=i, members=[i], key=k[i].copy()) for i in range(n)]
+    budget = min(budget, n)
+    steps = []
+    while len(seq) > budget:
+        a_side, b_side = seq[0::2], seq[1::2]
+        r = min(len(a_side), len(seq) - budget)
+        b_units = [unit(b["key"]) for b in b_side]
+        edges = []
+        for ai, a in enumerate(a_side):
+            a_unit = unit(a["key"])
+            best, best_j = -math.inf, None
+            for bj, b_unit in enumerate(b_units):
+                sim = float(a_unit @ b_unit)
+                if sim > best:  # strictly greater: the first (lowest B position) maximum wins
+                    best, best_j = sim, bj
+            edges.append((best, ai, best_j))
+        edges.sort(key=lambda e: (-e[0], e[1]))  # most similar first; ties: lower A position
+        gone = set()
+        for _, ai, bj in edges[:r]:
+            b_side[bj]["members"] += a_side[ai]["members"]
+            if track_keys:
+                b_side[bj]["key"] = b_side[bj]["key"] + a_side[ai]["key"]
+            gone.add(a_side[ai]["rep"])
+        seq = [t for t in seq if t["rep"] not in gone]
+        steps.append(r)
+    groups, weight = [-1] * n, [0.0] * n
+    tokens = []
+    for i, t in enumerate(seq):
+        total = np.zeros(x.shape[1])
+        for p in t["members"]:
+            total += x[p]
+            groups[p] = i
+            weight[p] = 1.0 / len(t["members"])
+        tokens.append(total / len(t["members"]))
+    return dict(kept=[t["rep"] for t in seq], tokens=np.array(tokens), groups=groups, group_weight=weight,
+                steps=steps)
+
+
+# --------------------------------------------------------------------------------------------- pooling
+def pool(features, grid, budget: int) -> dict:
+    """Mean feature of each cell of the nearest h'×w' grid; cell rows [⌊i·h/h'⌋, ⌊(i+1)·h/h'⌋), columns alike;
+    kept = each cell's middle patch lo + ⌊(hi − lo)/2⌋."""
+    x = as_f64(features)
+    h, w = grid
+    gh, gw = nearest_grid(grid, budget)
+    kept, tokens = [], []
+    groups, weight = [-1] * (h * w), [0.0] * (h * w)
+    for i in range(gh):
+        r0, r1 = i * h // gh, (i + 1) * h // gh
+        for j in range(gw):
+            c0, c1 = j * w // gw, (j + 1) * w // gw
+            cell = [row * w + col for row in range(r0, r1) for col in range(c0, c1)]
+            total = np.zeros(x.shape[1])
+            for p in cell:
+                total += x[p]
+                groups[p] = len(tokens)
+                weight[p] = 1.0 / len(cell)
+            tokens.append(total / len(cell))
+            kept.append((r0 + (r1 - r0) // 2) * w + c0 + (c1 - c0) // 2)
+    return dict(kept=kept, tokens=np.array(tokens), groups=groups, group_weight=weight, shape=(gh, gw))
+
+
+# --------------------------------------------------------------------------------------------- FastV
+def fastv(features, lm_attn, layer: int, budget: int, rank: str = "last") -> dict:
+    """The `budget` image tokens with the most attention in LLM layer K−1 (ties: lowest index), raster order."""
+    a = [float(v) for v in as_f64(lm_attn[layer - 1, ("last", "mean").index(rank)])]
+    kept = sorted(sorted(range(len(a)), key=lambda i: (-a[i], i))[: min(budget, len(a))])
+    return dict(kept=kept, tokens=as_f64(features)[kept], score=a)

@@ -15,6 +15,9 @@ import torch
 from reducers import (
     REDUCERS,
     BudgetParams,
+    FastVParams,
+    PoolParams,
+    ToMeParams,
     RandomParams,
     ClusterSweep,
     PARParams,
@@ -25,6 +28,7 @@ from reducers import (
     uniform_grid,
 )
 from reducers.base import controls
+from reducers.baselines import grid_size
 from tests import reference as ref
 
 METHODS = sorted(REDUCERS)
@@ -66,8 +70,13 @@ def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> Non
     n = vt.n
     kept = red.kept
     assert kept.dtype == torch.long and kept.ndim == 1
-    assert kept.numel() >= 1, "at least one token is always kept"
-    assert int(kept.min()) >= 0 and int(kept.max()) < n, "kept indices in range"
+    assert kept.device == vt.features.device
+    if method == "none":  # the text-only floor: nothing at all
+        assert kept.numel() == 0 and red.tokens.shape == (0, vt.features.shape[1]) and red.n_extra == 0
+        assert red.stages == {"tokens": n, "to LLM": 0}
+    else:
+        assert kept.numel() >= 1, "at least one token is always kept"
+        assert int(kept.min()) >= 0 and int(kept.max()) < n, "kept indices in range"
     assert kept.unique().numel() == kept.numel(), "kept indices unique"
     assert red.grid == vt.grid and red.n_tokens == n
     assert red.tokens.dtype == vt.features.dtype and red.tokens.device == vt.features.device
@@ -92,6 +101,8 @@ def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> Non
         assert not (red.merge_index == kept[:, None]).any(), "a kept token is not its own neighbour"
         for i in range(m):
             torch.testing.assert_close(red.tokens[i].double(), merged_token(vt, red, i), **tol)
+    elif red.groups is not None:  # merged groups that partition the patches (ToMe, pooling)
+        check_groups(vt, red, tol)
     else:  # tokens[i] is the kept patch's own feature row
         assert torch.equal(red.tokens[:m], vt.features[kept])
     if red.extra_token:  # PruMerge: Σ_{j pruned} a_j X_j, last
@@ -105,12 +116,51 @@ def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> Non
         if kept.numel() > 1:
             s = vt.feature_similarity[kept][:, kept] - 3 * torch.eye(kept.numel())
             assert s.max() < params.delta, "no two PAR-kept tokens with similarity ≥ δ"
-    if method in ("random", "top-attention"):
-        assert kept.numel() == min(params.budget, n)
+    if method in ("random", "top-attention", "tome", "fastv"):
+        assert kept.numel() == red.n_kept == min(params.budget, n), "exactly the budget (capped at N)"
+    if method == "pool":  # the h'×w' grid nearest the budget
+        gh, gw = grid_size(min(params.budget, n), vt.grid)
+        assert red.n_kept == gh * gw and red.stages[f"{gh}×{gw} grid nearest the budget"] == gh * gw
+    if method == "fastv":
+        assert red.layer == params.layer and torch.equal(kept, kept.sort().values)
+        assert red.stages == {"tokens": n, f"LLM layers < {params.layer}": n, "to LLM": red.n_kept}
+        score = vt.lm_attn[params.layer - 1, ("last", "mean").index(params.rank)].float()
+        dropped = ~red.kept_mask
+        if dropped.any():
+            assert score[kept].min() >= score[dropped].max(), "no dropped token got more attention"
+    else:
+        assert red.layer == 0, "every other method reduces before the LLM"
+    if method in ("tome", "pool"):
+        assert red.n_extra == 0 and red.groups is not None
+    if method == "tome":
+        assert torch.equal(kept, kept.sort().values), "ToMe's tokens in raster order of their representatives"
+        assert red.stages == {"tokens": n, "to LLM": red.n_kept}
     if method in ("random", "uniform", "top-attention"):  # uniform: the h'×w' grid nearest the budget
         assert torch.equal(kept, kept.sort().values)
     if method == "all":
         assert torch.equal(kept, torch.arange(n))
+
+
+def check_groups(vt: VisualTokens, red: Reduction, tol: dict) -> None:
+    """Merge groups partition the patches: every patch in exactly one token, each token's representative in
+    its own group, weights 1/size summing to 1 per token, tokens[i] = Σ_{p in group i} w_p X_p, and the
+    size-weighted sum of the tokens = the sum of all patch features."""
+    n, m = vt.n, red.n_kept
+    groups, weight = red.groups, red.group_weight
+    assert groups.shape == (n,) and groups.dtype == torch.long and groups.device == vt.features.device
+    assert weight.shape == (n,) and weight.is_floating_point()
+    assert int(groups.min()) >= 0 and int(groups.max()) < m, "every patch is held by one token"
+    size = torch.bincount(groups, minlength=m)
+    assert int(size.min()) >= 1 and int(size.sum()) == n, "sizes ≥ 1 sum to N"
+    assert torch.equal(groups[red.kept], torch.arange(m, device=groups.device)), "kept[i] lies in group i"
+    torch.testing.assert_close(weight.double(), 1.0 / size[groups].double())
+    torch.testing.assert_close(torch.zeros(m, dtype=torch.float64).index_add_(0, groups.cpu(), weight.double().cpu()),
+                               torch.ones(m, dtype=torch.float64))
+    x = vt.features.double().cpu()
+    want = torch.zeros(m, x.shape[1], dtype=torch.float64).index_add_(0, groups.cpu(), weight.double().cpu()[:, None] * x)
+    torch.testing.assert_close(red.tokens.double().cpu(), want, **tol)
+    total = (size.double().cpu()[:, None] * red.tokens.double().cpu()).sum(0)
+    torch.testing.assert_close(total, x.sum(0), rtol=tol["rtol"], atol=tol["atol"] * n)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -133,7 +183,8 @@ def test_default_params_and_none_agree(method):
 
 
 def test_registry_names_and_needs():
-    assert {"prumerge", "prumerge+", "par", "random", "uniform", "top-attention", "all"} <= set(REDUCERS)
+    assert {"prumerge", "prumerge+", "par", "random", "uniform", "top-attention", "all", "tome", "pool", "none",
+            "fastv"} <= set(REDUCERS)
     for name, entry in REDUCERS.items():
         assert entry.label and entry.summary
         vt = tokens((4, 4))
@@ -142,7 +193,7 @@ def test_registry_names_and_needs():
             with pytest.raises(ValueError, match="needs VisualTokens"):
                 entry(bare)
         else:
-            assert entry(bare).n_kept >= 1
+            assert entry(bare).n_kept >= (0 if name == "none" else 1)
 
 
 # ----------------------------------------------------------------------------------------- PruMerge laws
@@ -187,6 +238,17 @@ def test_uniform_spreads_one_patch_per_cell():
     assert sorted(set(rows.tolist())) == [2, 6, 10, 14, 18, 22] == sorted(set(cols.tolist()))
 
 
+def test_none_keeps_nothing():
+    none = REDUCERS["none"]
+    assert none.needs == () and not none.budgeted and none.label == "No image (text only)"
+    for grid in ((1, 1), (24, 24)):
+        red = none(VisualTokens(**ref.synthetic(grid, d=8, e=4, dtype=torch.float16)))
+        assert red.kept.numel() == 0 and red.kept.dtype == torch.long and red.n_kept == 0
+        assert red.tokens.shape == (0, 8) and red.tokens.dtype == torch.float16
+        assert red.stages == {"tokens": grid[0] * grid[1], "to LLM": 0} and red.summary()["compression"] == 1.0
+        assert not red.kept_mask.any()
+
+
 def test_random_is_seeded():
     vt = tokens()
     a = REDUCERS["random"](vt, RandomParams(budget=50, seed=7))
@@ -202,7 +264,7 @@ def test_single_token(method):
     vt = tokens((1, 1))
     red = REDUCERS[method](vt)
     check_contract(vt, red, method, REDUCERS[method].params())
-    assert red.kept.tolist() == [0]
+    assert red.kept.tolist() == ([] if method == "none" else [0])
 
 
 @pytest.mark.parametrize("method", ["prumerge", "prumerge+", "top-attention"])
@@ -350,6 +412,13 @@ BAD_PARAMS = [
     (RandomParams, dict(seed=2**63), "seed"),
     (PruMergeParams, dict(order="sideways"), "order"),
     (PARParams, dict(spatial="yes"), "spatial"),
+    (ToMeParams, dict(budget=0), "budget"),
+    (PoolParams, dict(budget=2.5), "budget"),
+    (FastVParams, dict(layer=0), "layer"),
+    (FastVParams, dict(layer=17), "layer"),
+    (FastVParams, dict(layer=1.5), "layer"),
+    (FastVParams, dict(rank="first"), "rank"),
+    (FastVParams, dict(budget=-1), "budget"),
 ]
 
 

@@ -1,0 +1,122 @@
+"""ToMe-style bipartite soft matching (Bolya et al., "Token Merging: Your ViT But Faster", arXiv 2210.09461),
+applied once after the vision tower to the patch tokens and repeated until the token budget is reached.
+
+Written from the paper (§3: bipartite soft matching, size-weighted merging, size tracking); no code from
+facebookresearch/ToMe (CC BY-NC) was used. ToMe merges r tokens inside every layer of a ViT; here the same
+matching is run step after step on the tower's output, with nothing between the steps.
+
+One step on the current sequence of n tokens (each token holds a group of original patches, its size):
+1. A = the tokens at even positions 0, 2, 4, … of the sequence, B = those at odd positions
+   (|A| = ⌈n/2⌉, |B| = ⌊n/2⌋).
+2. Similarity = cosine of the tokens' metric. The metric is `vt.keys`, the keys of the layer that consumes the
+   features (all heads side by side: the paper averages the keys over heads, which needs the head count a
+   `VisualTokens` does not carry). A merged token's metric is the size-weighted mean of its patches' keys
+   (the paper's proportional merge tracks size); the cosine does not see the scale, so the sum is used.
+3. Each A token draws one edge, to its most similar B token (ties: the lowest B position).
+4. The r = min(|A|, n − budget) edges with the largest similarity are kept (ties: the lowest A position);
+   each of their A tokens is merged into its B partner (several A tokens may join one B token). Sizes add.
+5. The remaining tokens keep their order. (ToMe concatenates the unmerged A tokens and then B; here the
+   sequence stays in raster order of its representative patches, so the next A/B split alternates over the
+   image as the first one does.)
+Steps repeat until n = min(budget, N): `merge_schedule` gives r per step (⌈log₂(N/budget)⌉ steps; the
+funnel shows only N and the result, the step count is len(merge_schedule(N, budget))). Every step but the last
+takes r = |A|, i.e. merges ALL of A, so only the last step chooses which A tokens merge; after s full steps the
+surviving representatives are the patches at positions 2^s − 1, 2·2^s − 1, … of the raster order, and the
+similarity decides which patches join which of them. (ToMe proper merges a small r per layer over many layers.)
+
+Output: the final tokens in raster order of their representative patch. kept[i] = the representative of token
+i: the one patch of its group that was never merged away (the B-side destination of every merge it took
+part in; not necessarily the group's lowest index). tokens[i] = the size-weighted mean of the merged tokens =
+the plain mean of the original features of the group's patches; groups[p] = i for every patch p of the group,
+group_weight[p] = 1 / size_i, so tokens[i] = Σ_{p: groups[p]=i} group_weight[p] · X_p.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import Reduction, VisualTokens, check_ranges, params_or_default
+from .baselines import budget_slider
+
+
+@dataclass(frozen=True)
+class ToMeParams:
+    budget: int = budget_slider("How many tokens are left after merging (at most N, the image's patch count)")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def merge_schedule(n: int, budget: int) -> list[int]:
+    """r of every step from n tokens down to min(budget, n): r = min(|A|, n − budget), |A| = ⌈n/2⌉."""
+    budget = max(1, min(int(budget), n))
+    steps = []
+    while n > budget:  # n ≥ 2 here, so B is not empty
+        r = min((n + 1) // 2, n - budget)
+        steps.append(r)
+        n -= r
+    return steps
+
+
+def bipartite_match(metric: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """One matching step: metric [n, dk] (float32, any row scale) → src [r] A positions merged into dst [r]
+    B positions (positions in the current sequence)."""
+    unit = F.normalize(metric, dim=-1)  # [n, dk]
+    a, b = unit[0::2], unit[1::2]  # [⌈n/2⌉, dk], [⌊n/2⌋, dk]
+    score, partner = (a @ b.T).max(dim=1)  # [|A|]: each A token's edge (max returns the first maximum)
+    chosen = torch.sort(score, descending=True, stable=True).indices[:r]  # [r] ties: lower A position
+    return 2 * chosen, 2 * partner[chosen] + 1
+
+
+def _bags(target: Tensor, n_out: int) -> tuple[Tensor, Tensor]:
+    """For an assignment target [n] → 0..n_out−1 (every output hit): the rows ordered by target (stable) and
+    the offsets [n_out] of each output's bag: `F.embedding_bag` sums them in a fixed order (deterministic on
+    CPU and GPU, unlike index_add_ on CUDA)."""
+    order = torch.sort(target, stable=True).indices  # [n]
+    counts = torch.bincount(target, minlength=n_out)  # [n_out]
+    return order, torch.cumsum(counts, 0) - counts
+
+
+def merge_step(metric: Tensor, owner: Tensor, rep: Tensor, src: Tensor, dst: Tensor):
+    """Merge the tokens at positions src into those at dst: metric sums [n, dk] → [n − r, dk]; owner [N]
+    (position of the token holding each patch) and rep [n] (representative patch per token) follow."""
+    n = metric.shape[0]
+    keep = torch.ones(n, dtype=torch.bool, device=metric.device)
+    keep[src] = False
+    new_pos = torch.cumsum(keep, 0) - 1  # [n] position after the step of every surviving token
+    target = torch.arange(n, device=metric.device)
+    target[src] = dst
+    remap = new_pos[target]  # [n] old position → position of the token that holds it after the step
+    order, offsets = _bags(remap, n - src.numel())
+    metric = F.embedding_bag(order, metric, offsets, mode="sum")  # [n − r, dk]
+    return metric, remap[owner], rep[keep]
+
+
+def tome(vt: VisualTokens, params: ToMeParams | None = None) -> Reduction:
+    """ToMe bipartite soft matching down to min(budget, N) tokens (see the module docstring)."""
+    p = params_or_default(params, ToMeParams)
+    vt.require("keys", method="ToMe")
+    n, device = vt.n, vt.features.device
+    metric = vt.keys.float()  # [n, dk] sum of the keys of each token's patches
+    owner = torch.arange(n, device=device)  # [N] position of the token holding each patch
+    rep = torch.arange(n, device=device)  # [n] each token's representative patch (ascending)
+    for r in merge_schedule(n, p.budget):
+        src, dst = bipartite_match(metric, r)
+        metric, owner, rep = merge_step(metric, owner, rep, src, dst)
+    m = rep.numel()
+    order, offsets = _bags(owner, m)
+    tokens = F.embedding_bag(order, vt.features.float(), offsets, mode="mean")  # [M, d] group means
+    size = torch.bincount(owner, minlength=m)  # [M]
+    return Reduction(
+        method="tome",
+        kept=rep,
+        tokens=tokens.to(vt.features.dtype),
+        grid=vt.grid,
+        stages={"tokens": n, "to LLM": m},
+        groups=owner,
+        group_weight=1.0 / size[owner].float(),
+    )
