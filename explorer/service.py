@@ -265,17 +265,10 @@ class Explorer:
 
         return self._tokens.get_or_compute(key, build), q
 
-    def available(self, backend: Backend) -> list[str]:
-        """The methods this backend can feed (FastV needs an LLM whose attention it can read)."""
-        return [m for m, e in self.schema.methods.items()
-                if "lm_attn" not in e.needs or callable(getattr(type(backend), "lm_attention", None))]
-
     def reduce(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings
                ) -> tuple[Reduction, VisualTokens, QueryInfo | None]:
         """The settings' method on this image (and prompt, for methods that read it), cached by settings."""
         entry = settings.entry
-        if settings.method not in self.available(backend):
-            raise InputError(f"{entry.label} needs a language model whose attention can be read; {backend.name} has none.")
         vt, q = self.tokens(backend, enc, prompt, settings, entry.needs)
         reads_prompt = "lm_attn" in entry.needs or (q is not None and q.kind == "prompt")
         key = (backend.name, enc.key, prompt if reads_prompt else None, settings.key())
@@ -367,7 +360,8 @@ class Explorer:
         gallery, bars = [], []
         for method, r, matched in rows:
             label = self.schema.entry(method).label
-            how = f"at M = {red.n_kept}" if matched else "at its own settings"
+            how = (f"at M = {red.n_kept}" if r.n_kept == red.n_kept else f"nearest grid to M = {red.n_kept}") \
+                if matched else "at its own settings"
             gallery.append((canvas.kept(r.kept_mask.cpu(), samples=r.samples), f"{label} · {r.n_kept} tokens ({how})"))
             bars.append({"label": label, "n_kept": r.n_kept, "matched": matched})
         return sweep_fig, gallery, plots.comparison_bar(bars, red.n_kept), state
@@ -375,8 +369,7 @@ class Explorer:
     def comparison(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int):
         """[(method, Reduction, matched)] for every method this backend and prompt can feed."""
         rows = []
-        for method in self.available(backend):
-            entry = self.schema.entry(method)
+        for method, entry in self.schema.methods.items():
             other = settings.with_method(method)
             if entry.budgeted:
                 other = other.with_values(**{entry.budget_field: max(1, min(budget, entry_max(entry)))})

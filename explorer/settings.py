@@ -47,9 +47,13 @@ INPUT_FIELDS = MappingProxyType({"attention": "cls_attn", "rewrite": "query", "j
 @dataclass(frozen=True)
 class ControlSpec:
     name: str
-    control: Control
+    control: Control  # the first owner's; every owner's is equal to it up to `info`
     default: Any
     owners: tuple[str, ...]  # the methods that use it ("inputs" for an InputParams control)
+    infos: tuple[str, ...] = ()  # each owner's one-line explanation (a shared budget means something per method)
+
+    def info_for(self, method: str) -> str:
+        return self.infos[self.owners.index(method)] if method in self.owners else self.control.info
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,12 +72,13 @@ class Schema:
                 raise ValueError(f"{owner} cannot name a parameter {METHOD!r}: it is the method picker")
             spec = found.get(name)
             if spec is None:
-                found[name] = ControlSpec(name, control, default, (owner,))
-            elif spec.control != control or spec.default != default:
+                found[name] = ControlSpec(name, control, default, (owner,), (control.info,))
+            elif dataclasses.replace(spec.control, info="") != dataclasses.replace(control, info="") \
+                    or spec.default != default:
                 raise ValueError(f"{owner}.{name} is defined differently from {spec.owners[0]}.{name}: one name is "
                                  "one control (one API keyword); rename one of them")
             else:
-                found[name] = dataclasses.replace(spec, owners=spec.owners + (owner,))
+                found[name] = dataclasses.replace(spec, owners=spec.owners + (owner,), infos=spec.infos + (control.info,))
 
         for method, entry in methods.items():
             for name, control, default in controls(entry.params):

@@ -114,10 +114,10 @@ def _error(err: Exception) -> gr.Error:
     return gr.Error(f"Something went wrong ({type(err).__name__}); the server is still running — please try again.")
 
 
-def control_component(spec, visible: bool, budget_max: int):
-    """The Gradio component of one schema control."""
+def control_component(spec, visible: bool, budget_max: int, method: str):
+    """The Gradio component of one schema control (its explanation: the one `method` gives)."""
     c = spec.control
-    common = dict(label=c.label, info=c.info, visible=visible, elem_id=f"ctl-{spec.name}")
+    common = dict(label=c.label, info=spec.info_for(method), visible=visible, elem_id=f"ctl-{spec.name}")
     if c.kind == "slider":
         maximum = min(c.maximum, budget_max) if c.budget else c.maximum
         return gr.Slider(c.minimum, maximum, value=min(spec.default, maximum), step=c.step, **common)
@@ -342,7 +342,8 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         visible = set(schema.method_controls(method))
         fields = ex.sweep_fields(explorer.settings({METHOD: method})) or ["(none)"]
         is_par = "query" in schema.entry(method).needs
-        return [gr.update(visible=n in visible) for n in names] + [
+        return [gr.update(visible=n in visible, info=schema.specs[n].info_for(method)) if n in visible
+                else gr.update(visible=False) for n in names] + [
             gr.Dropdown(choices=fields, value=fields[0]), gr.update(visible=is_par)]
 
     def start(request: gr.Request):
@@ -395,7 +396,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                                  visible=len(explorer.model_choices) > 1, elem_id="model",
                                  info="Loaded on first use.")
                 active = set(schema.method_controls(first_method))
-                controls = {name: control_component(spec, name in active, grid_n)
+                controls = {name: control_component(spec, name in active, grid_n, first_method)
                             for name, spec in schema.specs.items()}
                 budget_controls = [controls[n] for n, s in schema.specs.items() if s.control.budget]
                 with gr.Group(visible="query" in schema.entry(first_method).needs) as query_box:

@@ -163,8 +163,10 @@ def test_compare_gallery_has_one_entry_per_method_at_the_matched_budget(client, 
     assert counts[REDUCERS[method].label] == summary["n_kept"]
     for name, entry in REDUCERS.items():
         caption = captions[labels.index(entry.label)]
-        if entry.budgeted and name != "uniform":  # uniform: the nearest grid
+        if entry.budgeted and name not in ("uniform", "pool"):  # those two: the nearest h'×w' grid
             assert counts[entry.label] == summary["n_kept"] and f"at M = {summary['n_kept']}" in caption
+        elif entry.budgeted and counts[entry.label] != summary["n_kept"]:
+            assert f"nearest grid to M = {summary['n_kept']}" in caption
         elif not entry.budgeted:
             assert "at its own settings" in caption
     assert "From pixels to the LLM" in explain and summary["method_label"] in explain
@@ -250,7 +252,7 @@ def test_ui_controls_equal_the_dataclass_metadata(app):
     for name, spec in SCHEMA.specs.items():
         props = components[f"ctl-{name}"]["props"]
         c = spec.control
-        assert props["label"] == c.label and props["info"] == c.info, name
+        assert props["label"] == c.label and props["info"] == spec.info_for("prumerge"), name
         if c.kind == "slider":
             assert (props["minimum"], props["step"]) == (c.minimum, c.step), name
             assert props["maximum"] == (min(c.maximum, 576) if c.budget else c.maximum), name

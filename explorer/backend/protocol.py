@@ -137,6 +137,10 @@ class Backend(Protocol):
 
     def n_text_tokens(self, prompt: str) -> int: ...
 
+    def lm_attention(self, enc: Encoded, prompt: str) -> Tensor:
+        """[L, 2, N] attention the patch tokens receive in each LLM layer for this image and prompt (FastV)."""
+        ...
+
     def answer(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                max_new_tokens: int | None = None) -> Answer: ...
 

@@ -78,6 +78,13 @@ class SyntheticBackend:
         q = torch.randn(self.joint_width, generator=torch.Generator().manual_seed(digest))
         return Query(F.normalize(q, dim=0), prompt, (prompt,), False, bool(rewrite), prompt)
 
+    def lm_attention(self, enc: Encoded, prompt: str) -> torch.Tensor:
+        """[L, 2, N] seeded random attention rows per (image, prompt), softmax-normalised like the real ones."""
+        digest = int(hashlib.sha256(f"{enc.key}|{prompt}".encode()).hexdigest()[:8], 16)
+        gen = torch.Generator().manual_seed(digest)
+        logits = 3 * torch.randn(self.lm_config.num_hidden_layers, 2, enc.tokens.n, generator=gen)
+        return torch.softmax(logits, dim=-1)
+
     def n_text_tokens(self, prompt: str) -> int:
         return 16 + len(prompt.split())
 
