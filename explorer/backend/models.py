@@ -42,9 +42,10 @@ from reducers.cache import LRU
 from ..config import OFFLINE, ExplorerConfig
 from ..errors import InputError
 from . import answer as ans
+from . import fidelity as fid
 from .geometry import Geometry, consuming_layer, content_key, patch_grid
 from .prompts import embed_query
-from .protocol import Answer, Encoded, Query
+from .protocol import Answer, Encoded, Query, Score
 from .tower import TowerSpec, vision_core, vision_forward
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
@@ -278,6 +279,33 @@ class LlavaBackend:
         for final in self.answer_stream(enc, prompt, reduction, max_new_tokens):
             pass
         return final
+
+    # --- fidelity: a fixed continuation scored under some visual tokens (see fidelity.py) ------------
+    @gpu
+    def score(self, enc: Encoded, prompt: str, reduction: Reduction | None,
+              target_ids: Sequence[int]) -> Score:
+        """Teacher-forced log-probabilities of `target_ids` (e.g. the full-token answer's `token_ids`) after
+        the chat prompt with all patch features (`reduction=None`) or exactly `reduction.tokens`: one forward
+        under the model lock. Reductions that prune inside the LM (`layer > 0`) are refused."""
+        feats = enc.tokens.features if reduction is None else reduction.tokens
+        width = enc.tokens.features.shape[1]
+        if feats.ndim != 2 or feats.shape[1] != width:
+            raise InputError(f"Visual tokens must be [M, {width}], got {list(feats.shape)}.")
+        if reduction is not None and reduction.layer > 0:
+            raise InputError(f"{reduction.method} prunes inside the language model (layer {reduction.layer}); "
+                             "scoring it needs the pruned forward, which this backend does not have yet.")
+        target = tuple(int(t) for t in target_ids)
+        chat = self.chat(prompt)
+        with self._lock, torch.inference_mode():
+            embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, feats)
+            ans._sync(self.device)
+            t0 = time.perf_counter()
+            logits = fid.continuation_logits(self.model, self.embed_tokens, embeds, target)
+            ans._sync(self.device)
+            seconds = time.perf_counter() - t0
+            logprobs = fid.token_logprobs(logits, target)
+        return Score(target_ids=target, logprobs=logprobs.cpu(), first_logits=logits[0].cpu(),
+                     n_visual_tokens=int(feats.shape[0]), n_prompt_tokens=int(embeds.shape[1]), prefill_s=seconds)
 
 
 # --------------------------------------------------------------------------------------------------
