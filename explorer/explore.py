@@ -15,7 +15,7 @@ import torch
 
 from reducers import Reduction, VisualTokens
 
-from .backend.cost import lm_dims, prefill_flops, prefill_flops_pruned
+from .backend.cost import prefill_flops_of
 from .pictures import draw, plots
 from .settings import Settings
 
@@ -136,17 +136,12 @@ def figures(vt: VisualTokens, red: Reduction, settings: Settings):
 def flops_summary(lm_config, n_text: int, red: Reduction) -> dict:
     """Prefill FLOPs of the LLM, all visual tokens vs this reduction (FastV: K layers on all, the rest on the
     kept ones)."""
-    n = red.n_tokens
-    full = prefill_flops(lm_config, n_text + n)
-    if red.layer:
-        reduced = prefill_flops_pruned(lm_config, n_text, n, red.n_kept, min(red.layer, lm_dims(lm_config)[2]))
-    else:
-        reduced = prefill_flops(lm_config, n_text + red.n_kept)
+    f = prefill_flops_of(lm_config, n_text, red.n_tokens, red.n_kept, red.layer)
     return {
         "text_tokens": n_text,
-        "prefill_flops_full": full,
-        "prefill_flops_reduced": reduced,
-        "flops_saving": 1.0 - reduced / full if full else 0.0,
+        "prefill_flops_full": f["full"],
+        "prefill_flops_reduced": f["reduced"],
+        "flops_saving": 1.0 - f["ratio"],
         "formula": ("per layer 2·n·(4d² + 3dm) + 4n²d; FastV: layers < K on all tokens, the rest on the kept"
                     if red.layer else "per layer 2·n·(4d² + 3dm) + 4n²d, n = text + visual tokens"),
     }

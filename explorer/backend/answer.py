@@ -121,8 +121,10 @@ def answer_stream(model, embed_tokens, projector, chat: ChatPrompt, tokens: Tens
         inputs_embeds = build_inputs_embeds(embed_tokens, projector, chat, tokens)
     n_visual = int(tokens.shape[0])
     ids: list[int] = []
+    chosen: list[int] = []  # ids plus the stop token, if one ended the answer
     prefill_s, stop, text = 0.0, "length", ""
     for token, prefill_s in (generate or greedy_stream)(model, inputs_embeds, max_new_tokens, stop_ids, step_lock):
+        chosen.append(token)
         if token in stop_ids:
             stop = "eos"
             break
@@ -131,4 +133,5 @@ def answer_stream(model, embed_tokens, projector, chat: ChatPrompt, tokens: Tens
         yield text
     yield Answer(text=text, n_visual_tokens=n_visual if n_visual_kept is None else int(n_visual_kept),
                  prefill_s=prefill_s, total_s=time.perf_counter() - t0, n_prompt_tokens=int(inputs_embeds.shape[1]),
-                 n_new_tokens=len(ids), stop=stop, n_visual_tokens_in=n_visual, layer=int(layer))
+                 n_new_tokens=len(ids), stop=stop, n_visual_tokens_in=n_visual, layer=int(layer),
+                 token_ids=tuple(chosen))

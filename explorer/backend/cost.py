@@ -64,3 +64,14 @@ def prefill_flops_pruned(lm_config, n_text: int, n_visual_in: int, n_visual_kept
     if not 0 <= k <= layers:
         raise ValueError(f"layer must be in 0…{layers} (the LM's layer count), got {layer}")
     return k * layer_flops(d, m, n_text + n_in) + (layers - k) * layer_flops(d, m, n_text + n_kept)
+
+
+def prefill_flops_of(lm_config, n_text: int, n_visual: int, n_kept: int, layer: int = 0) -> dict:
+    """{"full", "reduced", "ratio"}: prefill FLOPs with all `n_visual` patch tokens vs a reduction handing the
+    LLM `n_kept` (from LLM layer `layer` on, FastV; 0: before the LLM); ratio = reduced / full."""
+    full = prefill_flops(lm_config, n_text + n_visual)
+    if layer:
+        reduced = prefill_flops_pruned(lm_config, n_text, n_visual, n_kept, min(layer, lm_dims(lm_config)[2]))
+    else:
+        reduced = prefill_flops(lm_config, n_text + n_kept)
+    return {"full": full, "reduced": reduced, "ratio": reduced / full if full else 1.0}

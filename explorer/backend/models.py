@@ -43,9 +43,10 @@ from ..config import ExplorerConfig
 from ..errors import InputError
 from . import answer as ans
 from . import fastv, offline
+from . import fidelity as fid
 from .geometry import Geometry, consuming_layer, content_key, patch_grid, thumbnail
 from .prompts import embed_query
-from .protocol import Answer, Encoded, Query
+from .protocol import Answer, Encoded, Query, Score
 from .tower import TowerSpec, final_norm, vision_forward
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
@@ -279,6 +280,38 @@ class LlavaBackend:
             pass
         return final
 
+    # --- fidelity: a fixed continuation scored under some visual tokens (see fidelity.py) ------------
+    @gpu
+    def score(self, enc: Encoded, prompt: str, reduction: Reduction | None,
+              target_ids: Sequence[int]) -> Score:
+        """Teacher-forced log-probabilities of `target_ids` (e.g. the full-token answer's `token_ids`) after
+        the chat prompt with all patch features (`reduction=None`) or exactly `reduction.tokens`: one forward
+        under the model lock. A reduction that prunes inside the LM (FastV, `layer > 0`) is scored with the same
+        pruned forward its answer runs: all patch features in, only `kept` from layer `layer` on."""
+        pruned = reduction is not None and reduction.layer > 0
+        feats = enc.tokens.features if reduction is None or pruned else reduction.tokens
+        width = enc.tokens.features.shape[1]
+        if feats.ndim != 2 or feats.shape[1] != width:
+            raise InputError(f"Visual tokens must be [M, {width}], got {list(feats.shape)}.")
+        target = tuple(int(t) for t in target_ids)
+        chat = self.chat(prompt)
+        forward = None
+        if pruned:
+            layer, keep = self._fastv_plan(enc, reduction)
+            forward = functools.partial(fastv.forward_logits, self.model, image_start=len(chat.before),
+                                        n_image=enc.tokens.n, layer=layer, keep=keep)
+        with self._lock, torch.inference_mode():
+            embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, feats)
+            ans._sync(self.device)
+            t0 = time.perf_counter()
+            logits = fid.continuation_logits(self.model, self.embed_tokens, embeds, target, forward)
+            ans._sync(self.device)
+            seconds = time.perf_counter() - t0
+            logprobs = fid.token_logprobs(logits, target)
+        n_visual = int(reduction.n_kept if pruned else feats.shape[0])
+        return Score(target_ids=target, logprobs=logprobs.cpu(), first_logits=logits[0].cpu(),
+                     n_visual_tokens=n_visual, n_prompt_tokens=int(embeds.shape[1]), prefill_s=seconds)
+
     # --- FastV: pruning inside the language model (fastv.py) ----------------------------------------
     def lm_attention(self, enc: Encoded, prompt: str) -> Tensor:
         """[L, 2, N] CPU float32: the attention each patch token receives in each LM layer for this image and
@@ -293,12 +326,10 @@ class LlavaBackend:
             embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, enc.tokens.features)
             return fastv.image_attention(self.model, embeds, len(chat.before), enc.tokens.n)
 
-    def _fastv_answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction,
-                             max_new_tokens: int | None) -> Iterator[str | Answer]:
-        """All N patch features enter the LM; from layer `reduction.layer` on only the patches `reduction.kept`
-        remain (in raster order, at their original positions; the KV cache of layers ≥ K holds only them)."""
-        n = enc.tokens.n
-        kept = reduction.kept
+    def _fastv_plan(self, enc: Encoded, reduction: Reduction) -> tuple[int, Tensor]:
+        """(layer K, sorted kept patch indices on the model's device) of a reduction that prunes inside the LM,
+        or InputError when it cannot be run that way."""
+        n, kept = enc.tokens.n, reduction.kept
         if reduction.n_extra or kept.ndim != 1 or kept.is_floating_point() or (
                 kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= n)) or kept.unique().numel() != kept.numel():
             raise InputError(f"FastV keeps distinct patch indices in 0…{n - 1} and adds no extra tokens.")
@@ -306,14 +337,22 @@ class LlavaBackend:
             layer = fastv.check_layer(self.model, reduction.layer)
         except ValueError as err:
             raise InputError(str(err)) from None
+        return layer, kept.sort().values.to(self.device)
+
+    def _fastv_answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction,
+                             max_new_tokens: int | None) -> Iterator[str | Answer]:
+        """All N patch features enter the LM; from layer `reduction.layer` on only the patches `reduction.kept`
+        remain (in raster order, at their original positions; the KV cache of layers ≥ K holds only them)."""
+        n = enc.tokens.n
+        layer, keep = self._fastv_plan(enc, reduction)
         chat = self.chat(prompt)
         generate = functools.partial(fastv.greedy_stream, image_start=len(chat.before), n_image=n, layer=layer,
-                                     keep=kept.sort().values.to(self.device))
+                                     keep=keep)
         yield from ans.answer_stream(
             self.model, self.embed_tokens, self.projector, chat, enc.tokens.features,
             decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
             max_new_tokens=max_new_tokens or self.max_new_tokens, stop_ids=self.stop_ids, step_lock=self._lock,
-            generate=generate, n_visual_kept=int(kept.numel()), layer=layer,
+            generate=generate, n_visual_kept=int(keep.numel()), layer=layer,
         )
 
 

@@ -95,10 +95,40 @@ class Answer:
     # layer from which on only n_visual_tokens remain (0: reduced before the LM)
     n_visual_tokens_in: int | None = None
     layer: int = 0
+    # every token the model chose, the stop token included when `stop == "eos"` (what a teacher-forced
+    # score of this answer feeds back); empty for a backend without a language model
+    token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n_visual_tokens_in is None:
             object.__setattr__(self, "n_visual_tokens_in", self.n_visual_tokens)
+
+
+@dataclass(frozen=True, eq=False)
+class Score:
+    """A fixed continuation (e.g. the full-token answer's `token_ids`) scored under one visual input, teacher
+    forced: one forward over prompt + continuation, read at the positions that predict each continuation token.
+
+    logprobs:      [T] float32 (CPU): log p(target_t | prompt with these visual tokens, target_<t)
+    first_logits:  [V] float32 (CPU): next-token logits at the first answer position (the first-token KL)
+    prefill_s:     seconds of that one forward (n_prompt_tokens + T − 1 positions), device-synchronised
+    """
+
+    target_ids: tuple[int, ...]
+    logprobs: Tensor
+    first_logits: Tensor
+    n_visual_tokens: int
+    n_prompt_tokens: int  # LM input of the prompt incl. visual tokens, without the continuation
+    prefill_s: float
+
+    @property
+    def mean_logprob(self) -> float:
+        """Mean per-token log-probability (nats) of the continuation."""
+        return float(self.logprobs.double().mean())
+
+    @property
+    def sum_logprob(self) -> float:
+        return float(self.logprobs.double().sum())
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,3 +176,10 @@ class Backend(Protocol):
 
     def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                       max_new_tokens: int | None = None) -> Iterator[str | Answer]: ...
+
+    def score(self, enc: Encoded, prompt: str, reduction: Reduction | None,
+              target_ids: tuple[int, ...]) -> Score:
+        """Teacher-forced log-probabilities of `target_ids` after `prompt` with all visual tokens
+        (`reduction=None`) or exactly `reduction.tokens`: one forward (see `Score`). A backend without a
+        language model raises InputError."""
+        ...

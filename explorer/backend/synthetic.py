@@ -1,7 +1,8 @@
 """A synthetic backend: seeded random encoder outputs with the backend's interface, and no model at all.
 
 For benchmarks at grid sizes no tower here produces (e.g. 48×60 = 2880 tokens) and for fast UI tests.
-Everything it returns is labelled synthetic; it never pretends to answer (`answer` echoes token counts).
+Everything it returns is labelled synthetic; it never pretends to answer (`answer` echoes token counts) or to
+score (`score` raises InputError).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from PIL import Image
 from reducers import Reduction, VisualTokens
 from reducers.cache import LRU
 
+from ..errors import InputError
 from .geometry import thumbnail
-from .protocol import Answer, Encoded, Query
+from .protocol import Answer, Encoded, Query, Score
 
 
 @dataclass(frozen=True)
@@ -103,3 +105,8 @@ class SyntheticBackend:
         dt = time.perf_counter() - t
         yield text
         yield Answer(text, n, dt, dt, n + self.n_text_tokens(prompt), 0, "length")
+
+    def score(self, enc: Encoded, prompt: str, reduction: Reduction | None, target_ids) -> Score:
+        """No language model, so nothing to score: always InputError (never made-up log-probabilities)."""
+        raise InputError("The synthetic backend has no language model, so answers cannot be scored; "
+                         "answer fidelity needs a real or the offline model.")
