@@ -473,6 +473,75 @@ class Explorer:
             raise InputError(f"max_new_tokens must be a whole number from 1 to {limit}, got {value!r}.")
         return n
 
+    # --- fidelity -------------------------------------------------------------------------------
+    FIDELITY_BUDGETS = (32, 64, 128, 192)
+
+    def fidelity_plan(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int
+                      ) -> list[tuple[str, str, Settings]]:
+        """[(group, what, settings)]: every method at the matched budget M (adaptive ones at their own
+        settings), then the current method across budgets (32, 64, 128, 192 and M) or, without a budget,
+        across five values of its first slider."""
+        plan = []
+        for method, entry in self.schema.methods.items():
+            if method == "all":
+                continue
+            other = settings.with_method(method)
+            if entry.budgeted:
+                other = other.with_values(**{entry.budget_field: max(1, budget)})
+            plan.append(("every method at M", f"M = {budget}" if entry.budgeted else "own settings", other))
+        entry = settings.entry
+        if entry.budgeted:
+            for b in sorted({b for b in self.FIDELITY_BUDGETS + (budget,) if 1 <= b <= enc.tokens.n}):
+                plan.append((f"{entry.label} across budgets", f"budget {b}",
+                             settings.with_values(**{entry.budget_field: b})))
+        else:
+            sliders = ex.sweep_fields(settings)
+            if sliders:
+                c = self.schema.specs[sliders[0]].control
+                for x in np.linspace(c.minimum, c.maximum, 5):
+                    value = int(round(x)) if c.integer else round(float(x), 6)
+                    plan.append((f"{entry.label} across {sliders[0]}", f"{sliders[0]} = {value:g}",
+                                 settings.with_values(**{sliders[0]: value})))
+        return plan
+
+    def fidelity(self, state: dict | None, max_new_tokens: int = 16):
+        """How much of the full-token answer survives: yields (rows so far, done, total) after every row; the
+        rows are cached per image, prompt, settings and answer length. Each row: the greedy answer from the
+        reduced tokens, exact / token-F1 match with the full-token answer, the drop in the full answer's
+        teacher-forced mean log-probability, the first-token KL(full ‖ reduced), prefill seconds and FLOPs."""
+        from .backend import fidelity as fid
+
+        max_new_tokens = self.check_max_new_tokens(max_new_tokens)
+        backend, enc, settings, red = self.last(state)
+        prompt = state.get("prompt", "")
+        if not prompt:
+            raise InputError("Type a question first: fidelity compares the LLM's answers to it.")
+        key = (backend.name, enc.key, prompt, settings.key(), tuple(settings.points), max_new_tokens)
+        cached = self._fidelity.get(key)
+        if cached is not None:
+            yield cached, len(cached), len(cached)
+            return
+        if not self.heavy.acquire(timeout=60):
+            raise InputError("The server is busy with other heavy requests; please try again in a minute.")
+        try:
+            full = backend.answer(enc, prompt, None, max_new_tokens)
+            full_score = backend.score(enc, prompt, None, full.token_ids)
+            plan = self.fidelity_plan(backend, enc, prompt, settings, red.n_kept)
+            rows = [dict(group="reference", what="all tokens", label="All tokens",
+                         **fid.reference_fidelity(backend, enc, prompt, full, full_score))]
+            yield rows, 1, len(plan) + 1
+            for group, what, other in plan:
+                try:
+                    r, _, _ = self.reduce(backend, enc, prompt, other)
+                    row = fid.fidelity(backend, enc, prompt, r, full, full_score, max_new_tokens)
+                except InputError as err:  # e.g. FastV's K beyond this LLM: say so in the row
+                    row = {"n_kept": None, "answer": f"(not run: {err})"}
+                rows.append(dict(group=group, what=what, label=other.entry.label, method=other.method, **row))
+                yield list(rows), len(rows), len(plan) + 1
+            self._fidelity.put(key, rows)
+        finally:
+            self.heavy.release()
+
     # --- export --------------------------------------------------------------------------------
     def export(self, state: dict | None) -> tuple[str, str]:
         """Write the session's last result as JSON (settings, per-patch data, answers with their stamps) and its

@@ -284,14 +284,16 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
             raise _error(err) from None
         return (full.text, reduced.text, answer_stats(info), "", gr.Column(elem_classes=[]), info, state)
 
-    def fidelity(state, progress=gr.Progress()):
+    def fidelity(max_new_tokens, state, progress=gr.Progress()):
         """How much of the full-token answer survives each method at the matched budget and the current
-        method across budgets: greedy answers, exact/F1 match, log-prob drop, first-token KL, prefill, FLOPs."""
+        method across budgets: greedy answers, exact/F1 match, log-prob drop, first-token KL, prefill, FLOPs.
+        Streams a row at a time (Stop cancels between rows)."""
         try:
-            rows, fig, note = explorer.fidelity(state, progress)
+            for rows, done, total in explorer.fidelity(state, max_new_tokens):
+                progress(done / total, desc=f"{done} of {total} answers")
+                yield fidelity_rows(rows), fidelity_figure(rows), fidelity_status(rows, done, total)
         except Exception as err:
             raise _error(err) from None
-        return rows, fig, note
 
     def export(state):
         """The session's last result as JSON (settings, per-patch data, answers with stamps, versions) and its
@@ -472,7 +474,9 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                         with gr.Row():
                             fidelity_btn = gr.Button("Measure fidelity", variant="primary", scale=0, min_width=180,
                                                      elem_id="fidelity-run")
-                            fidelity_stop = gr.Button("Stop", scale=0, min_width=100)
+                            fidelity_stop = gr.Button("Stop", scale=0, min_width=100, elem_id="fidelity-stop")
+                            fidelity_tokens = gr.Slider(1, config.max_new_tokens_limit, value=16, step=1,
+                                                        label="Max new tokens per answer", elem_id="fidelity-tokens")
                         fidelity_note = gr.Markdown(label="Fidelity notes", value=
                             "Every method at the matched budget and the current method across budgets: the greedy "
                             "answer, whether it equals the full-token answer, the drop in log-probability of that "
@@ -524,8 +528,9 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         ask_btn.click(answer, inputs=head + [max_new_tokens, state],
                       outputs=[full_answer, reduced_answer, answer_md, stale_md, answers_box, answer_info, state],
                       api_name="answer", concurrency_id="generate", concurrency_limit=1, preprocess=False, **kw)
-        run = fidelity_btn.click(fidelity, inputs=[state], outputs=[fidelity_table, fidelity_plot, fidelity_note],
-                                 api_name="fidelity", concurrency_id="generate", concurrency_limit=1)
+        run = fidelity_btn.click(fidelity, inputs=[fidelity_tokens, state],
+                                 outputs=[fidelity_table, fidelity_plot, fidelity_note], api_name="fidelity",
+                                 concurrency_id="generate", concurrency_limit=1, preprocess=False)
         fidelity_stop.click(None, cancels=[run], queue=False)
         export_btn.click(export, inputs=[state], outputs=[export_json, export_png], api_name="export",
                          concurrency_id="heavy", concurrency_limit=config.heavy_slots)
@@ -544,6 +549,35 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
             example_gallery.select(pick_example, None, [image, prompt, method, query_points] + control_list,
                                    api_visibility="private", queue=False).then(None, js=SCROLL_JS, queue=False)
     return demo
+
+
+FIDELITY_COLUMNS = ["group", "what", "label", "n_kept", "answer", "match", "f1", "logprob_drop", "kl",
+                    "prefill_s", "flops_ratio"]
+
+
+def fidelity_rows(rows: list[dict]) -> dict:
+    """Rows for a gr.Dataframe: one per reduction (the full-token reference first)."""
+    def cell(row, name):
+        value = row.get("flops", {}).get("ratio") if name == "flops_ratio" else row.get(name)
+        return round(value, 4) if isinstance(value, float) else value
+
+    return {"headers": FIDELITY_COLUMNS, "data": [[cell(r, c) for c in FIDELITY_COLUMNS] for r in rows]}
+
+
+def fidelity_figure(rows: list[dict]):
+    from .pictures import plots
+
+    points = [r for r in rows if r.get("n_kept") is not None and r.get("logprob_drop") is not None]
+    return plots.fidelity_plot([{"label": r["label"], "n_kept": max(1, r["n_kept"]),
+                                 "logprob_drop": r["logprob_drop"], "kl": r["kl"]} for r in points])
+
+
+def fidelity_status(rows: list[dict], done: int, total: int) -> str:
+    full = rows[0]
+    head = f"{done} of {total} answers" + ("" if done == total else " — running (Stop cancels)")
+    return (f"{head}. Full-token answer: “{html.escape(full['answer'])}”. `logprob_drop`: how much less likely "
+            "the full-token answer becomes (mean nats per token); `kl`: KL(full ‖ reduced) of the first answer "
+            "token. The model is the one named at the top (see its notice).")
 
 
 def stale_note(state: dict | None) -> str:

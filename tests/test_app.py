@@ -305,3 +305,25 @@ def test_app_main_launches_on_loopback(monkeypatch):
         assert demo.local_url.startswith("http://127.0.0.1:")
     finally:
         demo.close()
+
+
+# --- /fidelity -----------------------------------------------------------------------------------------
+def test_fidelity_rows_for_every_method_at_m_and_the_method_across_budgets(client):
+    explore(client, "random", budget=32)
+    table, _plot, note = client.predict(max_new_tokens=3, api_name="/fidelity")
+    headers, rows = table["headers"], [dict(zip(table["headers"], r)) for r in table["data"]]
+    assert headers[:4] == ["group", "what", "label", "n_kept"]
+    reference = rows[0]
+    assert reference["group"] == "reference" and reference["match"] == 1.0 and reference["kl"] == 0.0
+    at_m = [r for r in rows if r["group"] == "every method at M"]
+    assert {r["label"] for r in at_m} == {e.label for m, e in REDUCERS.items() if m != "all"}
+    for r in at_m:
+        entry = next(e for e in REDUCERS.values() if e.label == r["label"])
+        if entry.budgeted and entry.label not in ("Uniform grid", "Average pooling"):
+            assert r["n_kept"] == 32, r
+        assert r["kl"] >= 0 and 0 <= r["f1"] <= 1 and r["match"] in (0.0, 1.0)
+    budgets = [r for r in rows if r["group"] == "Random across budgets"]
+    assert [r["n_kept"] for r in budgets] == [32, 64, 128, 192]
+    assert "of" in note and "Full-token answer" in note
+    again, _, _ = client.predict(max_new_tokens=3, api_name="/fidelity")  # cached per image, prompt, settings
+    assert again == table
