@@ -338,6 +338,20 @@ class VisualTokens:
                 memo_rows.table[name] = (rows, done)
             return rows[idx]
 
+    def projected_prefix(self, name, count: int, extend: Callable[[Tensor | None, object, int], tuple[Tensor, object]]
+                         ) -> Tensor:
+        """The first `count` entries of a sequence that depends only on `projected` and whose shorter runs are
+        prefixes of longer ones (DivPrune's greedy order), memoised per image under `name` and extended on demand:
+        `extend(sequence so far or None, its state, count)` returns (the sequence of ≥ count entries, new state).
+        A budget move to a length already reached costs nothing; a longer one continues where the last stopped."""
+        memo_rows = self._projected_rows
+        with memo_rows.lock:
+            seq, state = memo_rows.table.get(name, (None, None))
+            if seq is None or seq.numel() < count:
+                seq, state = extend(seq, state, count)
+                memo_rows.table[name] = (seq, state)
+            return seq[:count]
+
     def cluster_sweep(self, spatial: bool = False) -> ClusterSweep:
         """The maximum spanning forest of `feature_similarity` (4-neighbour graph if `spatial`), memoised per
         image: cluster counts for every threshold at once, and every later `clusters` call in O(N)."""
@@ -361,6 +375,11 @@ class VisualTokens:
     @memo("keys")
     def _key_rows(self) -> _Rows:
         """name → (rows [N, …], done [N] bool) of per-patch quantities that depend only on the keys."""
+        return _Rows()
+
+    @memo("projected")
+    def _projected_rows(self) -> _Rows:
+        """name → (sequence, state) of prefix-consistent sequences that depend only on `projected`."""
         return _Rows()
 
     @memo("features")

@@ -23,8 +23,10 @@ d(j, j) ≈ 0 and are picked again when every remaining token is at distance ≤
 repeats an index); float32 distances (official: the model dtype, float16); rows normalised with an epsilon
 (official: NaN for a zero row).
 
-Cost: the N×N distance matrix (memoised per image on `VisualTokens`, so a budget move does not recompute it), then
-one O(N) step per chosen token keeping a running min-distance vector.
+Cost: the N×N distance matrix (memoised per image on `VisualTokens`), then one O(N) step per chosen token keeping a
+running min-distance vector. The greedy order does not depend on the budget (M tokens are the first M of any longer
+run), so the order is memoised per image too: a budget move below the longest run so far costs nothing, a larger
+one continues where that run stopped.
 """
 
 from __future__ import annotations
@@ -52,15 +54,24 @@ def max_min_order(dist: Tensor, count: int) -> Tensor:
     Step 0 takes argmax_j min_i dist[i, j]; step t takes argmax_j min_{s chosen} dist[s, j] over the tokens not yet
     chosen. Each step is O(N): the running minimum over the chosen rows is kept, chosen tokens set to −inf.
     """
-    chosen = torch.empty(count, dtype=torch.long, device=dist.device)
-    score = dist.min(dim=0).values  # [N] nearest-other-token distance, column-wise as official
-    for t in range(count):
+    return max_min_extend(dist, None, None, count)[0]
+
+
+def max_min_extend(dist: Tensor, chosen: Tensor | None, score: Tensor | None, count: int) -> tuple[Tensor, Tensor]:
+    """Continue a greedy max–min run: `chosen` [k] so far with its running score [N] (None, None: from the start)
+    → (chosen [count], score). The greedy choice never depends on the budget, so a longer run extends a shorter."""
+    if chosen is None:
+        chosen = torch.empty(0, dtype=torch.long, device=dist.device)
+        score = dist.min(dim=0).values  # [N] nearest-other-token distance, column-wise as official
+    start = chosen.numel()
+    chosen = torch.cat([chosen, chosen.new_empty(max(0, count - start))])
+    for t in range(start, count):
         j = score.argmax().view(1)  # first maximum on ties; a tensor index: no device sync
         chosen[t : t + 1] = j
         row = dist.index_select(0, j)[0]  # [N] distances from the new token
         score = row.clone() if t == 0 else torch.minimum(score, row)  # chosen ones stay −inf
         score.index_fill_(0, j, -torch.inf)
-    return chosen
+    return chosen, score
 
 
 def divprune(vt: VisualTokens, params: DivPruneParams | None = None) -> Reduction:
@@ -68,7 +79,9 @@ def divprune(vt: VisualTokens, params: DivPruneParams | None = None) -> Reductio
     p = params_or_default(params, DivPruneParams)
     vt.require("projected", method="DivPrune")
     count = min(int(p.budget), vt.n)
-    order = max_min_order(vt.projected_distance, count)  # [M] in the order chosen
+    # [M] in the order chosen: a prefix of the image's memoised run, extended only when the budget grows past it
+    order = vt.projected_prefix("divprune", count,
+                                lambda seq, score, m: max_min_extend(vt.projected_distance, seq, score, m))
     kept = torch.sort(order).values
     tokens = vt.features[kept]
     stages = {"tokens": vt.n, "to LLM": tokens.shape[0]}

@@ -67,6 +67,20 @@ def test_smaller_budgets_are_prefixes():
         assert set(divprune(vt, DivPruneParams(budget=m)).kept.tolist()) == set(long[:m].tolist())
 
 
+def test_memoised_order_equals_a_fresh_run_in_any_budget_order():
+    """Budget moves on one VisualTokens reuse and extend one greedy run; each equals a fresh computation."""
+    inp = ref.synthetic((24, 24), d=32, e=8, seed=15)
+    vt = VisualTokens(**inp)
+    for budget in (64, 10, 200, 199, 576, 3, 1000):
+        red = divprune(vt, DivPruneParams(budget=budget))
+        fresh = divprune(VisualTokens(**inp), DivPruneParams(budget=budget))
+        assert torch.equal(red.kept, fresh.kept) and torch.equal(red.tokens, fresh.tokens)
+    seq, _ = vt.__dict__["_projected_rows"].table["divprune"]
+    assert seq.numel() == 576 and torch.equal(seq, max_min_order(vt.projected_distance, 576))
+    assert "_projected_rows" in vt.derive(query=-vt.query).__dict__
+    assert "_projected_rows" not in vt.derive(projected=vt.projected + 1).__dict__
+
+
 def test_each_step_takes_the_farthest_token():
     """The max–min law, in float64 on the true cosine distances: every chosen token's distance to the tokens chosen
     before it is at least every then-unchosen token's (up to float32 rounding)."""
