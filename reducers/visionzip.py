@@ -102,11 +102,16 @@ def assign(keys_n: Tensor, members: Tensor, targets: Tensor) -> Tensor:
 
 
 def merge_contexts(x: Tensor, members: Tensor, targets: Tensor, joined: Tensor) -> tuple[Tensor, Tensor]:
-    """Contextual tokens [C, d] (float32) x_t + mean of the members that joined t, and the member counts [C]."""
+    """Contextual tokens [C, d] (float32) x_t + mean of the members that joined t, and the member counts [C].
+
+    The member sums are one `index_add_` over all N rows (patches that are not members go to a spare row C), so
+    the [R − C, d] member rows are never gathered into a copy."""
+    c = targets.numel()
     xf = x.float()
-    count = torch.bincount(joined, minlength=targets.numel())  # [C]
-    summed = torch.zeros(targets.numel(), x.shape[1], dtype=torch.float32, device=x.device)
-    summed.index_add_(0, joined, xf[members])  # [C, d]
+    count = torch.bincount(joined, minlength=c)  # [C]
+    slot = torch.full((x.shape[0],), c, dtype=torch.long, device=x.device)  # [N] spare row C
+    slot[members] = joined
+    summed = torch.zeros(c + 1, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, slot, xf)[:c]
     return xf[targets] + summed / count.clamp(min=1).unsqueeze(1).to(torch.float32), count
 
 
