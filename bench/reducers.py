@@ -8,10 +8,13 @@ For each image size and method it prints
 - ref:   the reference loop of tests/reference.py (Python loops over tokens, float64) and cold's speed-up
          over it;
 - floor: the unavoidable dense product in the same dtype (PAR: the N×N feature similarity `x @ x.T`;
-         PruMerge(+): the M×N key similarity `k[kept] @ k.T` with the M it kept) and cold / floor.
+         PruMerge(+): the M×N key similarity `k[kept] @ k.T` with the M it kept; VisionZip: the (R − C)×C key
+         similarity of the merged patches to the C targets; DivPrune: the N×N similarity of the projected tokens
+         `p @ p.T`, p = 4d wide as LLaVA-1.5-7B's 4096) and cold / floor.
 cold, warm and floor are interleaved repeat by repeat so that other load on the machine hits them alike, and
 every cell is measured in `--runs` (3) runs spread over the benchmark, keeping the one with the lowest cold median.
-Inputs are tests.reference.synthetic (d = 1024 features and keys, e = 768 joint width, float32, CPU),
+Inputs are tests.reference.synthetic (d = 1024 features and keys, e = 768 joint width, 4d = 4096 projected width,
+feature-layer keys d/16 = 64 wide, float32, CPU),
 default slider parameters, torch's default thread count. `--markdown FILE` also writes the report.
 """
 
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from reducers import REDUCERS, VisualTokens
 from tests import reference as ref
 
-METHODS = ("prumerge", "prumerge+", "par", "all", "random", "uniform", "top-attention")
+METHODS = ("prumerge", "prumerge+", "par", "visionzip", "divprune", "all", "random", "uniform", "top-attention")
 REF_BUDGET_S = 20.0  # the reference loop gets at most about this much time per (size, method)
 
 
@@ -57,6 +60,10 @@ def reference_call(method: str, inp: dict):
         return lambda: ref.prumerge(x, k, a, plus=True)
     if method == "par":
         return lambda: ref.par(x, inp["joint"], inp["query"], inp["grid"])
+    if method == "visionzip":
+        return lambda: ref.visionzip(x, inp["feature_layer_attn"], inp["feature_layer_keys"], inp["cls_feature"], 64)
+    if method == "divprune":
+        return lambda: ref.divprune(inp["projected"], 64)
     if method == "top-attention":
         return lambda: ref.top_attention(x, a, 64)
     if method == "uniform":
@@ -75,6 +82,14 @@ def floor_call(method: str, inp: dict, red):
         kn = F.normalize(inp["keys"], dim=-1)
         km = kn[red.kept].contiguous()
         return lambda: km @ kn.T
+    if method == "visionzip":  # the merged patches (in a contextual group, not its target) against the targets
+        kn = F.normalize(inp["feature_layer_keys"], dim=-1)
+        merged = (red.groups >= red.kept.numel()) & ~torch.isin(torch.arange(red.n_tokens), red.targets)
+        km, kt = kn[merged].contiguous(), kn[red.targets].contiguous()
+        return lambda: km @ kt.T
+    if method == "divprune":
+        pn = F.normalize(inp["projected"], dim=-1)
+        return lambda: pn @ pn.T
     return None
 
 
@@ -220,13 +235,15 @@ def main(argv=None) -> None:
         f"after 2 warm-up calls, cold / warm / floor interleaved repeat by repeat; every cell measured in "
         f"{args.runs} run(s) spread over the benchmark, the run with the lowest cold median kept (this filters "
         f"bursts of load from other processes on a shared machine); d = {args.d}, e = 768, float32, CPU, "
-        "default slider parameters (baselines: budget 64). "
+        "default slider parameters (baselines, VisionZip and DivPrune: budget 64). "
         "**cold** = a fresh `VisualTokens` per repeat (built outside the timed region), so the memoised "
         "similarity / neighbour keys / clusters are NOT reused: what a new image costs. **warm** = the same "
         "`VisualTokens` again (cache hit: what a slider move costs). **reference loop** = tests/reference.py "
         "(Python loops over tokens, float64), fewer repeats where one call is slow (about "
         f"{REF_BUDGET_S:.0f} s per cell). **floor** = the dense product the method cannot avoid, same dtype: "
-        "PAR the N×N feature similarity `x @ x.T`, PruMerge(+) the M×N key similarity `k[kept] @ k.T`.",
+        "PAR the N×N feature similarity `x @ x.T`, PruMerge(+) the M×N key similarity `k[kept] @ k.T`, VisionZip "
+        "the (R − C)×C key similarity of the merged patches to the C targets (64-wide head-mean keys), DivPrune the "
+        "N×N similarity of the projected tokens `p @ p.T` (p = 4d = 4096 wide).",
         "",
         HEADER,
         RULE,
