@@ -10,10 +10,13 @@ For each image size and method it prints
 - floor: the unavoidable dense product in the same dtype (PAR: the N×N feature similarity `x @ x.T`;
          PruMerge(+): the M×N key similarity `k[kept] @ k.T` with the M it kept; ToMe: every step's
          ⌈n/2⌉×⌊n/2⌋ key similarity `k[0::2] @ k[1::2].T`; pooling: one pass over the features `x.sum(0)`;
-         FastV: the top-M of the ranking row) and cold / floor.
+         FastV: the top-M of the ranking row; VisionZip: the (R − C)×C key similarity of the merged patches to
+         the C targets; DivPrune: the N×N similarity of the projected tokens `p @ p.T`, p = 4d wide as
+         LLaVA-1.5-7B's 4096) and cold / floor.
 cold, warm and floor are interleaved repeat by repeat so that other load on the machine hits them alike, and
 every cell is measured in `--runs` (3) runs spread over the benchmark, keeping the one with the lowest cold median.
-Inputs are tests.reference.synthetic (d = 1024 features and keys, e = 768 joint width, float32, CPU),
+Inputs are tests.reference.synthetic (d = 1024 features and keys, e = 768 joint width, 4d = 4096 projected width,
+feature-layer keys d/16 = 64 wide, float32, CPU),
 default slider parameters, torch's default thread count. `--markdown FILE` also writes the report.
 """
 
@@ -34,9 +37,9 @@ from reducers import REDUCERS, VisualTokens
 from reducers.tome import merge_schedule
 from tests import reference as ref
 
-METHODS = ("prumerge", "prumerge+", "par", "tome", "pool", "fastv", "all", "none", "random", "uniform",
-           "top-attention")
-BUDGET = 64  # the shared budget slider's default (baselines, ToMe, pooling, FastV)
+METHODS = ("prumerge", "prumerge+", "par", "visionzip", "divprune", "tome", "pool", "fastv", "all", "none",
+           "random", "uniform", "top-attention")
+BUDGET = 64  # the shared budget slider's default (baselines, VisionZip, DivPrune, ToMe, pooling, FastV)
 FASTV_LAYER = 2  # FastV's default K
 REF_BUDGET_S = 20.0  # the reference loop gets at most about this much time per (size, method)
 
@@ -63,6 +66,10 @@ def reference_call(method: str, inp: dict):
         return lambda: ref.prumerge(x, k, a, plus=True)
     if method == "par":
         return lambda: ref.par(x, inp["joint"], inp["query"], inp["grid"])
+    if method == "visionzip":
+        return lambda: ref.visionzip(x, inp["feature_layer_attn"], inp["feature_layer_keys"], inp["cls_feature"], 64)
+    if method == "divprune":
+        return lambda: ref.divprune(inp["projected"], 64)
     if method == "top-attention":
         return lambda: ref.top_attention(x, a, BUDGET)
     if method == "uniform":
@@ -101,6 +108,14 @@ def floor_call(method: str, inp: dict, red):
         score = inp["lm_attn"][FASTV_LAYER - 1, 0]
         m = min(BUDGET, score.shape[0])
         return lambda: score.topk(m)
+    if method == "visionzip":  # the merged patches (in a contextual group, not its target) against the targets
+        kn = F.normalize(inp["feature_layer_keys"], dim=-1)
+        merged = (red.groups >= red.kept.numel()) & ~torch.isin(torch.arange(red.n_tokens), red.targets)
+        km, kt = kn[merged].contiguous(), kn[red.targets].contiguous()
+        return lambda: km @ kt.T
+    if method == "divprune":
+        pn = F.normalize(inp["projected"], dim=-1)
+        return lambda: pn @ pn.T
     return None
 
 
@@ -246,8 +261,8 @@ def main(argv=None) -> None:
         f"after 2 warm-up calls, cold / warm / floor interleaved repeat by repeat; every cell measured in "
         f"{args.runs} run(s) spread over the benchmark, the run with the lowest cold median kept (this filters "
         f"bursts of load from other processes on a shared machine); d = {args.d}, e = 768, float32, CPU, "
-        f"default slider parameters (budget {BUDGET} for the baselines, ToMe, pooling and FastV; FastV K = "
-        f"{FASTV_LAYER}, last-token row). "
+        f"default slider parameters (budget {BUDGET} for the baselines, VisionZip, DivPrune, ToMe, pooling and "
+        f"FastV; FastV K = {FASTV_LAYER}, last-token row). "
         "**cold** = a fresh `VisualTokens` per repeat (built outside the timed region), so the memoised "
         "similarity / neighbour keys / clusters are NOT reused: what a new image costs. **warm** = the same "
         "`VisualTokens` again (cache hit: what a slider move costs). **reference loop** = tests/reference.py "
@@ -255,7 +270,9 @@ def main(argv=None) -> None:
         f"{REF_BUDGET_S:.0f} s per cell). **floor** = the dense product the method cannot avoid, same dtype: "
         "PAR the N×N feature similarity `x @ x.T`, PruMerge(+) the M×N key similarity `k[kept] @ k.T`, ToMe "
         "every step's ⌈n/2⌉×⌊n/2⌋ key similarity, pooling one pass `x.sum(0)` over the features, FastV the "
-        "top-M of its N-long ranking row.",
+        "top-M of its N-long ranking row, VisionZip the (R − C)×C key similarity of the merged patches to the C "
+        "targets (64-wide head-mean keys), DivPrune the N×N similarity of the projected tokens `p @ p.T` (p = 4d "
+        "= 4096 wide).",
         "",
         HEADER,
         RULE,

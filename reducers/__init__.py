@@ -16,12 +16,14 @@ from .base import (Control, Reduction, RegistryEntry, VisualTokens, choice, cont
                    slider, toggle)
 from .baselines import BudgetParams, NoParams, RandomParams, identity, random_tokens, top_attention, uniform_grid
 from .fastv import FastVParams, fastv
+from .divprune import DivPruneParams, divprune
 from .graph import ClusterSweep, components
 from .none import no_image
 from .par import PARParams, par
 from .pool import PoolParams, pool
 from .prumerge import PruMergeParams, prumerge
 from .tome import ToMeParams, tome
+from .visionzip import VisionZipParams, visionzip
 
 PRUMERGE_PAPER = "Shang et al., LLaVA-PruMerge, arXiv 2403.15388"
 PRUMERGE_NOTE = ("paper's numbers, from its LoRA-fine-tuned checkpoints (the official README evaluates those); "
@@ -52,6 +54,23 @@ REDUCERS = MappingProxyType(
             "PruMerge's outliers ∪ {0, s, 2s, …}, s = ⌊⌊1/r⌋ / 3⌋, r = outliers / N; then PruMerge's merge",
             f"LLaVA-1.5-7B, 576 → ~144 tokens: VQAv2 78.5 → 76.8, TextVQA 58.2 → 57.1, POPE 85.9 → 84.0, MME "
             f"1510.7 → 1462.4 ({PRUMERGE_NOTE})"),
+        "visionzip": RegistryEntry(
+            visionzip, VisionZipParams, "VisionZip",
+            "Dominant tokens by CLS attention (plus CLS), the rest merged into evenly spaced contextual tokens by key "
+            "similarity", ("feature_layer_attn", "feature_layer_keys", "cls_feature"),
+            "Yang et al., VisionZip, arXiv 2412.04467 (CVPR 2025)",
+            "D = ⌊M·54/64 + ½⌋: CLS + the D − 1 patches with the largest Σ_heads a_CLS→i; the rest join the "
+            "key-nearest of C = M − D evenly spaced targets t: x'_t = x_t + mean_{i→t} x_i",
+            "paper: retaining only 10 % of the visual tokens keeps nearly 95 % of the performance, training-free "
+            "(official README); prefilling time improved 8× (abstract)"),
+        "divprune": RegistryEntry(
+            divprune, DivPruneParams, "DivPrune",
+            "The budget's most diverse subset: greedy max–min cosine distance of the projected tokens",
+            ("projected",), "Alvar et al., DivPrune, arXiv 2503.02175 (CVPR 2025)",
+            "S = {argmax_j min_{i≠j} d_ij}; repeat S ∪= {argmax_{j∉S} min_{s∈S} d_sj} until |S| = M; "
+            "d = 1 − cos of the projector's outputs",
+            "paper: state-of-the-art accuracy over 16 image- and video-language datasets without fine-tuning; "
+            "lower end-to-end latency and GPU memory use (abstract)"),
         "all": RegistryEntry(identity, NoParams, "All tokens", "No reduction: every patch token reaches the LLM",
                              formula="keep all N"),
         "random": RegistryEntry(random_tokens, RandomParams, "Random",
@@ -100,8 +119,8 @@ __all__ = [
     "VisualTokens", "Reduction", "Control", "RegistryEntry", "REDUCERS",
     "slider", "toggle", "choice", "number", "controls", "params_or_default",
     "PruMergeParams", "PARParams", "BudgetParams", "RandomParams", "NoParams", "ToMeParams", "PoolParams",
-    "FastVParams",
+    "FastVParams", "VisionZipParams", "DivPruneParams",
     "prumerge", "par", "identity", "random_tokens", "uniform_grid", "top_attention", "tome", "pool", "no_image",
-    "fastv",
+    "fastv", "visionzip", "divprune",
     "components", "ClusterSweep",
 ]

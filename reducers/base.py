@@ -195,6 +195,17 @@ class VisualTokens:
               for this image and prompt (FastV): [:, 0] from the last prompt token (FastV's official
               ranking), [:, 1] averaged over all query positions that can see the image (the paper's
               prose); optional
+    feature_layer_attn: [N] CLS→patch attention *inside the layer that produces `features`* (LLaVA:
+              encoder.layers[-2], whose output is hidden_states[-2]; one layer before `cls_attn`'s):
+              softmax(q·kᵀ/√d_head) per head, the CLS row's patch columns, SUMMED over the heads
+              (VisionZip's `attentions[-2][:, :, 0, 1:].sum(1)`); optional
+    feature_layer_keys: [N, d_head] keys of that same layer, k_proj(layer_norm1(hidden_states[-3])) with
+              its bias, split into heads and AVERAGED over the heads (VisionZip's `metric`:
+              `key_states.mean(1)`), patch rows; optional
+    cls_feature: [d] the CLS row of the layer `features` come from (LLaVA: hidden_states[-2][0]), handed to
+              the LLM as a token by VisionZip; optional
+    projected: [N, p] the patch tokens after the multimodal projector, i.e. the LLM input embeddings of the
+              image (LLaVA: mm_projector(features)); DivPrune selects on these; optional
 
     Derived per-image quantities (similarity matrices, neighbour lists) are computed lazily and memoised on
     the instance, so a caller that keeps one `VisualTokens` per image pays for them once.
@@ -207,6 +218,10 @@ class VisualTokens:
     joint: Tensor | None = None
     query: Tensor | None = None
     lm_attn: Tensor | None = None
+    feature_layer_attn: Tensor | None = None
+    feature_layer_keys: Tensor | None = None
+    cls_feature: Tensor | None = None
+    projected: Tensor | None = None
 
     def __post_init__(self) -> None:
         self._validate(None)
@@ -231,6 +246,18 @@ class VisualTokens:
             _check_matrix("cls_attn", self.cls_attn, n, ndim=1)
         if check("joint") or check("features"):
             _check_matrix("joint", self.joint, n)
+        for name, ndim in (("feature_layer_attn", 1), ("feature_layer_keys", 2), ("projected", 2)):
+            if check(name) or check("features"):
+                _check_matrix(name, getattr(self, name), n, ndim=ndim)
+        if self.cls_feature is not None and (check("cls_feature") or check("features")):
+            c = self.cls_feature
+            if not isinstance(c, Tensor) or c.ndim != 1 or c.shape[0] != x.shape[1]:
+                raise ValueError(f"cls_feature must have shape [d={x.shape[1]}] (the width of features), got "
+                                 f"{tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__}")
+            if not c.is_floating_point():
+                raise ValueError(f"cls_feature must be a floating-point tensor, got {c.dtype}")
+            if not _all_finite(c):
+                raise ValueError("cls_feature contains NaN or Inf values")
         if check("grid") or check("features"):
             object.__setattr__(self, "grid", _check_grid(self.grid, n))
         if self.lm_attn is not None and (check("lm_attn") or check("features")):
@@ -311,6 +338,20 @@ class VisualTokens:
                 memo_rows.table[name] = (rows, done)
             return rows[idx]
 
+    def projected_prefix(self, name, count: int, extend: Callable[[Tensor | None, object, int], tuple[Tensor, object]]
+                         ) -> Tensor:
+        """The first `count` entries of a sequence that depends only on `projected` and whose shorter runs are
+        prefixes of longer ones (DivPrune's greedy order), memoised per image under `name` and extended on demand:
+        `extend(sequence so far or None, its state, count)` returns (the sequence of ≥ count entries, new state).
+        A budget move to a length already reached costs nothing; a longer one continues where the last stopped."""
+        memo_rows = self._projected_rows
+        with memo_rows.lock:
+            seq, state = memo_rows.table.get(name, (None, None))
+            if seq is None or seq.numel() < count:
+                seq, state = extend(seq, state, count)
+                memo_rows.table[name] = (seq, state)
+            return seq[:count]
+
     def cluster_sweep(self, spatial: bool = False) -> ClusterSweep:
         """The maximum spanning forest of `feature_similarity` (4-neighbour graph if `spatial`), memoised per
         image: cluster counts for every threshold at once, and every later `clusters` call in O(N)."""
@@ -336,6 +377,11 @@ class VisualTokens:
         """name → (rows [N, …], done [N] bool) of per-patch quantities that depend only on the keys."""
         return _Rows()
 
+    @memo("projected")
+    def _projected_rows(self) -> _Rows:
+        """name → (sequence, state) of prefix-consistent sequences that depend only on `projected`."""
+        return _Rows()
+
     @memo("features")
     def feature_similarity(self) -> Tensor:
         """[N, N] float32 cosine similarity of feature rows (PAR clustering and redundancy)."""
@@ -347,6 +393,17 @@ class VisualTokens:
         """[N, e] float32 unit-length joint embeddings (PAR relevance: one matrix-vector product per prompt)."""
         self.require("joint", method="relevance")
         return F.normalize(self.joint.float(), dim=-1)
+
+    @memo("projected")
+    def projected_distance(self) -> Tensor:
+        """[N, N] float32 cosine distance 1 − cos of the projected rows (DivPrune), with +inf on the diagonal
+        (a token is never its own nearest neighbour). Off the diagonal it is exactly `1 − x̂ x̂ᵀ` of the same
+        float32 product `feature_similarity` uses, so a reference can rebuild it bit for bit."""
+        self.require("projected", method="DivPrune")
+        xn = F.normalize(self.projected.float(), dim=-1)
+        dist = 1.0 - xn @ xn.T
+        dist.fill_diagonal_(torch.inf)
+        return dist
 
     @memo("keys")
     def normalised_keys(self) -> Tensor:
@@ -363,8 +420,8 @@ class Reduction:
             for the text-only floor "none")
     tokens: [M', d] what the projector / LLM receives; tokens[i] belongs to kept[i] for i < M; a PruMerge
             merge appends one aggregate token of the pruned patches last (M' = M + 1, `n_extra=1`)
-            when at least one patch was pruned; VisionZip appends its contextual tokens after the dominant
-            ones (M' = M + C, `n_extra = C`)
+            when at least one patch was pruned; VisionZip appends the CLS token (when handed over) and then
+            its C contextual tokens after the dominant patches (M' = M + cls + C, `n_extra = cls + C`)
     stages: ordered funnel of counts, e.g. {"tokens": 576, "outliers": 31, "merged": 32}
     layer:  the LLM layer from which on only `tokens` remain (FastV: all N patch features enter the LLM and
             layers 0…layer−1 see them all); 0 for every method that reduces before the LLM
@@ -376,7 +433,8 @@ class Reduction:
     tokens: Tensor
     grid: tuple[int, int]
     stages: dict[str, int]
-    n_extra: int = 0  # tokens appended after the kept patches' own tokens (PruMerge: 1 aggregate; VisionZip: C)
+    n_extra: int = 0  # tokens appended after the kept patches' own tokens (PruMerge: 1 aggregate; VisionZip:
+    # the CLS token when handed over, then its C contextual tokens)
     layer: int = 0
     # merging methods whose groups partition the patches (ToMe, VisionZip's contexts, pooling): for every patch
     # the position in `tokens` of the token that holds it (−1: in no token), and its weight in that token
@@ -391,6 +449,9 @@ class Reduction:
     samples: Tensor | None = None  # [S] PruMerge+ uniform samples appended after the outliers
     merge_index: Tensor | None = None  # [M, k] neighbour patch indices merged into kept[i]
     merge_weight: Tensor | None = None  # [M, k] their weights (CLS attention)
+    # VisionZip: the patch each contextual token is anchored on (its merge target), in token order; the
+    # contextual token j is tokens[M + cls + j] and holds the patches i with groups[i] == M + cls + j
+    targets: Tensor | None = None  # [C]
     # PAR
     relevance: Tensor | None = None  # [N] r in [0, 1]
     hybrid: Tensor | None = None  # [N] h = α r + (1 − α) R_c

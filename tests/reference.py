@@ -185,14 +185,106 @@ def par(features, joint, query, grid, tau=0.3, delta=0.9, cluster_threshold=0.8,
     )
 
 
+# --------------------------------------------------------------------------------------------- VisionZip
+def visionzip_split(budget: int, n: int, share: float = 54 / 64, cls_token: bool = True) -> tuple[int, int, int]:
+    """(D dominant tokens incl. the CLS token, CLS handed 0/1, C contextual): M = min(budget, N),
+    D = round-half-up(M·share) kept within [1, M], C = M − D; the CLS token takes a slot only when D ≥ 2."""
+    m = min(budget, n)
+    dominant = math.floor(m * share + 0.5)
+    dominant = max(1, min(m, dominant))
+    with_cls = 1 if (cls_token and dominant >= 2) else 0
+    return dominant, with_cls, m - dominant
+
+
+def visionzip(features, attn, keys, cls_feature=None, budget=64, share=54 / 64, cls_token=True, prefer=None,
+              tie=0.0) -> dict:
+    """VisionZip as restated in reducers/visionzip.py, one token at a time in float64.
+
+    `attn` the feature layer's head-summed CLS attention, `keys` its head-mean keys. A merged patch joins its most
+    key-similar target (the first on ties). Near-ties: float32 rounding (~1e-7) can decide a tie within `tie` of
+    the best either way, so where `prefer` (one target position per merged patch, e.g. a float32 run's) names a
+    target within `tie` of the best, that one is taken; any other preference is ignored. Also returns, for every
+    merged patch, the margin between its best and second-best similarity."""
+    x = as_f64(features)
+    a = [float(v) for v in as_f64(attn)]
+    n = len(a)
+    dominant, with_cls, c = visionzip_split(budget, n, share, cls_token)
+    by_attention = sorted(range(n), key=lambda i: (-a[i], i))  # descending attention, lowest index on ties
+    kept = sorted(by_attention[: dominant - with_cls])
+    remaining = [i for i in range(n) if i not in kept]
+    tokens = [x[i] for i in kept]
+    if with_cls:
+        tokens.append(as_f64(cls_feature))
+    targets, members, joined, margins = [], [], [], []
+    if c > 0:
+        step = max(1, len(remaining) // c)
+        targets = [remaining[k] for k in range(0, len(remaining), step)][:c]
+        kn = [unit(row) for row in as_f64(keys)]
+        members = [i for i in remaining if i not in targets]
+        groups = {t: [] for t in targets}
+        for k, i in enumerate(members):
+            sims = [float(kn[i] @ kn[t]) for t in targets]
+            best = max(range(c), key=lambda j: (sims[j], -j))  # the first target on ties
+            if prefer is not None and sims[prefer[k]] >= sims[best] - tie:
+                best = prefer[k]
+            groups[targets[best]].append(i)
+            joined.append(best)
+            others = sorted(sims, reverse=True)
+            margins.append(others[0] - others[1] if c > 1 else math.inf)
+        for t in targets:
+            token = x[t].copy()
+            if groups[t]:
+                token = token + sum(x[i] for i in groups[t]) / len(groups[t])
+            tokens.append(token)
+    return dict(kept=kept, tokens=np.array(tokens), dominant=dominant, cls=with_cls, contextual=c, targets=targets,
+                members=members, joined=joined, margins=margins)
+
+
+# --------------------------------------------------------------------------------------------- DivPrune
+def projected_distance(projected) -> np.ndarray:
+    """1 − the float32 cosine product (as reducers computes it; see the module docstring), as float64 numpy."""
+    xn = F.normalize(projected.float(), dim=-1)
+    return (1.0 - xn @ xn.T).double().cpu().numpy()
+
+
+def divprune(projected, budget: int, dist=None) -> dict:
+    """Greedy max–min selection, recomputing every minimum from scratch at every step.
+
+    First the token whose nearest OTHER token is farthest; then, while fewer than M = min(budget, N) are
+    chosen, the unchosen token whose smallest distance to the chosen ones is largest; lowest index on ties.
+    Returns the order of choice, the kept indices ascending and each step's winning score."""
+    d = projected_distance(projected) if dist is None else dist
+    n = d.shape[0]
+    m = min(budget, n)
+    chosen, scores = [], []
+    while len(chosen) < m:
+        best, best_score = None, None
+        for j in range(n):
+            if j in chosen:
+                continue
+            if chosen:
+                score = min(float(d[s, j]) for s in chosen)
+            else:
+                others = [float(d[i, j]) for i in range(n) if i != j]
+                score = min(others) if others else math.inf
+            if best is None or score > best_score:
+                best, best_score = j, score
+        chosen.append(best)
+        scores.append(best_score)
+    return dict(order=chosen, kept=sorted(chosen), scores=scores)
+
+
 # --------------------------------------------------------------------------------------------- inputs
-def synthetic(grid=(24, 24), d=64, e=32, seed=0, centres=8, dtype=torch.float32, device="cpu", layers=32):
+def synthetic(grid=(24, 24), d=64, e=32, seed=0, centres=8, dtype=torch.float32, device="cpu", layers=32, p=None):
     """Random but structured inputs for `reducers.VisualTokens`: spatially coherent regions of similar
     features (so clusters and redundancy are non-trivial at the default thresholds), keys correlated with
     features, a heavy-tailed softmax CLS attention (so the IQR fence finds outliers), a joint space correlated
-    with features, a unit query and the attention image tokens receive in each of `layers` LLM layers
-    (a heavy-tailed share of each row, last-token and mean rows). Returns a dict of tensors (keyword arguments
-    of VisualTokens)."""
+    with features and a unit query; for VisionZip the feature layer's head-summed attention (16 heads) and
+    head-mean keys (d/16 wide, as CLIP-L's 64 of 1024) and a CLS row; for DivPrune projected tokens (p wide,
+    default 4d as LLaVA-1.5-7B's 4096 of 1024) from a one-layer GELU "projector"; for FastV the attention image
+    tokens receive in each of `layers` LLM layers (a heavy-tailed share of each row, last-token and mean rows).
+    Each group is drawn after the older fields, so those are unchanged. Returns a dict of tensors (keyword
+    arguments of VisualTokens)."""
     gen = torch.Generator().manual_seed(seed)
     h, w = grid
     n = h * w
@@ -206,11 +298,20 @@ def synthetic(grid=(24, 24), d=64, e=32, seed=0, centres=8, dtype=torch.float32,
     attn = torch.softmax(0.7 * torch.randn(n, generator=gen) + spikes, dim=0)
     joint = features @ torch.randn(d, e, generator=gen) / math.sqrt(d) + 0.5 * torch.randn(n, e, generator=gen)
     query = F.normalize(joint[int(torch.randint(n, (1,), generator=gen))] + torch.randn(e, generator=gen), dim=0)
+    heads, dk, p = 16, max(4, d // 16), p or 4 * d
+    layer_spikes = 3.0 * (torch.rand(n, generator=gen) < 0.05)
+    layer_attn = heads * torch.softmax(0.7 * torch.randn(n, generator=gen) + layer_spikes, dim=0)
+    layer_keys = features @ torch.randn(d, dk, generator=gen) / math.sqrt(d)
+    layer_keys = layer_keys + 0.5 * torch.randn(n, dk, generator=gen)
+    cls_feature = features.mean(0) + torch.randn(d, generator=gen)
+    projected = F.gelu(features @ torch.randn(d, p, generator=gen) / math.sqrt(d))
+    projected = projected + 0.1 * torch.randn(n, p, generator=gen)
     # drawn last, so that the other fields are the same as before lm_attn existed
     sinks = 4.0 * (torch.rand(layers, 1, n, generator=gen) < 0.02)  # a few heavily attended image tokens per layer
     share = 0.1 + 0.4 * torch.rand(layers, 2, 1, generator=gen)  # the part of each row that falls on the image
     lm_attn = share * torch.softmax(torch.randn(layers, 2, n, generator=gen) + sinks, dim=-1)  # [L, 2, N]
-    out = dict(features=features, keys=keys, cls_attn=attn, joint=joint, query=query, lm_attn=lm_attn)
+    out = dict(features=features, keys=keys, cls_attn=attn, joint=joint, query=query, feature_layer_attn=layer_attn,
+               feature_layer_keys=layer_keys, cls_feature=cls_feature, projected=projected, lm_attn=lm_attn)
     out = {k: v.to(dtype=dtype, device=device) for k, v in out.items()}
     return dict(out, grid=grid)
 

@@ -15,9 +15,11 @@ import torch
 from reducers import (
     REDUCERS,
     BudgetParams,
+    DivPruneParams,
     FastVParams,
     PoolParams,
     ToMeParams,
+    VisionZipParams,
     RandomParams,
     ClusterSweep,
     PARParams,
@@ -81,7 +83,8 @@ def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> Non
     assert red.grid == vt.grid and red.n_tokens == n
     assert red.tokens.dtype == vt.features.dtype and red.tokens.device == vt.features.device
     assert red.tokens.shape[1] == vt.features.shape[1]
-    assert red.n_kept == red.tokens.shape[0] == kept.numel() + int(red.extra_token)
+    assert red.n_kept == red.tokens.shape[0] == kept.numel() + red.n_extra
+    assert red.extra_token == (red.n_extra > 0)
     assert red.n_kept <= n, "never more tokens than no reduction at all"
     stages = list(red.stages.items())
     assert stages[0] == ("tokens", n)
@@ -101,13 +104,22 @@ def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> Non
         assert not (red.merge_index == kept[:, None]).any(), "a kept token is not its own neighbour"
         for i in range(m):
             torch.testing.assert_close(red.tokens[i].double(), merged_token(vt, red, i), **tol)
-    elif red.groups is not None:  # merged groups that partition the patches (ToMe, pooling)
-        check_groups(vt, red, tol)
+    elif red.groups is not None and not red.n_extra:  # merged groups that partition the patches (ToMe, pooling)
+        check_partition(vt, red, tol)
     else:  # tokens[i] is the kept patch's own feature row
         assert torch.equal(red.tokens[:m], vt.features[kept])
-    if red.extra_token:  # PruMerge: Σ_{j pruned} a_j X_j, last
+    if method.startswith("prumerge") and red.extra_token:  # PruMerge: Σ_{j pruned} a_j X_j, last
+        assert red.n_extra == 1
         extra = (vt.cls_attn.double()[pruned, None] * vt.features.double()[pruned]).sum(0)
         torch.testing.assert_close(red.tokens[-1].double(), extra, **tol)
+    if red.groups is not None and red.n_extra:  # kept patches alone, appended tokens merge groups (VisionZip)
+        check_groups(vt, red, tol)
+    if method in ("random", "top-attention", "visionzip", "divprune"):  # exact budget, capped at N
+        assert red.n_kept == min(params.budget, n)
+    if method in ("visionzip", "divprune"):
+        assert torch.equal(kept, kept.sort().values), "raster order, as the official code hands them over"
+    if method == "visionzip":
+        check_visionzip(vt, red, params)
     if method == "par":
         assert torch.equal(kept, kept.sort().values), "PAR hands tokens over in raster order"
         mask = red.kept_mask
@@ -141,7 +153,7 @@ def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> Non
         assert torch.equal(kept, torch.arange(n))
 
 
-def check_groups(vt: VisualTokens, red: Reduction, tol: dict) -> None:
+def check_partition(vt: VisualTokens, red: Reduction, tol: dict) -> None:
     """Merge groups partition the patches: every patch in exactly one token, each token's representative in
     its own group, weights 1/size summing to 1 per token, tokens[i] = Σ_{p in group i} w_p X_p, and the
     size-weighted sum of the tokens = the sum of all patch features."""
@@ -161,6 +173,48 @@ def check_groups(vt: VisualTokens, red: Reduction, tol: dict) -> None:
     torch.testing.assert_close(red.tokens.double().cpu(), want, **tol)
     total = (size.double().cpu()[:, None] * red.tokens.double().cpu()).sum(0)
     torch.testing.assert_close(total, x.sum(0), rtol=tol["rtol"], atol=tol["atol"] * n)
+
+
+def check_groups(vt: VisualTokens, red: Reduction, tol: dict) -> None:
+    """`groups`/`group_weight`: [N], positions in range; tokens[i] (i < M) holds kept[i] alone with weight 1; every
+    other position a patch maps to is Σ w_i X_i of the patches mapped to it."""
+    n, m = vt.n, red.kept.numel()
+    groups, weight = red.groups, red.group_weight
+    assert groups.shape == (n,) and groups.dtype == torch.long and weight.shape == (n,) and weight.is_floating_point()
+    assert int(groups.min()) >= -1 and int(groups.max()) < red.n_kept
+    assert (weight[groups < 0] == 0).all() and (weight[groups >= 0] > 0).all()
+    assert torch.equal(groups[red.kept], torch.arange(m)) and (weight[red.kept] == 1).all()
+    assert not ((groups < m) & (groups >= 0) & ~red.kept_mask).any(), "a kept patch's token holds it alone"
+    x = vt.features.double()
+    for pos in sorted(set(groups[groups >= m].tolist())):
+        members = groups == pos
+        want = (weight[members].double()[:, None] * x[members]).sum(0)
+        torch.testing.assert_close(red.tokens[pos].double(), want, **tol)
+
+
+def check_visionzip(vt: VisualTokens, red: Reduction, params) -> None:
+    """VisionZip: the split, the CLS token after the dominant patches, contextual groups anchored on their targets
+    (weight 1) whose members weigh 1/|members| each, every patch in exactly one token unless C = 0."""
+    n, m = vt.n, red.kept.numel()
+    dominant, cls, c = ref.visionzip_split(params.budget, n, params.dominant_share, params.cls_token)
+    assert red.stages == {"tokens": n, "dominant": dominant, "contextual": c, "to LLM": dominant + c}
+    assert m == dominant - cls and red.n_extra == cls + c and red.targets.numel() == c
+    if cls:
+        assert torch.equal(red.tokens[m], vt.cls_feature), "the CLS token comes right after the dominant patches"
+    first = m + cls
+    assert torch.equal(red.groups[red.targets], first + torch.arange(c)) and (red.group_weight[red.targets] == 1).all()
+    assert not (red.kept_mask[red.targets]).any()
+    if c:
+        assert (red.groups >= 0).all(), "with contextual tokens every patch reaches the LLM in some token"
+        assert not (red.groups[~red.kept_mask] < first).any()
+    else:
+        assert (red.groups[~red.kept_mask] == -1).all()
+    for j in range(c):
+        members = (red.groups == first + j)
+        members[red.targets[j]] = False
+        if members.any():
+            assert float(red.group_weight[members].double().sum()) == pytest.approx(1.0, abs=1e-6)
+            assert (red.group_weight[members] == red.group_weight[members][0]).all(), "a plain mean"
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -267,14 +321,17 @@ def test_single_token(method):
     assert red.kept.tolist() == ([] if method == "none" else [0])
 
 
-@pytest.mark.parametrize("method", ["prumerge", "prumerge+", "top-attention"])
+@pytest.mark.parametrize("method", ["prumerge", "prumerge+", "top-attention", "visionzip"])
 def test_constant_attention_keeps_a_token(method):
     inp = ref.synthetic((24, 24), d=32, e=16)
     inp["cls_attn"] = torch.full((576,), 1 / 576)
+    inp["feature_layer_attn"] = torch.full((576,), 16 / 576)
     vt = VisualTokens(**inp)
     red = REDUCERS[method](vt)
     check_contract(vt, red, method, REDUCERS[method].params())
-    if method != "top-attention":
+    if method == "visionzip":  # all equal: the lowest indices are the dominant patches
+        assert red.kept.tolist() == list(range(53))
+    elif method != "top-attention":
         assert red.q1 == red.q3 == red.fence  # IQR = 0: nothing is strictly above the fence
         assert red.outliers.tolist() == [0], "fallback: the argmax patch (the first one on ties)"
 
@@ -370,6 +427,18 @@ BAD_TOKENS = {
     "NaN attention": (dict(cls_attn=torch.tensor([float("nan")] + [0.1] * 15)), "NaN or Inf"),
     "Inf joint (fp16)": (dict(joint=torch.full((16, 6), float("-inf"), dtype=torch.float16)), "NaN or Inf"),
     "NaN query": (dict(query=torch.tensor([float("nan")] * 6)), "NaN or Inf"),
+    "feature-layer attention 2-D": (dict(feature_layer_attn=torch.zeros(16, 1)), "feature_layer_attn"),
+    "feature-layer attention length ≠ N": (dict(feature_layer_attn=torch.zeros(15)), "feature_layer_attn"),
+    "feature-layer keys rows ≠ N": (dict(feature_layer_keys=torch.zeros(17, 4)), "feature_layer_keys"),
+    "feature-layer keys integer": (dict(feature_layer_keys=torch.zeros(16, 4, dtype=torch.long)), "floating"),
+    "NaN feature-layer keys": (dict(feature_layer_keys=torch.full((16, 4), float("nan"))), "NaN or Inf"),
+    "cls_feature width ≠ d": (dict(cls_feature=torch.zeros(7)), "cls_feature"),
+    "cls_feature 2-D": (dict(cls_feature=torch.zeros(1, 8)), "cls_feature"),
+    "cls_feature integer": (dict(cls_feature=torch.zeros(8, dtype=torch.long)), "floating"),
+    "Inf cls_feature": (dict(cls_feature=torch.full((8,), float("inf"))), "NaN or Inf"),
+    "projected rows ≠ N": (dict(projected=torch.zeros(15, 32)), "projected"),
+    "projected zero width": (dict(projected=torch.zeros(16, 0)), "projected"),
+    "NaN projected": (dict(projected=torch.full((16, 32), float("nan"))), "NaN or Inf"),
 }
 
 
@@ -419,6 +488,12 @@ BAD_PARAMS = [
     (FastVParams, dict(layer=1.5), "layer"),
     (FastVParams, dict(rank="first"), "rank"),
     (FastVParams, dict(budget=-1), "budget"),
+    (VisionZipParams, dict(budget=0), "budget"),
+    (VisionZipParams, dict(dominant_share=1.5), "dominant_share"),
+    (VisionZipParams, dict(dominant_share=-0.1), "dominant_share"),
+    (VisionZipParams, dict(cls_token=1), "cls_token"),
+    (DivPruneParams, dict(budget=0), "budget"),
+    (DivPruneParams, dict(budget=64.5), "budget"),
 ]
 
 
@@ -465,6 +540,15 @@ def test_derive_keeps_memoised_similarity_and_clusters():
     keys = vt.normalised_keys
     assert vt.derive(cls_attn=vt.cls_attn.flip(0)).normalised_keys is keys
     assert vt.derive(keys=vt.keys + 1).normalised_keys is not keys
+
+
+def test_derive_keeps_the_projected_distance_unless_projected_changes():
+    vt = tokens((4, 4))
+    dist = vt.projected_distance
+    assert vt.derive(query=-vt.query, cls_attn=vt.cls_attn.flip(0)).projected_distance is dist
+    assert vt.derive(projected=vt.projected.flip(0)).projected_distance is not dist
+    with pytest.raises(ValueError, match="projected"):
+        vt.derive(projected=torch.zeros(15, 4))
 
 
 def test_cluster_memo_is_per_threshold_and_bounded():

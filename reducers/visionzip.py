@@ -1,0 +1,157 @@
+"""VisionZip (Yang et al., arXiv 2412.04467), equal to the official computation for one image.
+
+Official: dvlab-research/VisionZip (Apache-2.0), `visionzip/clip_encoder.py` (`CLIPVisionTower_VisionZip.forward`),
+`visionzip/utils.py` (`CLIPAttention_forward`, `CLIP_EncoderLayer_forward`, `apply_info`), `visionzip/main.py`
+(`visionzip(model, dominant, contextual)`). This file restates it; no code is copied.
+
+What the official code computes, and what this reducer reads instead:
+- attention: `attentions[-2]`, the per-head softmax attention inside encoder.layers[-2], the layer whose output
+  is hidden_states[-2] (the features LLaVA hands on); the CLS row's patch columns, SUMMED over the heads
+  → `VisualTokens.feature_layer_attn` (not `cls_attn`, which is one layer later);
+- keys ("metric"): the same layer's keys `k_proj(layer_norm1(·))` split into heads and AVERAGED over the heads
+  (d_head wide, not scaled) → `VisualTokens.feature_layer_keys`;
+- tokens: rows of hidden_states[-2] → `VisualTokens.features` (patches) and `VisualTokens.cls_feature` (CLS).
+
+The split. `visionzip(model, dominant=D, contextual=C)` hands D + C tokens: the CLS token plus the D − 1 patches
+with the largest summed attention (`apply_info(dominant_num=dominant - 1)`, then `topk(dominant_num) + 1` and the
+CLS index 0 prepended), then C contextual tokens. The official settings are D + C = 54 + 10 (README, 64 tokens),
+108 + 20 (128) and 162 + 30 (192). For a budget M (capped at N) this reducer uses
+    D = ⌊M · share + ½⌋ clamped to [1, M],  C = M − D,  share = 54/64 by default,
+which gives exactly 54 + 10, 108 + 20 and 162 + 30 at M = 64, 128, 192.
+
+Steps (remaining = patches that are not dominant, in raster order, R of them):
+1. dominant patches = the D − 1 (CLS handed) or D (not) patches with the largest attention; ties → lowest index
+   (official: torch.topk, order of ties unspecified); handed over in raster order (official: `masked_select`
+   keeps sequence order);
+2. targets = remaining[0 :: step][:C], step = max(1, ⌊R / C⌋);
+3. every other remaining patch joins the target with the largest cosine similarity of the keys (argmax: the
+   first, i.e. lowest target, on ties);
+4. contextual token j = x_{t_j} + mean of the x_i that joined t_j (just x_{t_j} if none joined): the target's own
+   feature with weight 1, each member with weight 1/|members| — NOT a mean over target and members.
+Token order handed to the LLM: dominant patches (raster), the CLS token, then the contextual tokens in target
+order. The official LLaVA-1.5 path puts the CLS token first ([CLS, patches, contextual]); its LLaVA-NeXT path
+(`restore_image_features_sorted`) puts it after the patches, as here. Here kept patches must come first (the
+`Reduction` contract: tokens[i] belongs to kept[i]), so the CLS token is the first appended token.
+
+Deliberate differences (bugs or undefined cases of the official code, fixed):
+- C = 0 (official: ⌊R / 0⌋ raises): no contextual tokens; remaining patches reach no token;
+- D = 1 with the CLS token on (official: topk of 0 patches): the one dominant slot is a patch, not the CLS token,
+  so that at least one patch is kept — the CLS token takes a slot only when D ≥ 2;
+- float32 arithmetic throughout (official: the model dtype, float16); keys normalised with an epsilon (official
+  divides by the norm: NaN for a zero key);
+- batch size 1 and N, the grid and the head count derived from the inputs (official hard-codes 576 / 24 in its
+  LLaVA-NeXT path).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider, toggle
+from .baselines import budget_slider
+
+OFFICIAL_SHARE = 54 / 64  # README: dominant=54, contextual=10 at 64 tokens; the same ratio at 128 and 192
+
+
+@dataclass(frozen=True)
+class VisionZipParams:
+    budget: int = budget_slider()
+    dominant_share: float = slider(
+        OFFICIAL_SHARE, 0.0, 1.0, 1 / 64,
+        "Share of the budget that are dominant tokens (the top CLS-attention patches, plus the CLS token); the "
+        "rest are contextual merges. D = ⌊M·share + ½⌋ (official: 54/64 = 0.84375, i.e. 54 + 10, 108 + 20, "
+        "162 + 30)", "Dominant share")
+    cls_token: bool = toggle(
+        True, "Hand the CLS token to the LLM as one of the dominant tokens, as the official code does (off: that "
+        "slot goes to one more dominant patch)", "CLS token")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def split(budget: int, n: int, share: float, cls_token: bool) -> tuple[int, int, int]:
+    """(dominant tokens D incl. the CLS token, CLS handed 0/1, contextual C) for a budget capped at N."""
+    m = min(int(budget), n)
+    dominant = min(m, max(1, math.floor(m * share + 0.5)))
+    with_cls = int(cls_token and dominant >= 2)
+    return dominant, with_cls, m - dominant
+
+
+def dominant_patches(attn: Tensor, count: int) -> Tensor:
+    """[count] the most attended patches, in raster order (ties at the cut: the lower index is kept)."""
+    order = torch.sort(attn.float(), descending=True, stable=True).indices  # [N]
+    return torch.sort(order[:count]).values
+
+
+def contextual_targets(remaining: Tensor, count: int) -> Tensor:
+    """[count] evenly spaced merge targets among the remaining patches: remaining[0::step][:count],
+    step = max(1, ⌊R / count⌋)."""
+    step = max(1, remaining.numel() // count)
+    return remaining[::step][:count]
+
+
+def assign(keys_n: Tensor, members: Tensor, targets: Tensor) -> Tensor:
+    """[R − C] for each member patch the position (0..C−1) of its most key-similar target, first on ties."""
+    sim = keys_n[members] @ keys_n[targets].T  # [R − C, C]
+    return sim.argmax(dim=1)
+
+
+def merge_contexts(x: Tensor, members: Tensor, targets: Tensor, joined: Tensor) -> tuple[Tensor, Tensor]:
+    """Contextual tokens [C, d] (float32) x_t + mean of the members that joined t, and the member counts [C].
+
+    The member sums are one `index_add_` over all N rows (patches that are not members go to a spare row C), so
+    the [R − C, d] member rows are never gathered into a copy."""
+    c = targets.numel()
+    xf = x.float()
+    count = torch.bincount(joined, minlength=c)  # [C]
+    slot = torch.full((x.shape[0],), c, dtype=torch.long, device=x.device)  # [N] spare row C
+    slot[members] = joined
+    summed = torch.zeros(c + 1, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, slot, xf)[:c]
+    return xf[targets] + summed / count.clamp(min=1).unsqueeze(1).to(torch.float32), count
+
+
+def visionzip(vt: VisualTokens, params: VisionZipParams | None = None) -> Reduction:
+    """VisionZip's dominant + contextual tokens of one image (see the module docstring)."""
+    p = params_or_default(params, VisionZipParams)
+    vt.require("feature_layer_attn", "feature_layer_keys", *(("cls_feature",) if p.cls_token else ()),
+               method="VisionZip")
+    n, x, dev = vt.n, vt.features, vt.features.device
+    dominant, with_cls, c = split(p.budget, n, p.dominant_share, p.cls_token)
+    kept = dominant_patches(vt.feature_layer_attn, dominant - with_cls)  # [M]
+    m = kept.numel()
+    is_kept = torch.zeros(n, dtype=torch.bool, device=dev)
+    is_kept[kept] = True
+    remaining = torch.nonzero(~is_kept).flatten()  # [R] raster order
+
+    groups = torch.full((n,), -1, dtype=torch.long, device=dev)
+    weight = torch.zeros(n, dtype=torch.float32, device=dev)
+    groups[kept] = torch.arange(m, device=dev)
+    weight[kept] = 1.0
+    parts = [x[kept]]
+    if with_cls:
+        parts.append(vt.cls_feature.to(x.dtype).unsqueeze(0))
+    targets = remaining[:0]
+    if c:
+        targets = contextual_targets(remaining, c)  # [C]
+        is_target = torch.zeros(n, dtype=torch.bool, device=dev)
+        is_target[targets] = True
+        members = remaining[~is_target[remaining]]  # [R − C]
+        joined = assign(F.normalize(vt.feature_layer_keys.float(), dim=-1), members, targets)  # [R − C]
+        contexts, count = merge_contexts(x, members, targets, joined)
+        first = m + with_cls  # position of the first contextual token
+        groups[targets] = first + torch.arange(c, device=dev)
+        weight[targets] = 1.0
+        groups[members] = first + joined
+        weight[members] = 1.0 / count[joined].to(torch.float32)
+        parts.append(contexts.to(x.dtype))
+    tokens = torch.cat(parts)
+    stages = {"tokens": n, "dominant": dominant, "contextual": c, "to LLM": tokens.shape[0]}
+    return Reduction(
+        method="visionzip", kept=kept, tokens=tokens, grid=vt.grid, stages=stages, n_extra=with_cls + c,
+        groups=groups, group_weight=weight, attn=vt.feature_layer_attn, targets=targets,
+    )
