@@ -157,6 +157,30 @@ def test_head_mean_equals_model_output_attentions(backend, encoded):
         encoded.attention("mean")
 
 
+def test_visionzip_reads_the_producing_layer_as_the_model_computes_it(backend, encoded):
+    """VisionZip's inputs: the CLS row of the per-head attention of the layer whose output is the feature state
+    (one before the consuming layer), summed over heads as `output_attentions` gives it; that layer's keys
+    averaged over heads; the CLS row of the feature state; and the projector's outputs (DivPrune)."""
+    eager = copy.deepcopy(backend.vision_tower)
+    eager.set_attn_implementation("eager")
+    pv, _ = backend.geometry.pixel_values(tiny.image(0))
+    with torch.inference_mode():
+        out = eager(pixel_values=pv.to(backend.device, backend.dtype), output_attentions=True,
+                    output_hidden_states=True, return_dict=True)
+    source = backend.spec.source_layer
+    assert source == backend.spec.attn_layer - 1 == tiny.VISION_LAYERS - 2
+    vt, t = encoded.tokens, tiny.tol(backend.dtype)
+    want = out.attentions[source][0, :, 0, 1:].float().sum(0).cpu()
+    torch.testing.assert_close(vt.feature_layer_attn, want, **t)
+    _, k = hand_qk(backend, out.hidden_states, source)
+    heads = tiny.VISION_HEADS
+    torch.testing.assert_close(vt.feature_layer_keys, k.view(k.shape[0], heads, -1).mean(1)[1:].cpu(), **t)
+    torch.testing.assert_close(vt.cls_feature, out.hidden_states[-2][0, 0].float().cpu(), **t)
+    with torch.inference_mode():
+        projected = backend.projector(vt.features.to(backend.device, backend.dtype)).float().cpu()
+    torch.testing.assert_close(vt.projected, projected, **t)
+
+
 def test_features_keys_joint(backend, encoded):
     _, out = tower_outputs(backend, tiny.image(0))
     vt = encoded.tokens

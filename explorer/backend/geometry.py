@@ -59,6 +59,15 @@ def consuming_layer(feature_layer: int | Sequence[int], num_layers: int) -> int:
     return min(index, num_layers - 1)
 
 
+def producing_layer(feature_layer: int | Sequence[int], num_layers: int) -> int | None:
+    """The encoder layer whose output is the selected hidden state (hidden_states[i] is the output of layers[i−1]):
+    layers[22] for LLaVA-1.5's −2 of 24 (VisionZip reads its attention and keys); None for the embeddings. A list
+    of feature layers uses the deepest one."""
+    layers = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
+    index = max(hidden_state_index(int(f), num_layers) for f in layers)
+    return index - 1 if index >= 1 else None
+
+
 def patch_grid(vision_config) -> tuple[int, int]:
     size, patch = vision_config.image_size, vision_config.patch_size
     size = (size, size) if isinstance(size, int) else tuple(size)

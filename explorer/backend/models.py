@@ -44,7 +44,7 @@ from ..errors import InputError
 from . import answer as ans
 from . import fastv, offline
 from . import fidelity as fid
-from .geometry import Geometry, consuming_layer, content_key, patch_grid, thumbnail
+from .geometry import Geometry, consuming_layer, content_key, patch_grid, producing_layer, thumbnail
 from .prompts import embed_query
 from .protocol import Answer, Encoded, Query, Score
 from .tower import TowerSpec, final_norm, vision_forward
@@ -171,6 +171,7 @@ class LlavaBackend:
         self.spec = TowerSpec(
             feature_layer=feature_layer if isinstance(feature_layer, int) else tuple(feature_layer),
             attn_layer=consuming_layer(feature_layer, vc.num_hidden_layers),
+            source_layer=producing_layer(feature_layer, vc.num_hidden_layers),
             num_heads=vc.num_attention_heads,
             grid=self.grid,
         )
@@ -219,9 +220,13 @@ class LlavaBackend:
         with self._lock:
             out = vision_forward(self.vision_tower, pixel_values.to(self.device, self.dtype), self.spec,
                                  self._joint_map)
+            with torch.inference_mode():  # DivPrune selects on the LLM's input embeddings of the patches
+                projected = self.projector(out["features"].to(self.device, self.dtype)).float().cpu()
         try:
             tokens = VisualTokens(features=out["features"], keys=out["keys"], cls_attn=out["cls_attn"],
-                                  grid=self.grid, joint=out["joint"])
+                                  grid=self.grid, joint=out["joint"], feature_layer_attn=out.get("feature_layer_attn"),
+                                  feature_layer_keys=out.get("feature_layer_keys"), cls_feature=out["cls_feature"],
+                                  projected=projected)
         except ValueError as err:
             raise InputError(f"The vision tower of {self.name} produced unusable features ({err}); "
                              "the checkpoint may be broken.") from None

@@ -63,7 +63,14 @@ class SyntheticBackend:
         attn = torch.softmax(3 * torch.randn(h * w, generator=gen), 0)
         head_mean = torch.softmax(2 * torch.randn(h * w, generator=gen), 0)
         joint = feats[:, : self.joint_width] + 0.1 * torch.randn(h * w, self.joint_width, generator=gen)
-        tokens = VisualTokens(features=feats, keys=keys, cls_attn=attn, grid=self.grid, joint=joint)
+        heads = 16
+        layer_attn = heads * torch.softmax(2 * torch.randn(h * w, generator=gen), 0)
+        layer_keys = feats @ torch.randn(self.width, self.width // heads, generator=gen) / self.width**0.5
+        projected = F.gelu(feats @ torch.randn(self.width, self.lm_config.hidden_size, generator=gen) / self.width**0.5)
+        joint_last = joint + 0.3 * torch.randn(h * w, self.joint_width, generator=gen)
+        tokens = VisualTokens(features=feats, keys=keys, cls_attn=attn, grid=self.grid, joint=joint,
+                              feature_layer_attn=layer_attn, feature_layer_keys=layer_keys, cls_feature=feats.mean(0),
+                              projected=projected)
         side = min(image.size)
         x0, y0 = (image.size[0] - side) / 2, (image.size[1] - side) / 2
         box = (x0, y0, x0 + side, y0 + side)
@@ -72,8 +79,8 @@ class SyntheticBackend:
         view = image.convert("RGB").resize((vw, vh), Image.BILINEAR, box=box)
         cls_joint = joint.mean(0)
         return Encoded(key, tokens, head_mean, view, box, image.size, time.perf_counter() - t0,
-                       thumbnail=thumbnail(image), joint_last=joint.flip(0).contiguous(), cls_joint=cls_joint,
-                       cls_joint_last=cls_joint)
+                       thumbnail=thumbnail(image), joint_last=joint_last, cls_joint=cls_joint,
+                       cls_joint_last=joint_last.mean(0))
 
     def encode_query(self, prompt: str, rewrite: bool = True) -> Query:
         digest = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)

@@ -33,6 +33,7 @@ class TowerSpec:
     attn_layer: int  # consuming_layer(...): the encoder layer whose attention reads the selected state
     num_heads: int
     grid: tuple[int, int]
+    source_layer: int | None = None  # producing_layer(...): the layer whose output is the selected state
 
 
 def vision_core(tower):
@@ -77,16 +78,24 @@ def final_norm(tower) -> nn.Module | None:
 
 def vision_forward(tower, pixel_values: Tensor, spec: TowerSpec,
                    joint_map: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-    """Run the tower once with hooks on q/k of `spec.attn_layer`; return CPU float32 tensors:
+    """Run the tower once with hooks on q/k of `spec.attn_layer` (and of `spec.source_layer`); return CPU
+    float32 tensors:
 
-    features [N, d]   the selected hidden state's patch rows (LLaVA drops CLS)
+    features [N, d]   the selected hidden state's patch rows (LLaVA drops CLS); cls_feature [d] its CLS row
     keys [N, D]       patch keys of the consuming layer; cls_attn [N] / attn_head_mean [N] its CLS→patch
                       attention, full width (official PruMerge) / per head averaged
+    feature_layer_attn [N], feature_layer_keys [N, D/H]: in the layer that *produces* the selected state
+                      (VisionZip's official choice): per-head CLS→patch softmax summed over heads, and the
+                      keys averaged over heads (absent when no layer produces it, e.g. the embeddings)
     joint, joint_last [N, e] and cls_joint, cls_joint_last [e]: `joint_map` of the selected / last hidden
                       state's patch rows and CLS row (absent when `joint_map` is None)
     """
-    q_proj, k_proj = qk_projections(encoder_layers(tower)[spec.attn_layer])
-    with torch.inference_mode(), capture({"q": q_proj, "k": k_proj}) as qk:
+    layers_ = encoder_layers(tower)
+    q_proj, k_proj = qk_projections(layers_[spec.attn_layer])
+    hooks = {"q": q_proj, "k": k_proj}
+    if spec.source_layer is not None:
+        hooks["q_src"], hooks["k_src"] = qk_projections(layers_[spec.source_layer])
+    with torch.inference_mode(), capture(hooks) as qk:
         out = tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
         hidden = out.hidden_states
         layers = [spec.feature_layer] if isinstance(spec.feature_layer, int) else list(spec.feature_layer)
@@ -96,10 +105,16 @@ def vision_forward(tower, pixel_values: Tensor, spec: TowerSpec,
         q, k = qk["q"][0], qk["k"][0]
         result = {
             "features": selected[1:],
+            "cls_feature": selected[0],
             "keys": k[1:],
             "cls_attn": attention_official(q, k),
             "attn_head_mean": attention_head_mean(q, k, spec.num_heads),
         }
+        if spec.source_layer is not None:
+            q_src, k_src = qk["q_src"][0], qk["k_src"][0]
+            result["feature_layer_attn"] = attention_head_mean(q_src, k_src, spec.num_heads) * spec.num_heads
+            t, d = k_src.shape
+            result["feature_layer_keys"] = k_src.view(t, spec.num_heads, d // spec.num_heads).mean(1)[1:]
         if joint_map is not None:
             deepest = max(hidden_state_index(f, len(hidden) - 1) for f in layers)
             for suffix, state in (("", hidden[deepest][0]), ("_last", hidden[-1][0])):
