@@ -39,24 +39,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reduction, VisualTokens, check_ranges, params_or_default
+from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider
 from .baselines import budget_slider
 
 
 @dataclass(frozen=True)
 class ToMeParams:
     budget: int = budget_slider("How many tokens are left after merging (at most N, the image's patch count)")
+    rounds: int = slider(8, 1, 64, 1, "The N − M merges are spread over this many rounds of matching (at most "
+                         "⌈(N − M)/rounds⌉ pairs a round, as ToMe merges r per layer), so merged tokens are matched "
+                         "again; 1: every round merges all of A (halving), a fixed lattice of survivors",
+                         "Merge rounds")
 
     def __post_init__(self) -> None:
         check_ranges(self)
 
 
-def merge_schedule(n: int, budget: int) -> list[int]:
-    """r of every step from n tokens down to min(budget, n): r = min(|A|, n − budget), |A| = ⌈n/2⌉."""
+def merge_schedule(n: int, budget: int, rounds: int = 1) -> list[int]:
+    """r of every step from n tokens down to min(budget, n): r = min(⌈(N − M)/rounds⌉, |A|, n − budget),
+    |A| = ⌈n/2⌉ (ToMe's r per layer, spread over `rounds`; more steps when |A| caps r)."""
     budget = max(1, min(int(budget), n))
+    per_round = max(1, -(-(n - budget) // max(1, int(rounds))))
     steps = []
     while n > budget:  # n ≥ 2 here, so B is not empty
-        r = min((n + 1) // 2, n - budget)
+        r = min(per_round, (n + 1) // 2, n - budget)
         steps.append(r)
         n -= r
     return steps
@@ -104,7 +110,7 @@ def tome(vt: VisualTokens, params: ToMeParams | None = None) -> Reduction:
     metric = vt.keys.float()  # [n, dk] sum of the keys of each token's patches
     owner = torch.arange(n, device=device)  # [N] position of the token holding each patch
     rep = torch.arange(n, device=device)  # [n] each token's representative patch (ascending)
-    for r in merge_schedule(n, p.budget):
+    for r in merge_schedule(n, p.budget, p.rounds):
         src, dst = bipartite_match(metric, r)
         metric, owner, rep = merge_step(metric, owner, rep, src, dst)
     m = rep.numel()

@@ -358,7 +358,7 @@ def uniform(features, grid, budget: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- ToMe
-def tome(features, keys, budget: int, track_keys: bool = True) -> dict:
+def tome(features, keys, budget: int, track_keys: bool = True, rounds: int = 1) -> dict:
     """Bipartite soft matching, one token at a time (reducers/tome.py's docstring, from the ToMe paper).
 
     Each token of the current sequence is a dict: rep (the patch never merged away), members (its patches)
@@ -369,10 +369,11 @@ def tome(features, keys, budget: int, track_keys: bool = True) -> dict:
     n = x.shape[0]
     seq = [dict(rep=i, members=[i], key=k[i].copy()) for i in range(n)]
     budget = min(budget, n)
+    per_round = max(1, math.ceil((n - budget) / rounds))
     steps = []
     while len(seq) > budget:
         a_side, b_side = seq[0::2], seq[1::2]
-        r = min(len(a_side), len(seq) - budget)
+        r = min(per_round, len(a_side), len(seq) - budget)
         b_units = [unit(b["key"]) for b in b_side]
         edges = []
         for ai, a in enumerate(a_side):

@@ -23,29 +23,43 @@ CASES = [  # (grid, d, seed, budgets)
 ]
 
 
-def check_equal(inp: dict, budget: int) -> None:
+def check_equal(inp: dict, budget: int, rounds: int = 1) -> None:
     vt = VisualTokens(**inp)
-    red = tome(vt, ToMeParams(budget=budget))
-    want = ref.tome(inp["features"], inp["keys"], budget)
+    red = tome(vt, ToMeParams(budget=budget, rounds=rounds))
+    want = ref.tome(inp["features"], inp["keys"], budget, rounds=rounds)
     assert red.kept.tolist() == want["kept"]
     assert red.groups.tolist() == want["groups"]
     np.testing.assert_allclose(red.group_weight.double().numpy(), want["group_weight"], rtol=1e-7)
     np.testing.assert_allclose(red.tokens.double().numpy(), want["tokens"], rtol=1e-5, atol=1e-5)
-    assert merge_schedule(vt.n, budget) == want["steps"]
+    assert merge_schedule(vt.n, budget, rounds) == want["steps"]
     assert red.stages == {"tokens": vt.n, "to LLM": len(want["kept"])}
-    check_contract(vt, red, "tome", ToMeParams(budget=budget))
+    check_contract(vt, red, "tome", ToMeParams(budget=budget, rounds=rounds))
 
 
 @pytest.mark.parametrize("grid,d,seed,budgets", CASES, ids=lambda v: str(v))
 def test_equals_reference(grid, d, seed, budgets):
     inp = ref.synthetic(grid, d=d, e=8, seed=seed)
     for budget in budgets:
-        check_equal(inp, budget)
+        for rounds in (1, 8):
+            check_equal(inp, budget, rounds)
+
+
+def test_more_rounds_match_merged_tokens_again():
+    """With one round every step merges all of A: the survivors are a fixed lattice whatever the image; spread
+    over rounds, merged tokens are matched again and the survivors follow the image."""
+    lattices = set()
+    adaptive = set()
+    for seed in range(3):
+        vt = VisualTokens(**ref.synthetic((24, 24), d=32, e=8, seed=seed))
+        lattices.add(tuple(tome(vt, ToMeParams(budget=144, rounds=1)).kept.tolist()))  # steps 288, 144: all of A
+        adaptive.add(tuple(tome(vt, ToMeParams(budget=144, rounds=8)).kept.tolist()))
+    assert len(lattices) == 1 and len(adaptive) == 3
+    assert merge_schedule(576, 64, 8) == [64] * 8
 
 
 def test_merge_schedule():
     """r = min(⌈n/2⌉, n − budget) per step; the steps remove exactly N − min(budget, N) tokens."""
-    assert merge_schedule(576, 64) == [288, 144, 72, 8]
+    assert merge_schedule(576, 64) == merge_schedule(576, 64, 1) == [288, 144, 72, 8]
     assert merge_schedule(576, 144) == [288, 144]
     assert merge_schedule(576, 300) == [276]
     assert merge_schedule(576, 576) == merge_schedule(576, 10_000) == merge_schedule(1, 1) == []
@@ -72,11 +86,11 @@ def test_hand_made_matching():
     keys = [[1.0, 0.0, 0.0], [0.0, c, s], [0.0, 1.0, 0.0], [0.99, (1 - 0.99**2) ** 0.5, 0.0]]
     inp = hand_inputs(keys)
     x = inp["features"]
-    one = tome(VisualTokens(**inp), ToMeParams(budget=3))  # r = 1: only the most similar edge, 0 → 3
+    one = tome(VisualTokens(**inp), ToMeParams(budget=3, rounds=1))  # r = 1: only the most similar edge, 0 → 3
     assert one.kept.tolist() == [1, 2, 3] and one.groups.tolist() == [2, 0, 1, 2]
     torch.testing.assert_close(one.tokens, torch.stack([x[1], x[2], (x[0] + x[3]) / 2]))
     assert one.group_weight.tolist() == [0.5, 1.0, 1.0, 0.5]
-    two = tome(VisualTokens(**inp), ToMeParams(budget=2))  # r = 2: both edges; 2 → 1 as well
+    two = tome(VisualTokens(**inp), ToMeParams(budget=2, rounds=1))  # r = 2: both edges; 2 → 1 as well
     assert two.kept.tolist() == [1, 3] and two.groups.tolist() == [1, 0, 0, 1]
     torch.testing.assert_close(two.tokens, torch.stack([(x[1] + x[2]) / 2, (x[0] + x[3]) / 2]))
     for budget in (1, 2, 3, 4):
@@ -88,9 +102,9 @@ def test_representative_is_the_patch_never_merged_away():
     step (r = |A|) every even patch is merged away, so the representatives are odd patches; then every
     other odd one, …"""
     inp = ref.synthetic((24, 24), d=32, e=8, seed=3)
-    red = tome(VisualTokens(**inp), ToMeParams(budget=144))  # steps [288, 144]: two full steps
+    red = tome(VisualTokens(**inp), ToMeParams(budget=144, rounds=1))  # steps [288, 144]: two full steps
     assert red.kept.tolist() == list(range(3, 576, 4))
-    red = tome(VisualTokens(**inp), ToMeParams(budget=400))  # one partial step: 176 A tokens merged
+    red = tome(VisualTokens(**inp), ToMeParams(budget=400, rounds=1))  # one partial step: 176 A tokens merged
     merged_away = sorted(set(range(576)) - set(red.kept.tolist()))
     assert len(merged_away) == 176 and all(p % 2 == 0 for p in merged_away), "only A (even) patches leave"
     size = torch.bincount(red.groups)
@@ -102,7 +116,7 @@ def test_ties_go_to_the_lowest_positions():
     one-hot keys normalises back to the same one-hot). Each A token's edge goes to the first B token, and
     the r kept edges are those of the lowest A positions."""
     inp = hand_inputs([[1.0, 0.0]] * 6)
-    red = tome(VisualTokens(**inp), ToMeParams(budget=4))  # A = 0, 2, 4; B = 1, 3, 5; r = 2
+    red = tome(VisualTokens(**inp), ToMeParams(budget=4, rounds=1))  # A = 0, 2, 4; B = 1, 3, 5; r = 2
     assert red.kept.tolist() == [1, 3, 4, 5] and red.groups.tolist() == [0, 0, 0, 1, 2, 3]
     x = inp["features"]
     torch.testing.assert_close(red.tokens[0], (x[0] + x[1] + x[2]) / 3)
@@ -113,7 +127,7 @@ def test_ties_go_to_the_lowest_positions():
     tied["keys"] = torch.eye(3)[torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(0))]
     for budget in range(8, 17):  # one step (r ≤ |A| = 8)
         check_equal(tied, budget)
-    red = tome(VisualTokens(**tied), ToMeParams(budget=12))
+    red = tome(VisualTokens(**tied), ToMeParams(budget=12, rounds=1))
     a_pos = torch.arange(0, 16, 2)
     b_pos = torch.arange(1, 16, 2)
     best = (tied["keys"][a_pos] @ tied["keys"][b_pos].T).argmax(1)  # first maximum
