@@ -88,8 +88,8 @@ REDUCERS = MappingProxyType(
             "after step, until the budget is left", ("keys",),
             "Bolya et al., Token Merging: Your ViT But Faster, arXiv 2210.09461 (written from the paper; applied "
             "once after the tower)",
-            "A = even, B = odd positions; each a ∈ A → argmax_b cos(k_a, k_b); merge the r = min(|A|, n − M) "
-            "closest pairs by size-weighted mean; repeat until n = M",
+            "A = even, B = odd positions; each a ∈ A → argmax_b cos(k_a, k_b); merge the r = min(⌈(N − M)/rounds⌉, "
+            "|A|) closest pairs by size-weighted mean; repeat until n = M",
             "paper, inside a ViT (merging in every layer): off-the-shelf 2× the throughput of ViT-L @ 512 and "
             "ViT-H @ 518 on images and 2.2× of ViT-L on video with only a 0.2–0.3 % accuracy drop"),
         "pool": RegistryEntry(

@@ -13,16 +13,18 @@ One step on the current sequence of n tokens (each token holds a group of origin
    `VisualTokens` does not carry). A merged token's metric is the size-weighted mean of its patches' keys
    (the paper's proportional merge tracks size); the cosine does not see the scale, so the sum is used.
 3. Each A token draws one edge, to its most similar B token (ties: the lowest B position).
-4. The r = min(|A|, n − budget) edges with the largest similarity are kept (ties: the lowest A position);
-   each of their A tokens is merged into its B partner (several A tokens may join one B token). Sizes add.
+4. The r = min(⌈(N − M)/rounds⌉, |A|, n − budget) edges with the largest similarity are kept (ties: the
+   lowest A position); each of their A tokens is merged into its B partner (several A tokens may join one B
+   token). Sizes add.
 5. The remaining tokens keep their order. (ToMe concatenates the unmerged A tokens and then B; here the
    sequence stays in raster order of its representative patches, so the next A/B split alternates over the
    image as the first one does.)
-Steps repeat until n = min(budget, N): `merge_schedule` gives r per step (⌈log₂(N/budget)⌉ steps; the
-funnel shows only N and the result, the step count is len(merge_schedule(N, budget))). Every step but the last
-takes r = |A|, i.e. merges ALL of A, so only the last step chooses which A tokens merge; after s full steps the
-surviving representatives are the patches at positions 2^s − 1, 2·2^s − 1, … of the raster order, and the
-similarity decides which patches join which of them. (ToMe proper merges a small r per layer over many layers.)
+Steps repeat until n = min(budget, N): `merge_schedule` gives r per step (the funnel shows only N and the
+result; the step count is len(merge_schedule(N, budget, rounds))). ToMe proper merges a small r in each of many
+layers; here `rounds` (default 8) spreads the N − M merges over that many rounds, so tokens merged in one round
+are matched again in the next and the survivors follow the image. With rounds = 1 every step but the last takes
+r = |A|, i.e. merges ALL of A: after s full steps the survivors are the patches at positions 2^s − 1,
+2·2^s − 1, … of the raster order (a fixed lattice) and only the group memberships depend on the image.
 
 Output: the final tokens in raster order of their representative patch. kept[i] = the representative of token
 i: the one patch of its group that was never merged away (the B-side destination of every merge it took
