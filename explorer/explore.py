@@ -121,8 +121,7 @@ def histogram(vt: VisualTokens, red: Reduction, settings: Settings):
         source = "LLM attention (FastV)" if red.layer else f"CLS attention ({attention})"
         return plots.score_histogram(values, kept, f"{source}: the highest are kept", source, [(cut, "cut", "cut")])
     values = vt.cls_attn.float().cpu().numpy() if vt.cls_attn is not None else np.zeros(vt.n)
-    return plots.score_histogram(values, kept, "CLS → patch attention of kept and dropped patches (this method "
-                                 "does not read it)", f"attention ({attention})")
+    return plots.score_histogram(values, kept, "CLS attention (not read by this method)", f"attention ({attention})")
 
 
 def figures(vt: VisualTokens, red: Reduction, settings: Settings):

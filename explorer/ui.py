@@ -386,10 +386,12 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                 image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], height=210,
                                  elem_id="input-image")
                 if examples:
-                    example_gallery = gr.Gallery([(r["path"], r.get("caption", r["prompt"])) for r in examples],
-                                                 label="Examples (click one)", columns=6, height=86, rows=1,
+                    example_gallery = gr.Gallery([r["path"] for r in examples],
+                                                 label="Examples (click one)", columns=6, height=76, rows=1,
                                                  allow_preview=False, object_fit="cover", elem_id="examples",
                                                  buttons=[], interactive=False)
+                    gr.Markdown("Examples, left to right — " + " · ".join(r.get("caption", r["prompt"]) for r in examples),
+                                elem_classes=["caption"])
                 prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, lines=2, max_lines=5, elem_id="prompt",
                                     info="Enter or leaving the box applies it. The LLM answers it; PAR reads it "
                                          "with a CLIP text tower.")

@@ -98,8 +98,8 @@ def score_histogram(values: np.ndarray, kept_mask: np.ndarray | None, title: str
                          marker=dict(color=colour), hovertemplate="%{x:.3g}<br>%{y} patches<extra></extra>"))
     shapes, notes = _vlines([line for line in lines if line[0] is not None and np.isfinite(line[0])], log_x)
     layout = _layout(title, "", "patches", barmode="stack", bargap=0, shapes=shapes, annotations=notes,
-                     legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="left", x=0.0),
-                     margin=dict(l=50, r=20, t=40, b=60))
+                     legend=dict(orientation="h", yanchor="top", y=-0.24, xanchor="left", x=0.0),
+                     margin=dict(l=50, r=20, t=40, b=64))
     layout["yaxis"].update(type="log", dtick=1, exponentformat="none", tickformat="d")
     layout["xaxis"].update(hoverformat=".3g", exponentformat="power")
     if log_x:
