@@ -1,4 +1,4 @@
-"""PAR, prompt-aware token reduction (arXiv 2410.07278), as specified in ALGORITHMS.md.
+"""PAR, prompt-aware token reduction (arXiv 2410.07278), as specified in docs/methods.md.
 
 The paper publishes no code; the steps below are the written specification (steps 2–7; step 1, prompt
 rewriting, belongs to the model backend, which hands over `joint` and `query`):

@@ -1,4 +1,4 @@
-"""Slow, obviously-correct reference implementations, written straight from /work/shared/ALGORITHMS.md.
+"""Slow, obviously-correct reference implementations, written straight from docs/methods.md.
 
 Python loops over tokens, float64 numpy, no cleverness: these are what `reducers/` is checked against
 (tests/test_reducers.py) and timed against (bench/reducers.py). They return plain Python / numpy values.
@@ -52,7 +52,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def prumerge(features, keys, attn, iqr_multiplier=1.5, plus=False, merge=True, neighbours=32) -> dict:
-    """Steps 2–4 of ALGORITHMS.md PruMerge; `attn` is a, the CLS→patch attention."""
+    """Steps 2–4 of docs/methods.md PruMerge; `attn` is a, the CLS→patch attention."""
     a = [float(v) for v in as_f64(attn)]
     n = len(a)
     q1, q3 = percentile(a, 0.25), percentile(a, 0.75)
@@ -149,7 +149,7 @@ def same_partition(a, b) -> bool:
 
 def par(features, joint, query, grid, tau=0.3, delta=0.9, cluster_threshold=0.8, retrieval_ratio=0.5,
         alpha=0.5, spatial=False, sim=None) -> dict:
-    """Steps 2–7 of ALGORITHMS.md PAR."""
+    """Steps 2–7 of docs/methods.md PAR."""
     n = features.shape[0]
     q = unit(as_f64(query))
     joint = as_f64(joint)

@@ -1,4 +1,4 @@
-"""PAR equals the reference loop (tests/reference.py, straight from ALGORITHMS.md), stage by stage."""
+"""PAR equals the reference loop (tests/reference.py, straight from docs/methods.md), stage by stage."""
 
 from __future__ import annotations
 

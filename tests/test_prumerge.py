@@ -1,4 +1,4 @@
-"""PruMerge / PruMerge+ equal the reference loop (tests/reference.py, straight from ALGORITHMS.md)."""
+"""PruMerge / PruMerge+ equal the reference loop (tests/reference.py, straight from docs/methods.md)."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def merged_token(vt: VisualTokens, red: Reduction, i: int) -> torch.Tensor:
 
 
 def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> None:
-    """The invariants every Reduction keeps (ALGORITHMS.md "Contract")."""
+    """The invariants every Reduction keeps (docs/methods.md "Contract")."""
     n = vt.n
     kept = red.kept
     assert kept.dtype == torch.long and kept.ndim == 1

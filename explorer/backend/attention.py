@@ -1,6 +1,6 @@
 """CLS→patch attention from the q/k projections captured in a tower's layer (pure tensor functions).
 
-Attention (PruMerge, see /work/shared/ALGORITHMS.md)
+Attention (PruMerge, see docs/methods.md)
 -----------------------------------------------------
 Q, K are the q_proj / k_proj outputs (raw linear outputs, before any scaling) of the layer that *consumes*
 the selected hidden state, CLS at row 0, D the full width:
