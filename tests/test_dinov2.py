@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from explorer.backend import dinov2
-from explorer.encode import Geometry
+from explorer.backend.geometry import Geometry
 from tests.tiny import block_network  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("block_network")
