@@ -65,7 +65,7 @@ class SyntheticBackend:
         joint = feats[:, : self.joint_width] + 0.1 * torch.randn(h * w, self.joint_width, generator=gen)
         heads = 16
         layer_attn = heads * torch.softmax(2 * torch.randn(h * w, generator=gen), 0)
-        layer_keys = feats @ torch.randn(self.width, self.width // heads, generator=gen) / self.width**0.5
+        layer_keys = feats @ torch.randn(self.width, max(1, self.width // heads), generator=gen) / self.width**0.5
         projected = F.gelu(feats @ torch.randn(self.width, self.lm_config.hidden_size, generator=gen) / self.width**0.5)
         joint_last = joint + 0.3 * torch.randn(h * w, self.joint_width, generator=gen)
         tokens = VisualTokens(features=feats, keys=keys, cls_attn=attn, grid=self.grid, joint=joint,
