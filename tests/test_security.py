@@ -2,7 +2,9 @@
 
 * The server binds to the loopback interface unless GRADIO_SERVER_NAME says otherwise, and never shares.
 * Files outside Gradio's cache are not served, and a request cannot make the app read a file that was not
-  uploaded.
+  uploaded: /explore, /compare, /answer and /export, sent any path as `path`, as `url`, with a wrong
+  `meta._type`, as a bare string, through `..` or through a symlink inside the upload folder, never return that
+  file's pixels, and the answer is the same whether the path exists, is empty, or is not an image (no oracle).
 * Unexpected errors do not leak internals to the client.
 * No model-loading code unpickles: no `torch.load` without `weights_only=True`, no pickle, no
   `use_safetensors=False`, no `trust_remote_code=True`; the offline checkpoint on disk is safetensors only.
@@ -13,19 +15,27 @@ from __future__ import annotations
 import ast
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import httpx
 import pytest
 
+from explorer.backend.synthetic import SyntheticBackend
 from explorer.config import OFFLINE, ExplorerConfig
 from explorer.service import Explorer
-from explorer.backend.synthetic import SyntheticBackend
+from explorer.settings import Schema
 from tests.conftest import _launch
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTROLS = ["What is in the picture?", "prumerge", 0.3, 0.9, 0.8, 0.5, 1.5, 0.5, False, True, "official", True, 32, 64,
-            0, OFFLINE]
+SCHEMA = Schema.build()
+CONTROLS = dict(prompt="What is in the picture?", method="prumerge", model=OFFLINE, query_points=[])
+# the positional inputs of each endpoint after the image, as /gradio_api/call/<name> takes them (the view_api order)
+TAILS = {
+    "explore": [],
+    "compare": [None],  # sweep_parameter
+    "answer": [4],  # max_new_tokens
+}
 
 
 @contextlib.contextmanager
@@ -43,20 +53,34 @@ def url():
         yield u
 
 
-def raw_explore(url: str, image) -> tuple[str, object]:
-    """POST /gradio_api/call/explore with a hand-made payload (no upload); ("complete"|"error", data)."""
-    r = httpx.post(f"{url}/gradio_api/call/explore", json={"data": [image] + CONTROLS}, timeout=30)
-    r.raise_for_status()
+def raw_data(api: str, image) -> list:
+    """The positional `data` of a raw call: image, prompt, method, model, query_points, the endpoint's own
+    inputs, then every schema control at its default."""
+    if api == "export":
+        return [image]  # /export takes no inputs: the payload is extra, and must be ignored
+    head = [image, CONTROLS["prompt"], CONTROLS["method"], CONTROLS["model"], CONTROLS["query_points"]]
+    return head + TAILS[api] + [spec.default for spec in SCHEMA.specs.values()]
+
+
+def raw_call(url: str, api: str, data: list) -> tuple[str, object]:
+    """POST /gradio_api/call/<api> with a hand-made payload (no upload); ("complete"|"error", data)."""
+    r = httpx.post(f"{url}/gradio_api/call/{api}", json={"data": data}, timeout=30)
+    if r.status_code != 200:
+        return f"http {r.status_code}", r.text[:200]
     event_id = r.json()["event_id"]
-    event, data = None, None
-    with httpx.stream("GET", f"{url}/gradio_api/call/explore/{event_id}", timeout=60) as stream:
+    event, out = None, None
+    with httpx.stream("GET", f"{url}/gradio_api/call/{api}/{event_id}", timeout=60) as stream:
         for line in stream.iter_lines():
             if line.startswith("event:"):
                 event = line.split(":", 1)[1].strip()
             elif line.startswith("data:") and event in ("complete", "error"):
-                data = json.loads(line.split(":", 1)[1])
+                out = json.loads(line.split(":", 1)[1])
                 break
-    return event, data
+    return event, out
+
+
+def raw_explore(url: str, image) -> tuple[str, object]:
+    return raw_call(url, "explore", raw_data("explore", image))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -108,7 +132,8 @@ def test_app_main_launches_with_these_kwargs(monkeypatch):
     "../../../../../../etc/passwd",
     "%2Fetc%2Fpasswd",
     str(ROOT / "assets" / "astronaut.jpg"),
-    str(ROOT / "explorer" / "models.py"),
+    str(ROOT / "explorer" / "backend" / "models.py"),
+    str(ROOT / "explorer" / "config.py"),
 ])
 def test_files_outside_the_cache_are_not_served(url, target):
     r = httpx.get(f"{url}/gradio_api/file={target}", timeout=30)
@@ -123,7 +148,7 @@ def test_the_file_route_serves_outputs(url, tmp_path):
     from tests.bad_inputs import good_jpeg
 
     client = Client(url, verbose=False, download_files=False)
-    out = client.submit(handle_file(str(good_jpeg(tmp_path))), *CONTROLS, api_name="/explore").result(timeout=60)
+    out = client.submit(image=handle_file(str(good_jpeg(tmp_path))), **CONTROLS, api_name="/explore").result(timeout=60)
     kept = out[0].get("value", out[0]) if isinstance(out[0], dict) else {"path": out[0]}  # an update or FileData
     link = kept.get("url") or f"{url}/gradio_api/file={kept['path']}"
     r = httpx.get(link, timeout=30)
@@ -174,7 +199,8 @@ def test_unexpected_errors_do_not_leak_details(tmp_path):
     with served(Explorer(ExplorerConfig(), loader=lambda config, progress=None: LeakyBackend())) as u:
         client = Client(u, verbose=False, download_files=False)
         with pytest.raises(AppError) as info:
-            client.submit(handle_file(str(good_jpeg(tmp_path))), *CONTROLS, api_name="/explore").result(timeout=60)
+            client.submit(image=handle_file(str(good_jpeg(tmp_path))), **CONTROLS,
+                          api_name="/explore").result(timeout=60)
     message = str(info.value)
     assert "secret-token-123" not in message and "/srv/private" not in message
     assert "still running" in message  # the generic sentence, not a traceback
@@ -187,7 +213,8 @@ UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib
 
 
 def _sources() -> list[Path]:
-    return sorted((ROOT / "explorer").glob("*.py")) + sorted((ROOT / "reducers").glob("*.py")) + [ROOT / "app.py"]
+    """Every Python file of the app: explorer/**/*.py (backend/, pictures/ included), reducers/*.py, app.py."""
+    return sorted((ROOT / "explorer").rglob("*.py")) + sorted((ROOT / "reducers").glob("*.py")) + [ROOT / "app.py"]
 
 
 def _keyword(call: ast.Call, name: str):
@@ -236,7 +263,9 @@ def _unsafe_calls(tree: ast.AST, filename: str) -> list[str]:
 
 def test_model_loading_code_never_unpickles():
     sources = _sources()
-    assert any(p.name == "models.py" for p in sources)
+    scanned = {p.relative_to(ROOT).as_posix() for p in sources}
+    assert {"explorer/backend/models.py", "explorer/backend/dinov2.py", "explorer/backend/offline.py",
+            "explorer/pictures/draw.py", "explorer/service.py", "reducers/base.py", "app.py"} <= scanned, scanned
     found = []
     for path in sources:
         found += _unsafe_calls(ast.parse(path.read_text(), filename=str(path)), path.relative_to(ROOT).as_posix())
@@ -274,13 +303,17 @@ def test_plain_text_grep_agrees():
 def test_offline_checkpoint_is_safetensors_only(offline_explorer):
     from safetensors import safe_open
 
-    from explorer.backend.models import offline_checkpoint
+    from explorer.backend import dinov2, offline
 
-    folder = offline_checkpoint(offline_explorer.config.seed)  # built by the fixture, so this only locates it
+    config = offline_explorer.config  # built by the fixture, so these only locate the folders
+    folders = [offline.checkpoint(config.model, config.seed), dinov2.dinov2_checkpoint(offline.cache_root())]
+    for folder in folders:
+        assert (folder / "model.safetensors").is_file(), folder
+        unsafe = [p.name for p in folder.rglob("*")
+                  if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")]
+        assert not unsafe, (folder, unsafe)
+    folder = folders[0]
     weights = folder / "model.safetensors"
-    assert weights.is_file()
-    unsafe = [p.name for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")]
-    assert not unsafe, unsafe
     with safe_open(str(weights), framework="pt") as f:
         assert len(list(f.keys())) > 0
     assert not (folder / "model.safetensors.index.json").exists() or all(
