@@ -91,9 +91,11 @@ def upload_path(image) -> str:
     way whether that path exists or not, so the API cannot read or probe the server's files."""
     from gradio.utils import get_upload_folder
 
-    path = image.get("path") if isinstance(image, dict) else image
-    if not isinstance(path, str) or not path or "\x00" in path:
+    if image is None or image == "":
         raise InputError("Please upload an image (or click one of the examples).")
+    path = image.get("path") if isinstance(image, dict) else image
+    if not isinstance(path, str) or not path or "\x00" in path:  # a `url` only, or not a file payload at all
+        raise InputError(GENERIC_FILE)
     root = Path(get_upload_folder()).resolve()
     try:
         resolved = Path(path).resolve()

@@ -173,6 +173,104 @@ def test_urls_in_the_payload_are_not_fetched(url, image):
     assert event == "error", (event, str(data)[:200])
 
 
+# --- no path oracle: every endpoint, every payload shape, four states of the named file -----------------------
+ENDPOINTS = ["explore", "compare", "answer", "export"]
+SHAPES = {  # how a crafted request may name a server path
+    "filedata": lambda p: {"path": p, "meta": {"_type": "gradio.FileData"}},
+    "path-only": lambda p: {"path": p},
+    "wrong-meta": lambda p: {"path": p, "meta": {"_type": "gradio.ImageData"}},
+    "url-only": lambda p: {"url": p},
+    "url-filedata": lambda p: {"path": None, "url": p, "meta": {"_type": "gradio.FileData"}},
+    "file-url": lambda p: {"url": "file://" + p, "meta": {"_type": "gradio.FileData"}},
+    "bare-string": lambda p: p,
+}
+EXPORT_FIRST = "Nothing to work on: explore an image first (or explore it again if it has been a while)."
+
+
+@pytest.fixture(scope="module")
+def server_files(tmp_path_factory) -> dict[str, str]:
+    """Files on the server that were never uploaded: an image (one flat colour, so its pixels would be
+    recognisable), an empty file, a text file named .png, and a path that does not exist."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("not-uploaded")
+    Image.new("RGB", (64, 48), (13, 200, 77)).save(folder / "secret.png")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_text("not an image\n")
+    return {"image": str(folder / "secret.png"), "empty": str(folder / "empty.png"),
+            "not-an-image": str(folder / "text.png"), "missing": str(folder / "missing.png")}
+
+
+def assert_refused(api: str, event: str, data) -> None:
+    """An error, and its message (if any) one of the generic sentences: Gradio's own message-less refusal of a
+    FileData outside its upload folder (null), the app's GENERIC_FILE, or, for /export, which takes no input at
+    all, 'explore an image first'."""
+    from explorer.ui import GENERIC_FILE
+
+    assert event == "error", (api, event, str(data)[:300])
+    message = data.get("error") if isinstance(data, dict) else data
+    allowed = {None, GENERIC_FILE} | ({EXPORT_FIRST} if api == "export" else set())
+    assert message in allowed, (api, message)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("api", ENDPOINTS)
+def test_no_endpoint_reads_a_file_it_was_not_sent_and_none_is_an_oracle(url, server_files, api, shape):
+    """The same answer whether the named file is an image, empty, not an image or missing."""
+    answers = {}
+    for state, path in server_files.items():
+        event, data = raw_call(url, api, raw_data(api, SHAPES[shape](path)))
+        assert_refused(api, event, data)
+        answers[state] = json.dumps(data, sort_keys=True)
+    assert len(set(answers.values())) == 1, answers
+
+
+@pytest.mark.parametrize("via", ["symlink", "dotdot", "dotdot-inside"])
+@pytest.mark.parametrize("shape", ["filedata", "path-only", "wrong-meta", "bare-string"])
+@pytest.mark.parametrize("api", ["explore", "compare", "answer"])
+def test_paths_that_only_look_inside_the_upload_folder_are_resolved(url, server_files, api, shape, via):
+    """A symlink placed inside Gradio's upload folder that points outside it, and `..` paths that start in it,
+    get the same answer as the missing file: the path is resolved before it is compared."""
+    from gradio.utils import get_upload_folder
+
+    root = Path(get_upload_folder())
+    root.mkdir(parents=True, exist_ok=True)
+    target = server_files["image"]
+    if via == "symlink":
+        folder = root / f"vte-test-{os.getpid()}-{api}-{shape}"
+        folder.mkdir(exist_ok=True)
+        link = folder / "upload.png"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+        path = str(link)
+    elif via == "dotdot":
+        path = os.path.join(str(root), os.path.relpath(target, root))  # /…/gradio/../../…/secret.png
+    else:
+        path = str(root) + "/x/.." + "/.." * len(root.parts) + target  # /…/gradio/x/../../../…/secret.png
+    assert ".." in path or Path(path).is_symlink()
+    try:
+        event, data = raw_call(url, api, raw_data(api, SHAPES[shape](path)))
+        missing = raw_call(url, api, raw_data(api, SHAPES[shape](server_files["missing"])))
+    finally:
+        if via == "symlink":
+            link.unlink()
+            link.parent.rmdir()
+    assert_refused(api, event, data)
+    assert (event, data) == missing
+
+
+@pytest.mark.parametrize("shape", ["filedata", "path-only", "wrong-meta"])
+@pytest.mark.parametrize("api", ["explore", "compare", "answer"])
+def test_a_file_gradio_uploaded_is_accepted_in_every_shape(url, server_files, api, shape):
+    """The refusals above are real: the same raw calls with a file that went through /gradio_api/upload work."""
+    with open(server_files["image"], "rb") as f:
+        r = httpx.post(f"{url}/gradio_api/upload", files={"files": ("secret.png", f, "image/png")}, timeout=30)
+    uploaded = r.json()[0]
+    event, data = raw_call(url, api, raw_data(api, SHAPES[shape](uploaded)))
+    assert event == "complete", (event, str(data)[:300])
+
+
 def test_uploads_over_the_size_limit_are_refused(url, tmp_path):
     big = tmp_path / "big.png"
     with open(big, "wb") as f:
