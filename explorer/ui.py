@@ -17,6 +17,7 @@ as the screen shows something else.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -276,15 +277,23 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
     def answer(image, prompt, method, model, query_points, max_new_tokens, state, progress=gr.Progress(),
                **controls):
         """Greedy answers from all visual tokens and from exactly the reduced ones, stamped with the settings,
-        prompt and token count that produced them."""
+        prompt and token count that produced them. Streams the text token by token; a client that goes away
+        (or cancels) stops the generation at the next token."""
+        texts = {"full": "", "reduced": ""}
         try:
             image = upload_path(image)
             settings = settings_of(method, controls, query_points)
-            full, reduced, info, state = explorer.answer(image, prompt, settings, state, model or None,
-                                                         max_new_tokens, progress)
+            with contextlib.closing(explorer.answer_stream(image, prompt, settings, state, model or None,
+                                                           max_new_tokens, progress)) as stream:
+                for kind, value in stream:
+                    if kind == "done":
+                        full, reduced, info, state = value
+                        break
+                    texts[kind] = value
+                    yield texts["full"], texts["reduced"], *[gr.skip()] * 5
         except Exception as err:
             raise _error(err) from None
-        return (full.text, reduced.text, answer_stats(info), "", gr.Column(elem_classes=[]), info, state)
+        yield full.text, reduced.text, answer_stats(info), "", gr.Column(elem_classes=[]), info, state
 
     def fidelity(state, progress=gr.Progress()):
         """How much of the full-token answer survives each method at the matched budget and the current

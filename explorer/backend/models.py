@@ -252,6 +252,7 @@ class LlavaBackend:
         return self.chat(prompt).n_text
 
     # --- answers ------------------------------------------------------------------------------------
+    @gpu  # ZeroGPU holds the GPU while the stream runs and releases it when the stream ends or is closed
     def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                       max_new_tokens: int | None = None) -> Iterator[str | Answer]:
         """Greedy answer from all patch features (`reduction=None`) or exactly `reduction.tokens`: yields the
@@ -266,7 +267,6 @@ class LlavaBackend:
             max_new_tokens=max_new_tokens or self.max_new_tokens, stop_ids=self.stop_ids, step_lock=self._lock,
         )
 
-    @gpu
     def answer(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                max_new_tokens: int | None = None) -> Answer:
         final = None
