@@ -112,9 +112,10 @@ def _error(err: Exception) -> gr.Error:
     traceback and the user gets a generic sentence (internal details stay in the server log)."""
     if isinstance(err, InputError):
         log.info("rejected request: %s", err)
-        return gr.Error(str(err))
+        return gr.Error(str(err), print_exception=False)  # one log line, no traceback from Gradio's queue
     log.error("unexpected error while serving a request", exc_info=err)
-    return gr.Error(f"Something went wrong ({type(err).__name__}); the server is still running — please try again.")
+    return gr.Error(f"Something went wrong ({type(err).__name__}); the server is still running — please try again.",
+                    print_exception=False)  # the traceback is logged once, above
 
 
 def control_component(spec, visible: bool, budget_max: int):
