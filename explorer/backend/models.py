@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from reducers import Reduction, VisualTokens
 from reducers.cache import LRU
 
-from ..config import ExplorerConfig
+from ..config import SYNTHETIC, ExplorerConfig
 from ..errors import InputError
 from . import answer as ans
 from . import offline
@@ -311,6 +311,10 @@ def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_proce
 
 def load_backend(config: ExplorerConfig, progress=None) -> LlavaBackend:
     """The backend `config` asks for (see `ExplorerConfig`)."""
+    if config.model == SYNTHETIC:  # no model: seeded random encoder outputs, labelled synthetic everywhere
+        from .synthetic import SyntheticBackend
+
+        return SyntheticBackend(view_side=offline.IMAGE_SIZE, cache_size=config.encode_cache_size, seed=config.seed)
     device, dtype = pick_device(config.device)
     if progress is not None:
         progress(0.05, desc=f"Loading {config.model}")
