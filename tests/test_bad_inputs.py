@@ -220,6 +220,24 @@ def test_extreme_aspect_ratio_works(client, files, good):
     assert_serves(client, good)
 
 
+def test_crop_picture_dims_exactly_what_the_model_does_not_see():
+    """The crop picture is drawn on a thumbnail while the crop box is in the user's pixels: a 600×400 image
+    cropped to x ∈ [100, 500) shows, at 320 px wide, its columns below 53 and from 267 on dimmed (the 6000×2
+    strip above crashed here, and every image over 320 px had the wrong part dimmed)."""
+    import numpy as np
+    from PIL import Image
+
+    from explorer.backend.geometry import thumbnail
+    from explorer.pictures.draw import crop_picture
+
+    im = Image.new("RGB", (600, 400), (200, 200, 200))
+    arr = crop_picture(thumbnail(im), (100, 0, 500, 400), image_size=im.size)
+    red = arr[arr.shape[0] // 2, :, 0].astype(int)
+    assert arr.shape[1] == 320
+    assert (red[:53] == 60).all() and (red[267:] == 60).all()  # dimmed to 30 %
+    assert (red[57:263] == 200).all()  # seen (the outline is 3 px wide inside the box)
+
+
 def test_no_image_asks_for_one(client, good):
     """/explore answers an emptied image quietly (the UI clears its pictures, no error toast) with a readout that
     asks for one; /answer, which cannot do anything without one, says so as an error."""
