@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import sys
@@ -39,7 +38,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="vte-bench-gradio-")  # this run's own Gradio cache
 
-import httpx  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 

@@ -65,8 +65,8 @@ class ExplorerConfig:
         env = os.environ if env is None else env
         parser = argparse.ArgumentParser(description="Visual Token Reduction Explorer")
         parser.add_argument("--model", default=env.get("VTE_MODEL") or OFFLINE,
-                            help="'offline' (default), 'offline-clip', 'synthetic' (no model: tests and benchmarks) or a "
-                                 "LLaVA-1.5-style hub id / local folder (env VTE_MODEL)")
+                            help="'offline' (default), 'offline-clip', 'synthetic' (no model: tests and "
+                                 "benchmarks) or a LLaVA-1.5-style hub id / local folder (env VTE_MODEL)")
         parser.add_argument("--clip", default=env.get("VTE_CLIP") or None,
                             help="CLIP hub id / folder for PAR's text tower, or 'offline' (env VTE_CLIP)")
         parser.add_argument("--device", default=env.get("VTE_DEVICE") or "auto",

@@ -341,8 +341,8 @@ class Explorer:
 
     def crop(self, backend: Backend, enc: Encoded) -> np.ndarray:
         """The user's image, small, with the region the model sees outlined (built once per image)."""
-        return self._canvases.get_or_compute((backend.name, enc.key, "crop"),
-                                             lambda: draw.crop_picture(enc.thumbnail, enc.crop_box, image_size=enc.image_size))
+        return self._canvases.get_or_compute((backend.name, enc.key, "crop"), lambda: draw.crop_picture(
+            enc.thumbnail, enc.crop_box, image_size=enc.image_size))
 
     @staticmethod
     def stamp(backend: Backend, enc: Encoded, prompt: str, settings: Settings, red: Reduction) -> dict:

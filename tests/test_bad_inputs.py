@@ -224,7 +224,6 @@ def test_crop_picture_dims_exactly_what_the_model_does_not_see():
     """The crop picture is drawn on a thumbnail while the crop box is in the user's pixels: a 600×400 image
     cropped to x ∈ [100, 500) shows, at 320 px wide, its columns below 53 and from 267 on dimmed (the 6000×2
     strip above crashed here, and every image over 320 px had the wrong part dimmed)."""
-    import numpy as np
     from PIL import Image
 
     from explorer.backend.geometry import thumbnail

@@ -21,7 +21,6 @@ non-string prompts and the doubled "Invalid setting:" prefix in tests/test_bad_i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
