@@ -26,6 +26,7 @@ import argparse
 import io
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import threading
@@ -36,7 +37,7 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="vte-bench-gradio-")  # this run's own Gradio cache
+RUN_CACHE = os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="vte-bench-gradio-")  # this run's Gradio cache
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
@@ -340,7 +341,8 @@ def measure_disk(pics: list[Path], n: int, every: int = 5, age: int = 5) -> dict
     explorer.close()
     rows["after the server stopped"] = (tree(cache), tree(export_root))
     kept = tree(cache) if not examples else (len(examples), sum(p.stat().st_size for p in examples if p.exists()))
-    return dict(requests=n, seconds=seconds, rows=rows, examples=kept, every=every, age=age, cache=cache)
+    shutil.rmtree(cache, ignore_errors=True)
+    return dict(requests=n, seconds=seconds, rows=rows, examples=kept, every=every, age=age)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -441,6 +443,8 @@ def main(argv=None) -> None:
     say(f"\nTotal run time {time.perf_counter() - t_start:.0f} s.")
     if args.write:
         args.write.write_text("\n".join(out) + "\n")
+    for leftover in (folder, Path(os.environ["GRADIO_TEMP_DIR"]), RUN_CACHE):  # this run's own temp folders
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 if __name__ == "__main__":
