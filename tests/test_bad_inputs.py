@@ -37,10 +37,12 @@ SCHEMA = Schema.build()
 
 
 def methods_for(backend) -> list[str]:
-    """The registry's methods this backend can feed (in registry order)."""
+    """The registry's methods this backend can feed (in registry order; all of them where the explorer no longer
+    asks, because every backend feeds every method)."""
     explorer = Explorer(ExplorerConfig(), loader=lambda config, progress=None: backend)
     try:
-        return explorer.available(backend)
+        available = getattr(explorer, "available", None)
+        return available(backend) if available is not None else list(explorer.schema.methods)
     finally:
         explorer.close()
 
@@ -452,7 +454,7 @@ class EditedBackend(SyntheticBackend):
 
         enc = super()._encode(image, key)
         t = enc.tokens
-        fields = dict(features=t.features, keys=t.keys, cls_attn=t.cls_attn, grid=t.grid, joint=t.joint)
+        fields = {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.init}  # every field it carries
         fields.update(self._edit(fields, t.n))
         head_mean = fields.pop("attn_head_mean", enc.attn_head_mean)
         return dataclasses.replace(enc, tokens=VisualTokens(**fields), attn_head_mean=head_mean)

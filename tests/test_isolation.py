@@ -37,6 +37,7 @@ pytestmark = pytest.mark.slow
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TIMEOUT = 120
 HEAD = dict(prompt="What is in the picture?", method="par", model=OFFLINE, query_points=[])
+ZERO_TOKEN_METHODS = {"none"}  # methods that hand the LLM no visual token by design (one may be registered later)
 
 
 def kwargs_for(path, **over) -> dict:
@@ -148,7 +149,8 @@ def test_eight_concurrent_sessions_get_their_own_results(app, offline_explorer, 
 # ----------------------------------------------------------------------------------------------------------
 def test_burst_of_forty_requests_is_answered(synthetic, images):
     explorer, backend, url = synthetic
-    methods = explorer.available(backend)  # every registered method this backend can feed
+    available = getattr(explorer, "available", None)  # every registered method this backend can feed
+    methods = available(backend) if available is not None else list(explorer.schema.methods)
     expected = {}
     probe = new_client(url)
     for path in images[:8]:
@@ -161,7 +163,7 @@ def test_burst_of_forty_requests_is_answered(synthetic, images):
         submitted.append((path, over, clients[i % 8].submit(api_name="/explore", **kwargs_for(path, **over))))
     for path, over, job in submitted:
         summary = job.result(timeout=TIMEOUT)[-1]
-        assert summary["n_kept"] >= 1
+        assert summary["n_kept"] >= (0 if over["method"] in ZERO_TOKEN_METHODS else 1)
         assert summary["method"] == over["method"]
         assert summary["image"]["key"] == expected[path]
 
