@@ -4,7 +4,9 @@ Chosen (highest priority first) by CLI flags, environment variables, then the de
 
     --model   VTE_MODEL    "offline" (default: real DINOv2 tower, untrained projector, SmolLM2), "offline-clip"
                            (LLaVA-1.5's CLIP architecture, seeded random weights) or a LLaVA-1.5-style hub id /
-                           local folder, e.g. llava-hf/llava-1.5-7b-hf
+                           local folder, e.g. llava-hf/llava-1.5-7b-hf; or "synthetic": no model at all —
+                           seeded random encoder outputs (every summary's notice says so, the header names
+                           it), ready in about a second: for tests, benchmarks and smoke checks, never findings
     --clip    VTE_CLIP     CLIP checkpoint for PAR's text tower and visual projection, hub id / folder
                            (e.g. openai/clip-vit-large-patch14-336); empty → match the model (see
                            `explorer.backend.models.load_backend`); "offline-clip" → the seeded random text tower
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 OFFLINE = "offline"  # the default: the real DINOv2 tower + untrained projector + SmolLM2 (explorer.backend.offline)
 OFFLINE_CLIP = "offline-clip"  # LLaVA-1.5's CLIP architecture with seeded random weights (mechanics only)
 OFFLINE_MODELS = (OFFLINE, OFFLINE_CLIP)
+SYNTHETIC = "synthetic"  # no model: `explorer.backend.synthetic.SyntheticBackend` (tests, benchmarks)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ class ExplorerConfig:
         env = os.environ if env is None else env
         parser = argparse.ArgumentParser(description="Visual Token Reduction Explorer")
         parser.add_argument("--model", default=env.get("VTE_MODEL") or OFFLINE,
-                            help="'offline' (default) or a LLaVA-1.5-style hub id / local folder (env VTE_MODEL)")
+                            help="'offline' (default), 'offline-clip', 'synthetic' (no model: tests and "
+                                 "benchmarks) or a LLaVA-1.5-style hub id / local folder (env VTE_MODEL)")
         parser.add_argument("--clip", default=env.get("VTE_CLIP") or None,
                             help="CLIP hub id / folder for PAR's text tower, or 'offline' (env VTE_CLIP)")
         parser.add_argument("--device", default=env.get("VTE_DEVICE") or "auto",

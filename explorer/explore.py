@@ -200,7 +200,8 @@ def readout_markdown(s: dict) -> str:
     if "fence" in s:
         details.append(f"Q1 {s['q1']:.3g} · Q3 {s['q3']:.3g} · fence {s['fence']:.3g}")
     if s.get("query"):
-        details.append(f"Query: {s['query']['description']}")
+        cut = " (the prompt was truncated to the text tower's context)" if s["query"].get("truncated") else ""
+        details.append(f"Query: {s['query']['description']}{cut}")
     return first + "\n\n" + " · ".join(details)
 
 

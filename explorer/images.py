@@ -17,12 +17,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import InputError
 
 
+HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+STRIP_PIXELS = 1 << 18  # pixels converted at a time from a high-bit-depth image
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        arr = np.clip(arr / top * 255.0 if im.mode != "F" else arr * 255.0, 0, 255)
-        return Image.fromarray(arr.round().astype(np.uint8), "L").convert("RGB")
+    if im.mode in HIGH_DEPTH:
+        return _high_depth_to_rgb(im)
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -30,6 +31,29 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return im.convert("RGB")
+
+
+def _high_depth_to_rgb(im: Image.Image) -> Image.Image:
+    """16-bit / 32-bit greyscale → 8-bit: x·255/top rounded (top 65535 for 16-bit, the image's maximum for
+    32-bit integers; float images are taken as 0–1), converted in strips of rows in float32, so the extra
+    memory is the 8-bit result (1 byte per pixel) plus one strip — never a full-size float64 copy."""
+    width, height = im.size
+    if im.mode.startswith("I;16"):
+        scale = 255.0 / 65535.0
+    elif im.mode == "I":
+        scale = 255.0 / max(float(im.getextrema()[1]), 1.0)
+    else:  # "F"
+        scale = 255.0
+    out = np.empty((height, width), np.uint8)
+    rows = max(1, STRIP_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        strip = np.array(im.crop((0, top, width, bottom)), dtype=np.float32)  # a copy: scaled in place
+        strip *= scale
+        np.clip(strip, 0, 255, out=strip)
+        np.rint(strip, out=strip)
+        out[top:bottom] = strip
+    return Image.fromarray(out, "L").convert("RGB")
 
 
 def load_image(source, max_pixels: int) -> Image.Image:

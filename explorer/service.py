@@ -13,6 +13,7 @@ the one the explore event drew.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -333,8 +334,8 @@ class Explorer:
 
     def crop(self, backend: Backend, enc: Encoded) -> np.ndarray:
         """The user's image, small, with the region the model sees outlined (built once per image)."""
-        return self._canvases.get_or_compute((backend.name, enc.key, "crop"),
-                                             lambda: draw.crop_picture(enc.thumbnail, enc.crop_box))
+        return self._canvases.get_or_compute((backend.name, enc.key, "crop"), lambda: draw.crop_picture(
+            enc.thumbnail, enc.crop_box, image_size=enc.image_size))
 
     @staticmethod
     def stamp(backend: Backend, enc: Encoded, prompt: str, settings: Settings, red: Reduction) -> dict:
@@ -440,7 +441,17 @@ class Explorer:
 
     # --- answers -------------------------------------------------------------------------------
     def answer(self, image, prompt, settings: Settings, state=None, model=None, max_new_tokens=None, progress=None):
-        """Greedy answers from all tokens and from the reduced ones: (full Answer, reduced Answer, info)."""
+        """Greedy answers from all tokens and from the reduced ones: (full Answer, reduced Answer, info, state)."""
+        for kind, value in self.answer_stream(image, prompt, settings, state, model, max_new_tokens, progress):
+            if kind == "done":
+                return value
+        raise RuntimeError("the answer stream ended without a result")
+
+    def answer_stream(self, image, prompt, settings: Settings, state=None, model=None, max_new_tokens=None,
+                      progress=None):
+        """`answer` one token at a time: yields ("full" | "reduced", the text so far) after every new token, then
+        ("done", (full Answer, reduced Answer, info, state)). Closing the generator (a client that went away)
+        stops the decoding at the next token: nothing runs between two tokens but this generator's caller."""
         max_new_tokens = self.check_max_new_tokens(max_new_tokens)
         if not self.clip_prompt(prompt):
             raise InputError("Type a question first: the LLM answers the prompt about the image.")
@@ -448,17 +459,23 @@ class Explorer:
         backend, enc, state = self.encoded(image, state, model, progress)
         prompt = self.clip_prompt(prompt)
         red, _, _ = self.reduce(backend, enc, prompt, settings)
-        if progress is not None:
-            progress(0.4, desc="Answering from all visual tokens")
-        full = backend.answer(enc, prompt, None, max_new_tokens)
-        if progress is not None:
-            progress(0.7, desc=f"Answering from {red.n_kept} reduced tokens")
-        reduced = backend.answer(enc, prompt, red, max_new_tokens)
+        answers = {}
+        for part, reduction, (done, desc) in (("full", None, (0.4, "Answering from all visual tokens")),
+                                              ("reduced", red, (0.7, f"Answering from {red.n_kept} reduced tokens"))):
+            if progress is not None:
+                progress(done, desc=desc)
+            with contextlib.closing(backend.answer_stream(enc, prompt, reduction, max_new_tokens)) as stream:
+                for item in stream:
+                    if isinstance(item, Answer):
+                        answers[part] = item
+                    else:
+                        yield part, item
+        full, reduced = answers["full"], answers["reduced"]
         stamp = self.stamp(backend, enc, prompt, settings, red)
         info = {"stamp": stamp, "full": answer_dict(full), "reduced": answer_dict(reduced),
                 "prompt_truncated_to_chars": self.config.max_prompt_chars if truncated else None}
         state = dict(state, answers=info)
-        return full, reduced, info, state
+        yield "done", (full, reduced, info, state)
 
     def check_max_new_tokens(self, value) -> int:
         limit = self.config.max_new_tokens_limit

@@ -31,12 +31,14 @@ class InputParams:
     """How the image's tokens are read out for the active method (not a reducer's own setting)."""
 
     attention: str = choice("official", ATTENTION_MODES, "official: full-width q·k of the layer that consumes the "
-                            "features, as PruMerge's code; head-mean: per-head attention averaged (FasterVLM)",
-                            "CLS attention")
+                            "features (hidden_states[-2] in LLaVA-1.5 and the offline models: the tower's last "
+                            "layer), as PruMerge's code computes it (its paper says \"penultimate layer\"); "
+                            "head-mean: per-head attention averaged (FasterVLM)", "CLS attention")
     rewrite: bool = toggle(True, "PAR embeds a content phrase of the question in several templates (off: the raw "
                            "prompt)", "Rewrite the prompt")
-    joint_layer: str = choice("feature", JOINT_LAYERS, "PAR's patch embeddings: the hidden state the LLM consumes "
-                              "(TRIM, default) or the tower's last layer, through its final norm (+ CLIP "
+    joint_layer: str = choice("feature", JOINT_LAYERS, "PAR's patch embeddings: feature = the hidden state the LLM "
+                              "consumes (hidden_states[-2] in LLaVA-1.5 and the offline models; TRIM's choice, "
+                              "default); last = hidden_states[-1]; either through the tower's final norm (+ CLIP "
                               "projection)", "PAR joint layer")
 
 

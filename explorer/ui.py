@@ -17,6 +17,7 @@ as the screen shows something else.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -91,9 +92,11 @@ def upload_path(image) -> str:
     way whether that path exists or not, so the API cannot read or probe the server's files."""
     from gradio.utils import get_upload_folder
 
-    path = image.get("path") if isinstance(image, dict) else image
-    if not isinstance(path, str) or not path or "\x00" in path:
+    if image is None or image == "":
         raise InputError("Please upload an image (or click one of the examples).")
+    path = image.get("path") if isinstance(image, dict) else image
+    if not isinstance(path, str) or not path or "\x00" in path:  # a `url` only, or not a file payload at all
+        raise InputError(GENERIC_FILE)
     root = Path(get_upload_folder()).resolve()
     try:
         resolved = Path(path).resolve()
@@ -109,9 +112,10 @@ def _error(err: Exception) -> gr.Error:
     traceback and the user gets a generic sentence (internal details stay in the server log)."""
     if isinstance(err, InputError):
         log.info("rejected request: %s", err)
-        return gr.Error(str(err))
+        return gr.Error(str(err), print_exception=False)  # one log line, no traceback from Gradio's queue
     log.error("unexpected error while serving a request", exc_info=err)
-    return gr.Error(f"Something went wrong ({type(err).__name__}); the server is still running — please try again.")
+    return gr.Error(f"Something went wrong ({type(err).__name__}); the server is still running — please try again.",
+                    print_exception=False)  # the traceback is logged once, above
 
 
 def control_component(spec, visible: bool, budget_max: int, method: str):
@@ -274,15 +278,23 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
     def answer(image, prompt, method, model, query_points, max_new_tokens, state, progress=gr.Progress(),
                **controls):
         """Greedy answers from all visual tokens and from exactly the reduced ones, stamped with the settings,
-        prompt and token count that produced them."""
+        prompt and token count that produced them. Streams the text token by token; a client that goes away
+        (or cancels) stops the generation at the next token."""
+        texts = {"full": "", "reduced": ""}
         try:
             image = upload_path(image)
             settings = settings_of(method, controls, query_points)
-            full, reduced, info, state = explorer.answer(image, prompt, settings, state, model or None,
-                                                         max_new_tokens, progress)
+            with contextlib.closing(explorer.answer_stream(image, prompt, settings, state, model or None,
+                                                           max_new_tokens, progress)) as stream:
+                for kind, value in stream:
+                    if kind == "done":
+                        full, reduced, info, state = value
+                        break
+                    texts[kind] = value
+                    yield texts["full"], texts["reduced"], *[gr.skip()] * 5
         except Exception as err:
             raise _error(err) from None
-        return (full.text, reduced.text, answer_stats(info), "", gr.Column(elem_classes=[]), info, state)
+        yield full.text, reduced.text, answer_stats(info), "", gr.Column(elem_classes=[]), info, state
 
     def fidelity(max_new_tokens, state, progress=gr.Progress()):
         """How much of the full-token answer survives each method at the matched budget and the current

@@ -3,8 +3,13 @@
 Each case ends in either a clear, person-readable sentence that names the problem (never the generic
 "Something went wrong") or a valid result that hands at least one visual token to the LLM, and after each case
 the server still answers a good request. Image-file and prompt cases run against the offline default (the real
-loader, geometry and CLIP tokenizer are the point there); slider cases and broken encoders run against apps on
-`explorer.synthetic.SyntheticBackend`, which is fast and has the same interface.
+loader and geometry are the point there); slider cases and broken encoders run against apps on
+`explorer.backend.synthetic.SyntheticBackend`, which is fast and has the same interface; prompt cases that need a
+CLIP text tower (PAR's prompt query, CLIP's 77-token truncation) run against the tiny seeded LLaVA of
+`tests/tiny.py`, whose text side uses the real CLIP BPE tokenizer.
+
+The API takes the controls as keyword arguments named by the schema (`explorer.settings.Schema`, derived from the
+registry), so every method and control of the registry is covered here without naming them.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import math
 import pytest
 import torch
 
+from explorer.backend.synthetic import SyntheticBackend
 from explorer.config import OFFLINE, ExplorerConfig
 from explorer.service import Explorer
-from explorer.backend.synthetic import SyntheticBackend
+from explorer.settings import Schema
+from reducers import REDUCERS
 from tests import bad_inputs
 from tests.conftest import _launch
 
@@ -26,34 +33,45 @@ pytestmark = pytest.mark.slow
 
 GENERIC = "something went wrong"
 TIMEOUT = 90  # seconds a single request may take before the case counts as a hang
-METHODS = ["par", "prumerge", "prumerge+", "all", "random", "uniform", "top-attention"]
-DEFAULTS = dict(prompt="What is in the picture?", method="par", tau=0.3, delta=0.9, cluster_threshold=0.8,
-                retrieval_ratio=0.5, iqr_multiplier=1.5, alpha=0.5, spatial=False, rewrite=True, attention="official",
-                merge=True, neighbours=32, budget=64, seed=0, model=OFFLINE)
-ORDER = ["prompt", "method", "tau", "delta", "cluster_threshold", "retrieval_ratio", "iqr_multiplier", "alpha",
-         "spatial", "rewrite", "attention", "merge", "neighbours", "budget", "seed", "model"]
+SCHEMA = Schema.build()
+
+
+def methods_for(backend) -> list[str]:
+    """The registry's methods this backend can feed (in registry order; all of them where the explorer no longer
+    asks, because every backend feeds every method)."""
+    explorer = Explorer(ExplorerConfig(), loader=lambda config, progress=None: backend)
+    try:
+        available = getattr(explorer, "available", None)
+        return available(backend) if available is not None else list(explorer.schema.methods)
+    finally:
+        explorer.close()
+
+
+SYNTHETIC_METHODS = methods_for(SyntheticBackend())  # every method but those reading an LLM's attention
+ZERO_TOKEN_METHODS = {"none"}  # methods that hand the LLM no visual token by design (one may be registered later)
+HEAD = dict(prompt="What is in the picture?", method="par", model=OFFLINE, query_points=[])
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------
-def explore_args(image, **over) -> list:
-    """The /explore inputs in API order: the image (a handle_file payload, or None) then every control."""
-    unknown = set(over) - set(DEFAULTS)
+def explore_kwargs(image, **over) -> dict:
+    """The /explore keyword arguments: the image (a handle_file payload, or None), the head inputs and any
+    schema control by name (the others keep the API's defaults)."""
+    unknown = set(over) - set(HEAD) - set(SCHEMA.names)
     assert not unknown, unknown
-    values = {**DEFAULTS, **over}
-    return [image] + [values[name] for name in ORDER]
+    return dict(image=image, **{**HEAD, **over})
 
 
-def call(client, *args, api_name="/explore", timeout=TIMEOUT):
+def call(client, api_name="/explore", timeout=TIMEOUT, **kwargs):
     """client.predict with a time limit: a request that never returns fails the test instead of hanging it."""
-    return client.submit(*args, api_name=api_name).result(timeout=timeout)
+    return client.submit(api_name=api_name, **kwargs).result(timeout=timeout)
 
 
 def explore(client, path, **over):
     from gradio_client import handle_file
 
-    return call(client, *explore_args(handle_file(str(path)) if path is not None else None, **over))
+    return call(client, **explore_kwargs(handle_file(str(path)) if path is not None else None, **over))
 
 
 def explore_error(client, path, **over) -> str:
@@ -71,6 +89,7 @@ def assert_clear(message: str, *needles: str) -> None:
     assert GENERIC not in low, f"generic error instead of a reason: {message!r}"
     assert "traceback" not in low and "\n" not in message.strip(), message
     assert 10 <= len(message) <= 400, message
+    assert message.count("Invalid setting") <= 1, f"doubled prefix: {message!r}"
     for needle in needles:
         assert needle.lower() in low, f"{needle!r} not in {message!r}"
 
@@ -78,9 +97,10 @@ def assert_clear(message: str, *needles: str) -> None:
 def assert_valid(summary: dict) -> None:
     assert isinstance(summary, dict), summary
     n, m = summary["n_tokens"], summary["n_kept"]
-    assert 1 <= m, summary
-    assert 1 <= summary["n_patches_kept"] <= n, summary
-    assert m <= n + (1 if summary.get("extra_token") else 0), summary
+    least = 0 if summary["method"] in ZERO_TOKEN_METHODS else 1
+    assert least <= m, summary
+    assert least <= summary["n_patches_kept"] <= n, summary
+    assert m <= n + summary.get("n_extra", 0), summary
 
 
 def assert_serves(client, good_path) -> None:
@@ -126,6 +146,17 @@ def synthetic_loader(factory=SyntheticBackend):
 @pytest.fixture(scope="module")
 def synthetic_client():
     with served(Explorer(ExplorerConfig(), loader=synthetic_loader(lambda: SyntheticBackend(view_side=336)))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tiny_client():
+    """An app on the tiny seeded LLaVA: a CLIP text tower (real BPE tokenizer, 77-token context) for PAR."""
+    from tests.tiny import tiny_backend
+
+    backend = tiny_backend()
+    assert backend.has_text_tower
+    with served(Explorer(ExplorerConfig(), loader=lambda config, progress=None: backend)) as c:
         yield c
 
 
@@ -191,17 +222,53 @@ def test_extreme_aspect_ratio_works(client, files, good):
     assert_serves(client, good)
 
 
+def test_crop_picture_dims_exactly_what_the_model_does_not_see():
+    """The crop picture is drawn on a thumbnail while the crop box is in the user's pixels: a 600×400 image
+    cropped to x ∈ [100, 500) shows, at 320 px wide, its columns below 53 and from 267 on dimmed (the 6000×2
+    strip above crashed here, and every image over 320 px had the wrong part dimmed)."""
+    from PIL import Image
+
+    from explorer.backend.geometry import thumbnail
+    from explorer.pictures.draw import crop_picture
+
+    im = Image.new("RGB", (600, 400), (200, 200, 200))
+    arr = crop_picture(thumbnail(im), (100, 0, 500, 400), image_size=im.size)
+    red = arr[arr.shape[0] // 2, :, 0].astype(int)
+    assert arr.shape[1] == 320
+    assert (red[:53] == 60).all() and (red[267:] == 60).all()  # dimmed to 30 %
+    assert (red[57:263] == 200).all()  # seen (the outline is 3 px wide inside the box)
+
+
 def test_no_image_asks_for_one(client, good):
-    assert_clear(explore_error(client, None), "upload an image")
+    """/explore answers an emptied image quietly (the UI clears its pictures, no error toast) with a readout that
+    asks for one; /answer, which cannot do anything without one, says so as an error."""
+    from gradio_client.exceptions import AppError
+
+    out = explore(client, None)
+    assert out[-1] is None and "upload an image" in out[10].lower()
+    with pytest.raises(AppError) as info:
+        call(client, api_name="/answer", max_new_tokens=4, **explore_kwargs(None, method="prumerge"))
+    assert_clear(str(info.value), "upload an image")
     assert_serves(client, good)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Prompts (offline default: the real CLIP tokenizer decides truncation)
+# Prompts: the offline default (no text tower: PAR's query is the CLS token or pointed patches) and the tiny
+# LLaVA (a CLIP text tower with the real BPE tokenizer: PAR reads the prompt)
 # ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("prompt", ["", "   \n\t "], ids=["empty", "whitespace"])
-def test_empty_prompt_with_par_says_par_needs_one(client, good, prompt):
-    assert_clear(explore_error(client, good, prompt=prompt, method="par"), "PAR needs a prompt")
+def test_empty_prompt_with_par_says_par_needs_one_where_par_reads_prompts(synthetic_client, good, prompt):
+    """Only a backend with a text tower reads PAR's query from the prompt (the synthetic one has one)."""
+    assert_clear(explore_error(synthetic_client, good, prompt=prompt, method="par"), "PAR needs a prompt")
+    assert_serves(synthetic_client, good)
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n\t "], ids=["empty", "whitespace"])
+def test_empty_prompt_with_par_on_the_offline_default_queries_the_cls_token(client, good, prompt):
+    """The offline default has no text tower: PAR's query is the CLS token, so no prompt is needed."""
+    summary = explore(client, good, prompt=prompt, method="par")[-1]
+    assert_valid(summary)
+    assert summary["query"]["kind"] == "cls" and summary["prompt"] == ""
     assert_serves(client, good)
 
 
@@ -212,38 +279,69 @@ def test_empty_prompt_with_prumerge_works(client, good, method):
     assert "query" not in summary
 
 
-def test_ten_thousand_character_prompt_is_truncated_and_says_so(client, good):
-    prompt = ("What colour is the small object near the left edge of the picture? " * 200)[:10_000]
-    assert len(prompt) == 10_000
-    out = explore(client, good, prompt=prompt, method="par")
-    summary, readout = out[-1], out[-2]
+LONG = ("What colour is the small object near the left edge of the picture? " * 200)[:10_000]
+
+
+def test_ten_thousand_character_prompt_is_truncated_and_says_so(tiny_client, good):
+    """Through a CLIP text tower: the query says the prompt was truncated, and so does the readout."""
+    assert len(LONG) == 10_000
+    out = explore(tiny_client, good, prompt=LONG, method="par")
+    summary, readout = out[-1], out[-3]
     assert_valid(summary)
-    assert summary["query"]["truncated"] is True
+    assert summary["query"]["kind"] == "prompt" and summary["query"]["truncated"] is True
     assert "truncated" in readout.lower()
+    assert_serves(tiny_client, good)
+
+
+def test_ten_thousand_character_prompt_on_the_offline_default_is_cut(client, good):
+    """No text tower: the prompt only counts as LLM text tokens, cut to max_prompt_chars (2000) first."""
+    summary = explore(client, good, prompt=LONG, method="par")[-1]
+    assert_valid(summary)
+    assert summary["query"]["kind"] == "cls" and len(summary["prompt"]) == 2000
     assert_serves(client, good)
 
 
-@pytest.mark.parametrize("prompt", [
+NON_LATIN = [
     "图片里有什么？",
     "Что изображено на картинке?",
     "ماذا يوجد في هذه الصورة؟",
     "🚀🌍 what is this? ✨",
     "what\x00 is\x1b[31m this\u200b\u202e?",
-], ids=["chinese", "russian", "arabic", "emoji", "control-characters"])
-def test_non_latin_prompt_works(client, good, prompt):
-    summary = explore(client, good, prompt=prompt, method="par")[-1]
+]
+NON_LATIN_IDS = ["chinese", "russian", "arabic", "emoji", "control-characters"]
+
+
+@pytest.mark.parametrize("prompt", NON_LATIN, ids=NON_LATIN_IDS)
+def test_non_latin_prompt_works(client, tiny_client, good, prompt):
+    summary = explore(client, good, prompt=prompt, method="par")[-1]  # offline default: LLM text tokens only
     assert_valid(summary)
-    assert summary["query"]["truncated"] is False
+    summary = explore(tiny_client, good, prompt=prompt, method="par")[-1]  # through the CLIP BPE tokenizer
+    assert_valid(summary)
+    assert summary["query"]["kind"] == "prompt" and summary["query"]["truncated"] is False
     assert_serves(client, good)
+
+
+@pytest.mark.parametrize("prompt", [123, 4.5, True, ["a", "list"], {"text": "a dict"}],
+                         ids=["int", "float", "bool", "list", "dict"])
+def test_non_string_prompt_gets_a_clear_message(synthetic_client, good, prompt):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    assert_clear(explore_error(synthetic_client, good, prompt=prompt, method="prumerge"), "prompt", "text")
+    with pytest.raises(AppError) as info:
+        call(synthetic_client, api_name="/answer", max_new_tokens=4,
+             **explore_kwargs(handle_file(str(good)), prompt=prompt, method="prumerge"))
+    assert_clear(str(info.value), "prompt", "text")
+    assert_serves(synthetic_client, good)
 
 
 def test_answer_with_empty_prompt_asks_for_a_question(client, good):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    args = explore_args(handle_file(str(good)), prompt="", method="prumerge")
+    kwargs = explore_kwargs(handle_file(str(good)), prompt="", method="prumerge")
     with pytest.raises(AppError) as info:
-        call(client, *args, 8, api_name="/answer")
+        call(client, api_name="/answer", max_new_tokens=8, **kwargs)
     assert_clear(str(info.value), "question")
 
 
@@ -251,32 +349,36 @@ def test_answer_with_ten_thousand_character_prompt_says_it_was_cut(client, good)
     from gradio_client import handle_file
 
     prompt = ("Describe the picture. " * 500)[:10_000]
-    args = explore_args(handle_file(str(good)), prompt=prompt, method="prumerge")
-    full, reduced, stats, info = call(client, *args, 8, api_name="/answer", timeout=180)
+    kwargs = explore_kwargs(handle_file(str(good)), prompt=prompt, method="prumerge")
+    full, reduced, stats, _note, info = call(client, api_name="/answer", timeout=180, max_new_tokens=8, **kwargs)
     assert isinstance(full, str) and isinstance(reduced, str)
     assert info["prompt_truncated_to_chars"] == 2000
     assert "cut" in stats
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Sliders at their extremes, every method (synthetic encoder: the reducers and drawing are the point)
+# Every control at the ends of its range, every method (synthetic encoder: the reducers and drawing are the
+# point). The ranges come from the schema, so a new control is covered without naming it here.
 # ----------------------------------------------------------------------------------------------------------
-EXTREMES = [("tau", 0.0), ("tau", 1.0), ("delta", 0.0), ("delta", 1.0), ("cluster_threshold", 0.0),
-            ("cluster_threshold", 1.0), ("retrieval_ratio", 0.01), ("retrieval_ratio", 1.0), ("alpha", 0.0),
-            ("alpha", 1.0), ("iqr_multiplier", 0.0), ("iqr_multiplier", 5.0), ("neighbours", 1), ("neighbours", 256),
-            ("budget", 1), ("budget", 100_000)]
-ALL_LOW = dict(tau=0.0, delta=0.0, cluster_threshold=0.0, retrieval_ratio=0.01, alpha=0.0, iqr_multiplier=0.0,
-               neighbours=1, budget=1)
-ALL_HIGH = dict(tau=1.0, delta=1.0, cluster_threshold=1.0, retrieval_ratio=1.0, alpha=1.0, iqr_multiplier=5.0,
-                neighbours=256, budget=100_000)
-SLIDER_CASES = ([pytest.param(m, {k: v}, id=f"{m}-{k}={v}") for m in METHODS for k, v in EXTREMES]
-                + [pytest.param(m, ALL_LOW, id=f"{m}-all-low") for m in METHODS]
-                + [pytest.param(m, ALL_HIGH, id=f"{m}-all-high") for m in METHODS]
+RANGED = {name: spec.control for name, spec in SCHEMA.specs.items() if spec.control.kind in ("slider", "number")}
+
+
+def _end(control, value):
+    return int(value) if control.integer else float(value)
+
+
+EXTREMES = [(name, _end(c, v)) for name, c in RANGED.items() for v in (c.minimum, c.maximum)]
+ALL_LOW = {name: _end(c, c.minimum) for name, c in RANGED.items()}
+ALL_HIGH = {name: _end(c, c.maximum) for name, c in RANGED.items()}
+SLIDER_CASES = ([pytest.param(m, {k: v}, id=f"{m}-{k}={v}") for m in SYNTHETIC_METHODS for k, v in EXTREMES]
+                + [pytest.param(m, ALL_LOW, id=f"{m}-all-low") for m in SYNTHETIC_METHODS]
+                + [pytest.param(m, ALL_HIGH, id=f"{m}-all-high") for m in SYNTHETIC_METHODS]
                 + [pytest.param(m, {"merge": False, "neighbours": 256, "iqr_multiplier": 0.0}, id=f"{m}-no-merge")
-                   for m in ("prumerge", "prumerge+")]
+                   for m in ("prumerge", "prumerge+") if m in REDUCERS]
                 + [pytest.param("par", {"spatial": True, "cluster_threshold": 0.0}, id="par-spatial-gamma=0"),
                    pytest.param("par", {"rewrite": False, "retrieval_ratio": 0.01, "tau": 1.0}, id="par-no-rewrite"),
                    pytest.param("top-attention", {"attention": "head-mean", "budget": 100_000}, id="top-head-mean")])
+EXACT_BUDGET = [m for m in ("random", "uniform", "top-attention") if m in REDUCERS]  # keep exactly min(M, N)
 
 
 @pytest.mark.parametrize("method,over", SLIDER_CASES)
@@ -292,29 +394,40 @@ def test_slider_extreme(synthetic_client, good, method, over):
         return
     assert_valid(summary)  # a full answer: the server is serving (a follow-up request is made after errors)
     n = summary["n_tokens"]
-    if method in ("random", "uniform", "top-attention"):
-        assert summary["n_kept"] == min(int(over.get("budget", DEFAULTS["budget"])), n)
+    if method in EXACT_BUDGET:
+        assert summary["n_kept"] == min(int(over.get("budget", SCHEMA.specs["budget"].default)), n)
     if method == "all":
         assert summary["n_kept"] == n
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Out-of-range and malformed values
+# Out-of-range and malformed values: one sentence naming the control, worded by explorer/settings.py
 # ----------------------------------------------------------------------------------------------------------
 OUT_OF_RANGE = [
-    pytest.param({"tau": 2.0}, ("tau", "outside"), id="tau=2"),
-    pytest.param({"tau": -0.5}, ("tau", "outside"), id="tau=-0.5"),
-    pytest.param({"delta": 1.5}, ("delta", "outside"), id="delta=1.5"),
-    pytest.param({"retrieval_ratio": 0.0}, ("retrieval_ratio", "outside"), id="rho=0"),
-    pytest.param({"cluster_threshold": -1.0}, ("cluster_threshold", "outside"), id="gamma=-1"),
-    pytest.param({"method": "prumerge", "iqr_multiplier": -1.0}, ("iqr_multiplier", "outside"), id="k=-1"),
-    pytest.param({"method": "prumerge", "neighbours": 0}, ("neighbours", "outside"), id="neighbours=0"),
-    pytest.param({"method": "prumerge", "neighbours": 100_000}, ("neighbours", "outside"), id="neighbours=1e5"),
-    pytest.param({"method": "random", "budget": 0}, ("budget", "outside"), id="budget=0"),
+    pytest.param({"tau": 2.0}, ("tau must be between 0 and 1, got 2.0.",), id="tau=2"),
+    pytest.param({"tau": -0.5}, ("tau", "between 0 and 1"), id="tau=-0.5"),
+    pytest.param({"delta": 1.5}, ("delta", "between 0 and 1"), id="delta=1.5"),
+    pytest.param({"retrieval_ratio": 0.0}, ("retrieval_ratio", "between 0.01 and 1"), id="rho=0"),
+    pytest.param({"cluster_threshold": -1.0}, ("cluster_threshold", "between"), id="gamma=-1"),
+    pytest.param({"method": "prumerge", "iqr_multiplier": -1.0}, ("iqr_multiplier", "between"), id="k=-1"),
+    pytest.param({"method": "prumerge", "neighbours": 0}, ("neighbours", "between 1 and 256"), id="neighbours=0"),
+    pytest.param({"method": "prumerge", "neighbours": 100_000}, ("neighbours", "between"), id="neighbours=1e5"),
+    pytest.param({"method": "random", "budget": 0}, ("budget", "between"), id="budget=0"),
+    pytest.param({"method": "random", "seed": 2**63}, ("seed", "between 0 and 4294967295"), id="seed=2^63"),
+    pytest.param({"method": "random", "seed": -1}, ("seed", "between"), id="seed=-1"),
+    pytest.param({"method": "prumerge", "neighbours": 2.5}, ("neighbours", "whole number"), id="neighbours=2.5"),
     pytest.param({"method": "nope"}, ("nope", "method"), id="method=nope"),
     pytest.param({"attention": "nope"}, ("nope", "attention"), id="attention=nope"),
-    pytest.param({"tau": "abc"}, ("tau",), id="tau=abc"),
+    pytest.param({"tau": "abc"}, ("tau", "number"), id="tau=abc"),
+    pytest.param({"tau": "nan"}, ("tau", "finite"), id="tau=nan"),
+    pytest.param({"merge": "maybe", "method": "prumerge"}, ("merge", "true or false"), id="merge=maybe"),
     pytest.param({"model": "no-such-model"}, ("no-such-model", "model"), id="model=unknown"),
+    pytest.param({"query_points": [["x", 1]]}, ("query_points",), id="points=bad"),
+] + [  # every ranged control of the schema, just below and just above its range
+    pytest.param({"method": spec.owners[0] if spec.owners[0] in REDUCERS else "par", name: value},
+                 (name, "between"), id=f"{name}={value}")
+    for name, spec in SCHEMA.specs.items() if spec.control.kind in ("slider", "number")
+    for value in (_end(spec.control, spec.control.minimum - 1), _end(spec.control, spec.control.maximum + 1))
 ]
 
 
@@ -336,18 +449,15 @@ class EditedBackend(SyntheticBackend):
         super().__init__(**kwargs)
         self._edit = edit
 
-    def encode(self, image):
+    def _encode(self, image, key):
         from reducers import VisualTokens
 
-        enc = super().encode(image)
+        enc = super()._encode(image, key)
         t = enc.tokens
-        fields = dict(features=t.features, keys=t.keys, cls_attn=t.cls_attn, grid=t.grid, joint=t.joint)
+        fields = {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.init}  # every field it carries
         fields.update(self._edit(fields, t.n))
         head_mean = fields.pop("attn_head_mean", enc.attn_head_mean)
-        edited = dataclasses.replace(enc, tokens=VisualTokens(**fields), attn_head_mean=head_mean)
-        with self._lock:
-            self._cache[enc.key] = edited
-        return edited
+        return dataclasses.replace(enc, tokens=VisualTokens(**fields), attn_head_mean=head_mean)
 
 
 def constant_attention(fields, n):
@@ -381,7 +491,7 @@ def spread_client():
 
 
 @pytest.mark.parametrize("attention", ["official", "head-mean"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", SYNTHETIC_METHODS)
 def test_constant_attention_works(constant_client, good, method, attention):
     summary = explore(constant_client, good, method=method, attention=attention)[-1]
     assert_valid(summary)
@@ -465,9 +575,9 @@ def test_default_model_failure_is_reported_on_every_endpoint(failing_model_clien
 
     message = explore_error(failing_model_client, good, model=None)  # the UI's default (config.model)
     assert_clear(message, MISSING)
-    args = explore_args(handle_file(str(good)), model=MISSING)
+    kwargs = explore_kwargs(handle_file(str(good)), model=MISSING)
     with pytest.raises(AppError) as info:
-        call(failing_model_client, *args, 8, api_name="/answer")
+        call(failing_model_client, api_name="/answer", max_new_tokens=8, **kwargs)
     assert_clear(str(info.value), MISSING, "failed to load")
 
 

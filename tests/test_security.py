@@ -2,7 +2,9 @@
 
 * The server binds to the loopback interface unless GRADIO_SERVER_NAME says otherwise, and never shares.
 * Files outside Gradio's cache are not served, and a request cannot make the app read a file that was not
-  uploaded.
+  uploaded: /explore, /compare, /answer and /export, sent any path as `path`, as `url`, with a wrong
+  `meta._type`, as a bare string, through `..` or through a symlink inside the upload folder, never return that
+  file's pixels, and the answer is the same whether the path exists, is empty, or is not an image (no oracle).
 * Unexpected errors do not leak internals to the client.
 * No model-loading code unpickles: no `torch.load` without `weights_only=True`, no pickle, no
   `use_safetensors=False`, no `trust_remote_code=True`; the offline checkpoint on disk is safetensors only.
@@ -13,19 +15,27 @@ from __future__ import annotations
 import ast
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import httpx
 import pytest
 
+from explorer.backend.synthetic import SyntheticBackend
 from explorer.config import OFFLINE, ExplorerConfig
 from explorer.service import Explorer
-from explorer.backend.synthetic import SyntheticBackend
+from explorer.settings import Schema
 from tests.conftest import _launch
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTROLS = ["What is in the picture?", "prumerge", 0.3, 0.9, 0.8, 0.5, 1.5, 0.5, False, True, "official", True, 32, 64,
-            0, OFFLINE]
+SCHEMA = Schema.build()
+CONTROLS = dict(prompt="What is in the picture?", method="prumerge", model=OFFLINE, query_points=[])
+# the positional inputs of each endpoint after the image, as /gradio_api/call/<name> takes them (the view_api order)
+TAILS = {
+    "explore": [],
+    "compare": [None],  # sweep_parameter
+    "answer": [4],  # max_new_tokens
+}
 
 
 @contextlib.contextmanager
@@ -43,20 +53,34 @@ def url():
         yield u
 
 
-def raw_explore(url: str, image) -> tuple[str, object]:
-    """POST /gradio_api/call/explore with a hand-made payload (no upload); ("complete"|"error", data)."""
-    r = httpx.post(f"{url}/gradio_api/call/explore", json={"data": [image] + CONTROLS}, timeout=30)
-    r.raise_for_status()
+def raw_data(api: str, image) -> list:
+    """The positional `data` of a raw call: image, prompt, method, model, query_points, the endpoint's own
+    inputs, then every schema control at its default."""
+    if api == "export":
+        return [image]  # /export takes no inputs: the payload is extra, and must be ignored
+    head = [image, CONTROLS["prompt"], CONTROLS["method"], CONTROLS["model"], CONTROLS["query_points"]]
+    return head + TAILS[api] + [spec.default for spec in SCHEMA.specs.values()]
+
+
+def raw_call(url: str, api: str, data: list) -> tuple[str, object]:
+    """POST /gradio_api/call/<api> with a hand-made payload (no upload); ("complete"|"error", data)."""
+    r = httpx.post(f"{url}/gradio_api/call/{api}", json={"data": data}, timeout=30)
+    if r.status_code != 200:
+        return f"http {r.status_code}", r.text[:200]
     event_id = r.json()["event_id"]
-    event, data = None, None
-    with httpx.stream("GET", f"{url}/gradio_api/call/explore/{event_id}", timeout=60) as stream:
+    event, out = None, None
+    with httpx.stream("GET", f"{url}/gradio_api/call/{api}/{event_id}", timeout=60) as stream:
         for line in stream.iter_lines():
             if line.startswith("event:"):
                 event = line.split(":", 1)[1].strip()
             elif line.startswith("data:") and event in ("complete", "error"):
-                data = json.loads(line.split(":", 1)[1])
+                out = json.loads(line.split(":", 1)[1])
                 break
-    return event, data
+    return event, out
+
+
+def raw_explore(url: str, image) -> tuple[str, object]:
+    return raw_call(url, "explore", raw_data("explore", image))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -108,7 +132,8 @@ def test_app_main_launches_with_these_kwargs(monkeypatch):
     "../../../../../../etc/passwd",
     "%2Fetc%2Fpasswd",
     str(ROOT / "assets" / "astronaut.jpg"),
-    str(ROOT / "explorer" / "models.py"),
+    str(ROOT / "explorer" / "backend" / "models.py"),
+    str(ROOT / "explorer" / "config.py"),
 ])
 def test_files_outside_the_cache_are_not_served(url, target):
     r = httpx.get(f"{url}/gradio_api/file={target}", timeout=30)
@@ -123,7 +148,7 @@ def test_the_file_route_serves_outputs(url, tmp_path):
     from tests.bad_inputs import good_jpeg
 
     client = Client(url, verbose=False, download_files=False)
-    out = client.submit(handle_file(str(good_jpeg(tmp_path))), *CONTROLS, api_name="/explore").result(timeout=60)
+    out = client.submit(image=handle_file(str(good_jpeg(tmp_path))), **CONTROLS, api_name="/explore").result(timeout=60)
     kept = out[0].get("value", out[0]) if isinstance(out[0], dict) else {"path": out[0]}  # an update or FileData
     link = kept.get("url") or f"{url}/gradio_api/file={kept['path']}"
     r = httpx.get(link, timeout=30)
@@ -146,6 +171,104 @@ def test_a_request_cannot_make_the_app_read_a_file_it_was_not_sent(url, path):
 def test_urls_in_the_payload_are_not_fetched(url, image):
     event, data = raw_explore(url, image)
     assert event == "error", (event, str(data)[:200])
+
+
+# --- no path oracle: every endpoint, every payload shape, four states of the named file -----------------------
+ENDPOINTS = ["explore", "compare", "answer", "export"]
+SHAPES = {  # how a crafted request may name a server path
+    "filedata": lambda p: {"path": p, "meta": {"_type": "gradio.FileData"}},
+    "path-only": lambda p: {"path": p},
+    "wrong-meta": lambda p: {"path": p, "meta": {"_type": "gradio.ImageData"}},
+    "url-only": lambda p: {"url": p},
+    "url-filedata": lambda p: {"path": None, "url": p, "meta": {"_type": "gradio.FileData"}},
+    "file-url": lambda p: {"url": "file://" + p, "meta": {"_type": "gradio.FileData"}},
+    "bare-string": lambda p: p,
+}
+EXPORT_FIRST = "Nothing to work on: explore an image first (or explore it again if it has been a while)."
+
+
+@pytest.fixture(scope="module")
+def server_files(tmp_path_factory) -> dict[str, str]:
+    """Files on the server that were never uploaded: an image (one flat colour, so its pixels would be
+    recognisable), an empty file, a text file named .png, and a path that does not exist."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("not-uploaded")
+    Image.new("RGB", (64, 48), (13, 200, 77)).save(folder / "secret.png")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_text("not an image\n")
+    return {"image": str(folder / "secret.png"), "empty": str(folder / "empty.png"),
+            "not-an-image": str(folder / "text.png"), "missing": str(folder / "missing.png")}
+
+
+def assert_refused(api: str, event: str, data) -> None:
+    """An error, and its message (if any) one of the generic sentences: Gradio's own message-less refusal of a
+    FileData outside its upload folder (null), the app's GENERIC_FILE, or, for /export, which takes no input at
+    all, 'explore an image first'."""
+    from explorer.ui import GENERIC_FILE
+
+    assert event == "error", (api, event, str(data)[:300])
+    message = data.get("error") if isinstance(data, dict) else data
+    allowed = {None, GENERIC_FILE} | ({EXPORT_FIRST} if api == "export" else set())
+    assert message in allowed, (api, message)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("api", ENDPOINTS)
+def test_no_endpoint_reads_a_file_it_was_not_sent_and_none_is_an_oracle(url, server_files, api, shape):
+    """The same answer whether the named file is an image, empty, not an image or missing."""
+    answers = {}
+    for state, path in server_files.items():
+        event, data = raw_call(url, api, raw_data(api, SHAPES[shape](path)))
+        assert_refused(api, event, data)
+        answers[state] = json.dumps(data, sort_keys=True)
+    assert len(set(answers.values())) == 1, answers
+
+
+@pytest.mark.parametrize("via", ["symlink", "dotdot", "dotdot-inside"])
+@pytest.mark.parametrize("shape", ["filedata", "path-only", "wrong-meta", "bare-string"])
+@pytest.mark.parametrize("api", ["explore", "compare", "answer"])
+def test_paths_that_only_look_inside_the_upload_folder_are_resolved(url, server_files, api, shape, via):
+    """A symlink placed inside Gradio's upload folder that points outside it, and `..` paths that start in it,
+    get the same answer as the missing file: the path is resolved before it is compared."""
+    from gradio.utils import get_upload_folder
+
+    root = Path(get_upload_folder())
+    root.mkdir(parents=True, exist_ok=True)
+    target = server_files["image"]
+    if via == "symlink":
+        folder = root / f"vte-test-{os.getpid()}-{api}-{shape}"
+        folder.mkdir(exist_ok=True)
+        link = folder / "upload.png"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+        path = str(link)
+    elif via == "dotdot":
+        path = os.path.join(str(root), os.path.relpath(target, root))  # /…/gradio/../../…/secret.png
+    else:
+        path = str(root) + "/x/.." + "/.." * len(root.parts) + target  # /…/gradio/x/../../../…/secret.png
+    assert ".." in path or Path(path).is_symlink()
+    try:
+        event, data = raw_call(url, api, raw_data(api, SHAPES[shape](path)))
+        missing = raw_call(url, api, raw_data(api, SHAPES[shape](server_files["missing"])))
+    finally:
+        if via == "symlink":
+            link.unlink()
+            link.parent.rmdir()
+    assert_refused(api, event, data)
+    assert (event, data) == missing
+
+
+@pytest.mark.parametrize("shape", ["filedata", "path-only", "wrong-meta"])
+@pytest.mark.parametrize("api", ["explore", "compare", "answer"])
+def test_a_file_gradio_uploaded_is_accepted_in_every_shape(url, server_files, api, shape):
+    """The refusals above are real: the same raw calls with a file that went through /gradio_api/upload work."""
+    with open(server_files["image"], "rb") as f:
+        r = httpx.post(f"{url}/gradio_api/upload", files={"files": ("secret.png", f, "image/png")}, timeout=30)
+    uploaded = r.json()[0]
+    event, data = raw_call(url, api, raw_data(api, SHAPES[shape](uploaded)))
+    assert event == "complete", (event, str(data)[:300])
 
 
 def test_uploads_over_the_size_limit_are_refused(url, tmp_path):
@@ -174,7 +297,8 @@ def test_unexpected_errors_do_not_leak_details(tmp_path):
     with served(Explorer(ExplorerConfig(), loader=lambda config, progress=None: LeakyBackend())) as u:
         client = Client(u, verbose=False, download_files=False)
         with pytest.raises(AppError) as info:
-            client.submit(handle_file(str(good_jpeg(tmp_path))), *CONTROLS, api_name="/explore").result(timeout=60)
+            client.submit(image=handle_file(str(good_jpeg(tmp_path))), **CONTROLS,
+                          api_name="/explore").result(timeout=60)
     message = str(info.value)
     assert "secret-token-123" not in message and "/srv/private" not in message
     assert "still running" in message  # the generic sentence, not a traceback
@@ -187,7 +311,8 @@ UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib
 
 
 def _sources() -> list[Path]:
-    return sorted((ROOT / "explorer").glob("*.py")) + sorted((ROOT / "reducers").glob("*.py")) + [ROOT / "app.py"]
+    """Every Python file of the app: explorer/**/*.py (backend/, pictures/ included), reducers/*.py, app.py."""
+    return sorted((ROOT / "explorer").rglob("*.py")) + sorted((ROOT / "reducers").glob("*.py")) + [ROOT / "app.py"]
 
 
 def _keyword(call: ast.Call, name: str):
@@ -236,7 +361,9 @@ def _unsafe_calls(tree: ast.AST, filename: str) -> list[str]:
 
 def test_model_loading_code_never_unpickles():
     sources = _sources()
-    assert any(p.name == "models.py" for p in sources)
+    scanned = {p.relative_to(ROOT).as_posix() for p in sources}
+    assert {"explorer/backend/models.py", "explorer/backend/dinov2.py", "explorer/backend/offline.py",
+            "explorer/pictures/draw.py", "explorer/service.py", "reducers/base.py", "app.py"} <= scanned, scanned
     found = []
     for path in sources:
         found += _unsafe_calls(ast.parse(path.read_text(), filename=str(path)), path.relative_to(ROOT).as_posix())
@@ -274,13 +401,17 @@ def test_plain_text_grep_agrees():
 def test_offline_checkpoint_is_safetensors_only(offline_explorer):
     from safetensors import safe_open
 
-    from explorer.backend.models import offline_checkpoint
+    from explorer.backend import dinov2, offline
 
-    folder = offline_checkpoint(offline_explorer.config.seed)  # built by the fixture, so this only locates it
+    config = offline_explorer.config  # built by the fixture, so these only locate the folders
+    folders = [offline.checkpoint(config.model, config.seed), dinov2.dinov2_checkpoint(offline.cache_root())]
+    for folder in folders:
+        assert (folder / "model.safetensors").is_file(), folder
+        unsafe = [p.name for p in folder.rglob("*")
+                  if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")]
+        assert not unsafe, (folder, unsafe)
+    folder = folders[0]
     weights = folder / "model.safetensors"
-    assert weights.is_file()
-    unsafe = [p.name for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")]
-    assert not unsafe, unsafe
     with safe_open(str(weights), framework="pt") as f:
         assert len(list(f.keys())) > 0
     assert not (folder / "model.safetensors.index.json").exists() or all(

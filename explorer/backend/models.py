@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from reducers import Reduction, VisualTokens
 from reducers.cache import LRU
 
-from ..config import ExplorerConfig
+from ..config import SYNTHETIC, ExplorerConfig
 from ..errors import InputError
 from . import answer as ans
 from . import fastv, offline
@@ -260,6 +260,7 @@ class LlavaBackend:
         return self.chat(prompt).n_text
 
     # --- answers ------------------------------------------------------------------------------------
+    @gpu  # ZeroGPU holds the GPU while the stream runs and releases it when the stream ends or is closed
     def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                       max_new_tokens: int | None = None) -> Iterator[str | Answer]:
         """Greedy answer from all patch features (`reduction=None`) or exactly `reduction.tokens`: yields the
@@ -277,7 +278,6 @@ class LlavaBackend:
             max_new_tokens=max_new_tokens or self.max_new_tokens, stop_ids=self.stop_ids, step_lock=self._lock,
         )
 
-    @gpu
     def answer(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                max_new_tokens: int | None = None) -> Answer:
         final = None
@@ -397,6 +397,10 @@ def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_proce
 
 def load_backend(config: ExplorerConfig, progress=None) -> LlavaBackend:
     """The backend `config` asks for (see `ExplorerConfig`)."""
+    if config.model == SYNTHETIC:  # no model: seeded random encoder outputs, labelled synthetic everywhere
+        from .synthetic import SyntheticBackend
+
+        return SyntheticBackend(view_side=offline.IMAGE_SIZE, cache_size=config.encode_cache_size, seed=config.seed)
     device, dtype = pick_device(config.device)
     if progress is not None:
         progress(0.05, desc=f"Loading {config.model}")

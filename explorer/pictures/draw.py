@@ -379,22 +379,26 @@ VIRIDIS = _viridis_lut()
 CROP_OUTLINE = (255, 214, 0)
 
 
-def crop_picture(image, box: tuple[float, float, float, float], max_side: int = 320) -> np.ndarray:
+def crop_picture(image, box: tuple[float, float, float, float], max_side: int = 320,
+                 image_size: tuple[int, int] | None = None) -> np.ndarray:
     """The user's whole image, small, with the region the model sees outlined and everything outside it dimmed
-    (a wide photo loses its sides to a centre crop; a padded one gains bars)."""
+    (a wide photo loses its sides to a centre crop; a padded one gains bars). `box` is in the pixels of the
+    user's image, whose (W, H) is `image_size` (default: `image` is that image, not a thumbnail of it)."""
     from PIL import Image, ImageDraw
 
     im = image.convert("RGB")
     scale = max_side / max(im.size)
     small = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.BILINEAR)
-    x0, y0, x1, y1 = (v * scale for v in box)
+    box_scale = small.size[0] / (image_size or im.size)[0]  # user's image pixels → pixels of `small`
+    x0, y0, x1, y1 = (v * box_scale for v in box)
     arr = np.asarray(small).astype(np.float32)
     yy, xx = np.mgrid[: arr.shape[0], : arr.shape[1]]
     outside = (xx < x0) | (xx >= x1) | (yy < y0) | (yy >= y1)
     arr[outside] *= 0.3
     out = Image.fromarray(arr.astype(np.uint8))
-    ImageDraw.Draw(out).rectangle([max(0, x0), max(0, y0), min(out.size[0], x1) - 1, min(out.size[1], y1) - 1],
-                                  outline=CROP_OUTLINE, width=3)
+    left, top = max(0, x0), max(0, y0)  # the outline, at least one pixel wide and high (a 6000×2 strip)
+    right, bottom = max(left, min(out.size[0], x1) - 1), max(top, min(out.size[1], y1) - 1)
+    ImageDraw.Draw(out).rectangle([left, top, right, bottom], outline=CROP_OUTLINE, width=3)
     return np.asarray(out)
 
 
