@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -37,7 +36,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+
+from bench.common import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = ROOT / "assets" / "chelsea.jpg"
@@ -303,19 +303,6 @@ def cold_start(cache_dir: str | None = None) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------------------------------
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--moves", type=int, default=100, help="slider moves per method (≥ 100 for the table)")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench.common import machine
 from reducers import REDUCERS, VisualTokens
 from reducers.tome import merge_schedule
 from tests import reference as ref
@@ -125,19 +125,6 @@ def fmt_ms(seconds) -> str:
 
 def fmt_ratio(value) -> str:
     return "n/a" if value is None else f"{value:.1f}×" if value >= 10 else f"{value:.2f}×"
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{cpu}; nproc {os.cpu_count()} (torch threads {torch.get_num_threads()}); "
-        f"torch {torch.__version__}; Python {platform.python_version()}"
-    )
 
 
 def measure(reducer, inp: dict, method: str, repeats: int) -> dict:

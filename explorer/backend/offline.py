@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from . import dinov2
+from .folders import publish
 from .geometry import Geometry
 
 IMAGE_TOKEN = "<image>"
@@ -125,21 +124,11 @@ def checkpoint(kind: str, seed: int, progress=None) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
     lm = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     model = build_llava(lm, tokenizer, vision_config, seed, vision_state)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
+    def build(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if _complete(folder):  # another process finished first
-            shutil.rmtree(tmp)
-        else:  # absent, or left incomplete (files deleted by hand, a full disk): replace it
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    return publish(folder, build, _complete)
 
 
 def _complete(folder: Path) -> bool:

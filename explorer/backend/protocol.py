@@ -183,3 +183,13 @@ class Backend(Protocol):
         (`reduction=None`) or exactly `reduction.tokens`: one forward (see `Score`). A backend without a
         language model raises InputError."""
         ...
+
+
+def final_answer(stream: Iterator[str | Answer]) -> Answer:
+    """The `Answer` an `answer_stream` ends with (its growing texts consumed)."""
+    final = None
+    for final in stream:
+        pass
+    if not isinstance(final, Answer):
+        raise RuntimeError("an answer stream ended without its Answer")
+    return final

@@ -21,7 +21,7 @@ from reducers.cache import LRU
 
 from ..errors import InputError
 from .geometry import thumbnail
-from .protocol import Answer, Encoded, Query, Score
+from .protocol import Answer, Encoded, Query, Score, final_answer
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,7 @@ class SyntheticBackend:
 
     def answer(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                max_new_tokens: int | None = None) -> Answer:
-        final = None
-        for final in self.answer_stream(enc, prompt, reduction, max_new_tokens):
-            pass
-        return final
+        return final_answer(self.answer_stream(enc, prompt, reduction, max_new_tokens))
 
     def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                       max_new_tokens: int | None = None):
