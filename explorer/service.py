@@ -419,16 +419,15 @@ class Explorer:
         return backend, enc, settings, red
 
     def pin(self, state: dict | None) -> dict:
-        """Pin the session's last result as A."""
+        """The session's last result as A, to compare later results with (kept in its own session value)."""
         _, enc, settings, red = self.last(state)
         label = f"{settings.entry.label}: " + ", ".join(f"{k} = {v}" for k, v in settings.relevant().items())
-        return dict(state, pinned={"image": enc.key, "kept": red.kept.tolist(), "n_kept": red.n_kept,
-                                   "label": label.rstrip(": ")})
+        return {"image": enc.key, "kept": red.kept.tolist(), "n_kept": red.n_kept, "label": label.rstrip(": ")}
 
-    def pin_diff(self, state: dict) -> tuple[np.ndarray | None, str]:
+    def pin_diff(self, state: dict, pinned: dict) -> tuple[np.ndarray | None, str]:
         """The pinned result A against the current one B: a picture and a line of numbers."""
         backend, enc, settings, red = self.last(state)
-        a = state["pinned"]
+        a = pinned
         if a["image"] != enc.key:
             return None, "A was pinned on another image: pin again on this one."
         b_kept = red.kept.tolist()
@@ -474,7 +473,6 @@ class Explorer:
         stamp = self.stamp(backend, enc, prompt, settings, red)
         info = {"stamp": stamp, "full": answer_dict(full), "reduced": answer_dict(reduced),
                 "prompt_truncated_to_chars": self.config.max_prompt_chars if truncated else None}
-        state = dict(state, answers=info)
         yield "done", (full, reduced, info, state)
 
     def check_max_new_tokens(self, value) -> int:
@@ -560,7 +558,7 @@ class Explorer:
             self.heavy.release()
 
     # --- export --------------------------------------------------------------------------------
-    def export(self, state: dict | None) -> tuple[str, str]:
+    def export(self, state: dict | None, answers: dict | None = None) -> tuple[str, str]:
         """Write the session's last result as JSON (settings, per-patch data, answers with their stamps) and its
         pictures side by side as a lossless PNG, both redrawn from the cached encode. Returns the two paths."""
         if not self.heavy.acquire(timeout=60):
@@ -570,8 +568,8 @@ class Explorer:
             explored, _ = self.explore_encoded(backend, enc, state.get("prompt", ""),
                                                self.settings(state.get("controls"), state.get("points") or ()), state)
             s = dict(explored.summary, controls=explored.settings.to_controls())
-            if state.get("answers"):
-                s["answers"] = state["answers"]
+            if answers:
+                s["answers"] = answers
             blob_json = self.export_json(s)
             pics = explored.pictures
             blob_png = self.export_png([p for p in (pics.kept, pics.groups, pics.heatmap) if p is not None])

@@ -38,6 +38,7 @@ log = logging.getLogger("explorer")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_PROMPT = "What is in the picture?"
 INSPECT, POINT = "inspect the patch", "point PAR's query at it"
+FOLLOWING_TABS = ("compare-tab", "pin-tab", "explain-tab")  # tabs showing what the second event draws
 
 CSS = """
 #main-row { align-items: flex-start; }
@@ -220,9 +221,9 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         return [pics.kept, pics.kept_caption, groups, pics.groups_caption, pics.heatmap, pics.heatmap_caption,
                 out.crop, out.crop_caption, out.histogram, out.funnel, out.readout, query_text(out), state]
 
-    def after_explore(state):
+    def after_explore(state, answers):
         """Answers marked stale when the screen no longer shows what produced them; budgets up to the image's N."""
-        stale = stale_note(state)
+        stale = stale_note(state, answers)
         n = (state or {}).get("n_tokens")
         return [stale, gr.Column(elem_classes=["stale"] if stale else []), history_choices(state),
                 *[gr.update(maximum=n) if n else gr.skip() for _ in budget_controls]]
@@ -260,20 +261,28 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         clamps = [gr.update(value=fixes[name]) if name in fixes else gr.skip() for name in names]
         return [*explore_outputs(out, state), *clamps]
 
-    def compare(image, prompt, method, model, query_points, sweep_parameter, state, **controls):
+    def compare(image, prompt, method, model, query_points, sweep_parameter, state, pinned, **controls):
         """The sweep of one slider and every method at the current token budget (and the pinned A/B diff)."""
         if image is None:
-            return [None, None, None, "", None, "", state]
-        try:
+            return [None, None, None, "", None, ""]
+        try:  # the session state is read, never written: a pin or an answer meanwhile must not be undone
             image = upload_path(image)
             settings = settings_of(method, controls, query_points, clamp=True)
-            sweep_fig, gallery, bar, state = explorer.sweep_and_compare(image, prompt, settings, sweep_parameter,
-                                                                        state, model or None)
-            diff, diff_md = pin_view(state)
+            sweep_fig, gallery, bar, _ = explorer.sweep_and_compare(image, prompt, settings, sweep_parameter,
+                                                                    state, model or None)
+            diff, diff_md = pin_view(state, pinned)
         except Exception as err:
             raise _error(err) from None
-        summary = state.get("last_summary")
-        return [sweep_fig, gallery, bar, explain_markdown(explorer, summary), diff, diff_md, state]
+        summary = (state or {}).get("last_summary")
+        return [sweep_fig, gallery, bar, explain_markdown(explorer, summary), diff, diff_md]
+
+    def compare_if_shown(image, prompt, method, model, query_points, sweep_parameter, shown_tab, state, pinned,
+                         **controls):
+        """After a slider move: the sweep, comparison, explanation and A/B diff only while a tab showing them is
+        open (opening one brings it up to date), so a move costs the reducer and the pictures alone."""
+        if shown_tab not in FOLLOWING_TABS:
+            return [gr.skip()] * 6
+        return compare(image, prompt, method, model, query_points, sweep_parameter, state, pinned, **controls)
 
     def answer(image, prompt, method, model, query_points, max_new_tokens, state, progress=gr.Progress(),
                **controls):
@@ -288,13 +297,13 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                                                            max_new_tokens, progress)) as stream:
                 for kind, value in stream:
                     if kind == "done":
-                        full, reduced, info, state = value
+                        full, reduced, info, _ = value
                         break
                     texts[kind] = value
                     yield texts["full"], texts["reduced"], *[gr.skip()] * 5
         except Exception as err:
             raise _error(err) from None
-        yield full.text, reduced.text, answer_stats(info), "", gr.Column(elem_classes=[]), info, state
+        yield full.text, reduced.text, answer_stats(info), "", gr.Column(elem_classes=[]), info, info
 
     def fidelity(max_new_tokens, state, progress=gr.Progress()):
         """How much of the full-token answer survives each method at the matched budget and the current
@@ -307,11 +316,11 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         except Exception as err:
             raise _error(err) from None
 
-    def export(state):
+    def export(state, answers):
         """The session's last result as JSON (settings, per-patch data, answers with stamps, versions) and its
         pictures as a lossless PNG, both redrawn from the cached encode."""
         try:
-            return explorer.export(state)
+            return explorer.export(state, answers)
         except Exception as err:
             raise _error(err) from None
 
@@ -330,17 +339,16 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
 
     def pin(state):
         try:
-            state = explorer.pin(state)
-            diff, md = pin_view(state)
+            pinned = explorer.pin(state)
+            diff, md = pin_view(state, pinned)
         except Exception as err:
             raise _error(err) from None
-        return diff, md, history_choices(state), state
+        return diff, md, pinned
 
-    def pin_view(state):
-        pinned = (state or {}).get("pinned")
+    def pin_view(state, pinned):
         if not pinned:
             return None, "Pin a result (A), change any setting, and compare it with the current one (B) here."
-        return explorer.pin_diff(state)
+        return explorer.pin_diff(state, pinned)
 
     def restore(choice, state):
         """A run from the history → its method and settings back on the controls."""
@@ -391,7 +399,10 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
     # --- layout ----------------------------------------------------------------------------------
     with gr.Blocks(title="Visual Token Reduction Explorer", fill_width=True,
                    delete_cache=(config.cache_clean_every_s, config.cache_max_age_s)) as demo:
-        state = gr.State({})
+        # Session values, each written by one kind of event only (so concurrent events never undo each other):
+        state = gr.State({})  # the last explore: image, settings, stamp, history (explore / slider moves)
+        answers = gr.State(None)  # the last answers with their stamp (Ask)
+        pinned = gr.State(None)  # the result pinned as A (Pin)
         header = gr.HTML(header_html(explorer))
         with gr.Row(elem_id="main-row", equal_height=False):
             with gr.Column(scale=1, min_width=330, elem_id="controls"):
@@ -425,8 +436,9 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                                       elem_id="click-mode")
             with gr.Column(scale=3, elem_id="pictures"):
                 readout = gr.Markdown("Loading the example…", label="Readout", elem_id="readout")
+                shown_tab = gr.State("pictures-tab")  # the open tab: what a slider move must keep up to date
                 with gr.Tabs(elem_id="tabs"):
-                    with gr.Tab("Pictures", id="pictures-tab"):
+                    with gr.Tab("Pictures", id="pictures-tab") as pictures_tab:
                         with gr.Row(equal_height=False):
                             with gr.Column(min_width=200):
                                 kept_img = gr.Image(label="Retained patches", format="jpeg", interactive=False,
@@ -450,7 +462,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                             funnel = gr.Plot(label="Stage funnel", elem_id="funnel", scale=2)
                         patch_md = gr.Markdown("Click a patch on a picture to inspect it.", label="Patch",
                                                elem_id="patch-info")
-                    with gr.Tab("Sweep & comparison", id="compare-tab"):
+                    with gr.Tab("Sweep & comparison", id="compare-tab") as compare_tab:
                         sweep_parameter = gr.Dropdown(ex.sweep_fields(explorer.settings({METHOD: first_method}))
                                                       or ["(none)"], label="Sweep parameter", allow_custom_value=True,
                                                       info="Tokens kept as this slider sweeps its range")
@@ -460,7 +472,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                         gallery = gr.Gallery(label="Every method: budget methods at the matched budget M, adaptive "
                                              "ones at their own settings", columns=4, height="auto",
                                              format="jpeg", elem_id="compare-gallery", object_fit="contain")
-                    with gr.Tab("Pin & compare", id="pin-tab"):
+                    with gr.Tab("Pin & compare", id="pin-tab") as pin_tab:
                         with gr.Row():
                             pin_btn = gr.Button("Pin the current result as A", elem_id="pin", scale=0, min_width=220)
                             history = gr.Dropdown([], label="Recent runs (pick one to restore it)", elem_id="history",
@@ -470,7 +482,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                                                 format="jpeg", interactive=False, height=340, elem_id="diff")
                             diff_md = gr.Markdown("Pin a result (A), change any setting, and compare it with the "
                                                   "current one (B) here.", label="A vs B", elem_id="diff-info")
-                    with gr.Tab("Answers", id="answers-tab"):
+                    with gr.Tab("Answers", id="answers-tab") as answers_tab:
                         with gr.Row():
                             ask_btn = gr.Button("Ask", variant="primary", scale=0, min_width=120, elem_id="ask")
                             max_new_tokens = gr.Slider(1, config.max_new_tokens_limit, value=config.max_new_tokens,
@@ -484,7 +496,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                                                             elem_id="answer-reduced")
                             answer_md = gr.Markdown(label="Answer statistics", elem_id="answer-stats")
                         answer_info = gr.JSON(label="Answer details", visible=False)
-                    with gr.Tab("Fidelity", id="fidelity-tab"):
+                    with gr.Tab("Fidelity", id="fidelity-tab") as fidelity_tab:
                         with gr.Row():
                             fidelity_btn = gr.Button("Measure fidelity", variant="primary", scale=0, min_width=180,
                                                      elem_id="fidelity-run")
@@ -498,9 +510,9 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                         fidelity_plot = gr.Plot(label="Fidelity against tokens kept", elem_id="fidelity-plot")
                         fidelity_table = gr.Dataframe(label="Fidelity per method and budget", elem_id="fidelity-table",
                                                       wrap=True)
-                    with gr.Tab("Explain", id="explain-tab"):
+                    with gr.Tab("Explain", id="explain-tab") as explain_tab:
                         explain_md = gr.Markdown(explain_markdown(explorer, None), label="Explain", elem_id="explain")
-                    with gr.Tab("Export", id="export-tab"):
+                    with gr.Tab("Export", id="export-tab") as export_tab:
                         with gr.Row():
                             export_btn = gr.Button("Export JSON + PNG", elem_id="export")
                             link_btn = gr.Button("Copy a link to these settings", elem_id="copy-link")
@@ -511,6 +523,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                 gr.Markdown(f"v{__version__} · methods: {', '.join(schema.methods)}", elem_classes=["caption"])
 
         # --- wiring ------------------------------------------------------------------------------
+        tabs = [pictures_tab, compare_tab, pin_tab, answers_tab, fidelity_tab, explain_tab, export_tab]
         control_list = [controls[n] for n in names]
         head = [image, prompt, method, model, query_points]
         kw = dict(inputs_kwargs=dict(controls))
@@ -526,34 +539,40 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         moved = gr.on([c.change for c in control_list] + [method.change], move, inputs=head + [state],
                       outputs=pictures_out + control_list, api_visibility="private", show_progress="hidden",
                       **redraw, **kw)
-        follow = dict(inputs=head + [sweep_parameter, state],
-                      outputs=[sweep_plot, gallery, compare_bar, explain_md, diff_img, diff_md, state],
+        follow = dict(inputs=head + [sweep_parameter, state, pinned],
+                      outputs=[sweep_plot, gallery, compare_bar, explain_md, diff_img, diff_md],
                       show_progress="hidden", **redraw, **kw)
         main.success(compare, api_name="compare", **follow)
-        moved.success(compare, api_visibility="private", **follow)
+        shown = dict(follow, inputs=head + [sweep_parameter, shown_tab, state, pinned])
+        moved.success(compare_if_shown, api_visibility="private", **shown)
         sweep_parameter.change(compare, api_visibility="undocumented", **follow)
+        for tab in tabs:
+            opened = tab.select(lambda name=tab.id: name, None, shown_tab, queue=False, api_visibility="private")
+            if tab.id in FOLLOWING_TABS:
+                opened.then(compare_if_shown, api_visibility="private", **shown)
         url_inputs = [method] + control_list
         for event in (main, moved):
             event.success(None, inputs=url_inputs, js=URL_JS % json.dumps(names), queue=False)
-            event.success(after_explore, state, [stale_md, answers_box, history, *budget_controls], queue=False,
+            event.success(after_explore, [state, answers], [stale_md, answers_box, history, *budget_controls],
+                          queue=False,
                           api_visibility="private")
         method.change(on_method, method, control_list + [sweep_parameter, query_box], queue=False,
                       api_visibility="private")
         ask_btn.click(answer, inputs=head + [max_new_tokens, state],
-                      outputs=[full_answer, reduced_answer, answer_md, stale_md, answers_box, answer_info, state],
+                      outputs=[full_answer, reduced_answer, answer_md, stale_md, answers_box, answer_info, answers],
                       api_name="answer", concurrency_id="generate", concurrency_limit=1, preprocess=False, **kw)
         run = fidelity_btn.click(fidelity, inputs=[fidelity_tokens, state],
                                  outputs=[fidelity_table, fidelity_plot, fidelity_note], api_name="fidelity",
                                  concurrency_id="generate", concurrency_limit=1, preprocess=False)
         fidelity_stop.click(None, cancels=[run], queue=False)
-        export_btn.click(export, inputs=[state], outputs=[export_json, export_png], api_name="export",
+        export_btn.click(export, inputs=[state, answers], outputs=[export_json, export_png], api_name="export",
                          concurrency_id="heavy", concurrency_limit=config.heavy_slots)
         link_btn.click(None, js=COPY_LINK_JS, queue=False)
         for picture in (kept_img, heat_img, groups_img):
             picture.select(inspect_or_point, [click_mode, query_points, state], [query_points, patch_md],
                            api_visibility="private", queue=False)
         clear_points.click(lambda: [], None, query_points, api_visibility="private", queue=False)
-        pin_btn.click(pin, state, [diff_img, diff_md, history, state], api_visibility="private")
+        pin_btn.click(pin, state, [diff_img, diff_md, pinned], api_visibility="private")
         history.input(restore, [history, state], [method, query_points] + control_list, api_visibility="private")
         model.change(lambda m: header_html(explorer, m), model, header, api_visibility="private", queue=False)
         loaded = demo.load(start, None, [image, prompt, method, query_points] + control_list,
@@ -594,13 +613,11 @@ def fidelity_status(rows: list[dict], done: int, total: int) -> str:
             "token. The model is the one named at the top (see its notice).")
 
 
-def stale_note(state: dict | None) -> str:
+def stale_note(state: dict | None, answers: dict | None) -> str:
     """'settings changed — Ask again' when the answers on screen were produced by other settings."""
-    state = state or {}
-    answers = state.get("answers")
     if not answers:
         return ""
-    if answers["stamp"] != state.get("stamp"):
+    if answers["stamp"] != (state or {}).get("stamp"):
         return "⚠️ Settings changed since these answers — Ask again."
     return ""
 

@@ -203,9 +203,9 @@ def test_pin_and_compare_shows_the_overlap(page):
     pick_method(page, "prumerge")
     page.get_by_role("tab", name="Pin & compare").click()
     page.click("#pin")
-    wait_idle(page)
-    assert "Jaccard) **1.000**" in page.inner_html("#diff-info") or "Jaccard) 1.000" in page.inner_text("#diff-info")
+    page.wait_for_function("document.querySelector('#diff-info').innerText.includes('Jaccard) 1.000')")
     set_slider(page, "iqr_multiplier", 3.0)
+    page.wait_for_function("/Jaccard\\) 0\\./.test(document.querySelector('#diff-info').innerText)")
     text = page.inner_text("#diff-info")
     jaccard = float(re.search(r"Jaccard\) ([0-9.]+)", text).group(1))
     assert 0 < jaccard < 1 and "only in A" in text
