@@ -259,7 +259,9 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         if fixes:
             gr.Warning("Out of range: " + ", ".join(f"{k} set to {v}" for k, v in fixes.items()) + ".")
         clamps = [gr.update(value=fixes[name]) if name in fixes else gr.skip() for name in names]
-        return [*explore_outputs(out, state), *clamps]
+        pictures = explore_outputs(out, state)
+        pictures[6:8] = [gr.skip(), gr.skip()]  # the crop picture and its caption: a slider move cannot change them
+        return [*pictures, *clamps]
 
     def compare(image, prompt, method, model, query_points, sweep_parameter, state, pinned, **controls):
         """The sweep of one slider and every method at the current token budget (and the pinned A/B diff)."""
