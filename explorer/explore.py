@@ -236,21 +236,6 @@ def sweep(vt: VisualTokens, settings: Settings, name: str | None = None, points:
     return xs, np.asarray(counts), clusters, float(getattr(params, name)), name
 
 
-def comparison(vt: VisualTokens, settings: Settings, budget: int, reduce) -> list[tuple[str, Reduction, bool]]:
-    """Every method the tokens can feed, at a matched budget M for budget methods (exactly M tokens; pooling
-    the nearest grid) and at its own settings for adaptive ones: [(method, Reduction, matched)].
-    `reduce(method, settings)` runs (or fetches) one reduction."""
-    rows = []
-    for method, entry in settings.schema.methods.items():
-        if any(getattr(vt, need) is None for need in entry.needs):
-            continue
-        other = settings.with_method(method)
-        if entry.budgeted:
-            other = other.with_values(**{entry.budget_field: max(1, budget)})
-        rows.append((method, reduce(method, other), entry.budgeted))
-    return rows
-
-
 def inspect_patch(vt: VisualTokens, red: Reduction, index: int) -> dict:
     """Everything about one patch: where it is, its scores, its cluster, whether (and where) it was kept, and
     for merging methods which kept token absorbed it and with what weight."""
