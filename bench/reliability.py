@@ -52,6 +52,7 @@ from explorer.service import Explorer  # noqa: E402
 from explorer.settings import Schema  # noqa: E402
 from reducers.cache import LRU  # noqa: E402
 from tests import bad_inputs  # noqa: E402
+from tests import test_isolation as isolation  # noqa: E402
 
 PROMPT = "What is in the picture?"
 HEAD = dict(prompt=PROMPT, method="prumerge", model=OFFLINE, query_points=[])
@@ -206,17 +207,7 @@ def measure_bad_inputs(folder: Path) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Parallel sessions
 # --------------------------------------------------------------------------------------------------
-SESSIONS = [
-    dict(method="par", prompt="Where is the astronaut's helmet?"),
-    dict(method="prumerge", prompt="What animal is this?"),
-    dict(method="prumerge+", iqr_multiplier=1.0, prompt="Is there a cup?"),
-    dict(method="par", tau=0.2, cluster_threshold=0.7, retrieval_ratio=0.3, spatial=True, prompt="How many stars?"),
-    dict(method="top-attention", budget=50, attention="head-mean", prompt="Describe it."),
-    dict(method="random", budget=100, seed=3, prompt="What is shown?"),
-    dict(method="uniform", budget=30, prompt="Colours?"),
-    dict(method="par", alpha=0.2, delta=0.7, rewrite=False, prompt="Which colour is the top left corner?",
-         query_points=[[120.0, 80.0]]),
-]
+SESSIONS = isolation.SESSIONS  # the same 8 sessions tests/test_isolation.py checks
 
 
 def essence(summary: dict) -> dict:
