@@ -83,7 +83,8 @@ def pictures(canvas: draw.Canvas, vt: VisualTokens, red: Reduction, attention: s
         heat = canvas.kept(kept)
     else:
         scaled, log = colour_scale(values)
-        heat = draw.with_colour_bar(canvas.heatmap(scaled, kept_mask=kept), f"{values.min():.2g}", f"{values.max():.2g}")
+        heat = draw.with_colour_bar(canvas.heatmap(scaled, kept_mask=kept), f"{values.min():.2g}",
+                                    f"{values.max():.2g}")
         heat_caption += f"; colour bar: min to max{' on a log scale' if log else ''}; kept outlined white"
     return Pictures(kept_img, kept_caption, groups, caption, heat, heat_caption)
 
@@ -258,7 +259,8 @@ def inspect_patch(vt: VisualTokens, red: Reduction, index: int) -> dict:
         out["retrieved"] = bool(red.retrieved[index])
         out["routed"] = bool(red.routed[index])
     if red.merge_index is not None:
-        absorbed = [(kept[i], float(red.merge_weight[i, j])) for i, j in zip(*torch.nonzero(red.merge_index == index).T.tolist())]
+        rows, cols = torch.nonzero(red.merge_index == index).T.tolist()  # (kept token, neighbour slot) pairs
+        absorbed = [(kept[i], float(red.merge_weight[i, j])) for i, j in zip(rows, cols)]
         out["merged_into"] = [{"kept_patch": k, "weight": wt} for k, wt in absorbed]
         if red.extra_token and index not in kept:
             out["in_aggregate_token"] = True

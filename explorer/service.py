@@ -21,7 +21,6 @@ import json
 import re
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping

@@ -23,15 +23,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from urllib.parse import urlencode
 
 import gradio as gr
-import numpy as np
 
 from . import __version__
 from . import explore as ex
 from .errors import InputError
-from .service import Explorer, answer_dict
+from .service import Explorer
 from .settings import METHOD
 
 log = logging.getLogger("explorer")

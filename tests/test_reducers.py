@@ -5,7 +5,6 @@ Method-specific equality with the reference loops lives in test_prumerge.py and 
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import numpy as np

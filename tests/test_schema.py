@@ -174,4 +174,4 @@ def test_a_method_registered_at_run_time_appears_everywhere(toy_app, tmp_path):
                                          stride=5, from_end=True, sweep_parameter="stride", api_name="/compare")
     captions = [entry["caption"] for entry in gallery]
     assert any(c.startswith("Toy stride · 116 tokens (at its own settings)") for c in captions)
-    assert any(c.startswith(f"Random · 116 tokens (at M = 116)") for c in captions)
+    assert any(c.startswith("Random · 116 tokens (at M = 116)") for c in captions)

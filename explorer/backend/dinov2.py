@@ -36,7 +36,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path

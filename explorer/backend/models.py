@@ -23,10 +23,6 @@ Model forwards are serialised by one lock per backend; hooks live in `hooks.py` 
 from __future__ import annotations
 
 import functools
-import importlib.util
-import os
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -232,7 +228,8 @@ class LlavaBackend:
                              "the checkpoint may be broken.") from None
         view = self.geometry.view(image)
         return Encoded(key, tokens, out["attn_head_mean"], view, box, image.size, time.perf_counter() - t0,
-                       thumbnail=thumbnail(image), joint_last=out["joint_last"], cls_joint=out["cls_joint"], cls_joint_last=out["cls_joint_last"])
+                       thumbnail=thumbnail(image), joint_last=out["joint_last"], cls_joint=out["cls_joint"],
+                       cls_joint_last=out["cls_joint_last"])
 
     def _joint_map(self, hidden: Tensor) -> Tensor:
         """[T, d] → [T, e]: the tower's final layer norm, then the CLIP visual projection when there is a text
