@@ -10,7 +10,7 @@ table built once at import.
 
 from __future__ import annotations
 
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -65,7 +65,6 @@ def _indices(values, n: int) -> np.ndarray:
     return arr.astype(np.int64).reshape(-1)
 
 
-@lru_cache(maxsize=32)
 def patch_grid_index(view_shape: tuple[int, int], grid: tuple[int, int]):
     """(rows [H] patch row of each pixel row, cols [W], row_edge [H] bool, col_edge [W] bool) for a view."""
     height, width = view_shape
@@ -80,12 +79,11 @@ def patch_grid_index(view_shape: tuple[int, int], grid: tuple[int, int]):
     return rows, cols, row_edge, col_edge
 
 
-@lru_cache(maxsize=32)
-def _frame(view_shape: tuple[int, int], grid: tuple[int, int], thickness: int = FRAME_PX) -> np.ndarray:
-    """[H, W] bool: pixels within `thickness` of their own patch's edge."""
+def _frame(view_shape: tuple[int, int], grid: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
+           thickness: int = FRAME_PX) -> np.ndarray:
+    """[H, W] bool: pixels within `thickness` of their own patch's edge (`rows`, `cols` from `patch_grid_index`)."""
     height, width = view_shape
     h, w = grid
-    rows, cols, _, _ = patch_grid_index(view_shape, grid)
     r_start, r_end = (np.arange(h) * height) // h, ((np.arange(h) + 1) * height) // h
     c_start, c_end = (np.arange(w) * width) // w, ((np.arange(w) + 1) * width) // w
     y, x = np.arange(height), np.arange(width)
@@ -112,8 +110,10 @@ class Canvas:
         self.n = self.grid[0] * self.grid[1]
         height, width = self.shape
         h, w = self.grid
-        self.frame = _frame(self.shape, self.grid)
-        _, _, row_edge, col_edge = patch_grid_index(self.shape, self.grid)
+        # computed once per Canvas; the service keeps Canvases in its bounded cache
+        self._index = patch_grid_index(self.shape, self.grid)
+        rows, cols, row_edge, col_edge = self._index
+        self.frame = _frame(self.shape, self.grid, rows, cols)
         self.lines = row_edge[:, None] | col_edge[None, :]
         self._cell = None  # (ph, pw) when every patch has the same size
         if height % h == 0 and width % w == 0:
@@ -153,7 +153,7 @@ class Canvas:
             tail = per_patch.shape[2:]
             big = np.broadcast_to(per_patch.reshape(h, 1, w, 1, *tail), (h, ph, w, pw, *tail))
             return big.reshape(self.shape[0], self.shape[1], *tail)
-        rows, cols, _, _ = patch_grid_index(self.shape, self.grid)
+        rows, cols, _, _ = self._index
         return per_patch[rows[:, None], cols[None, :]]
 
     def _patches(self, per_patch: np.ndarray) -> np.ndarray:
@@ -196,7 +196,7 @@ class Canvas:
         left = np.zeros((h, w), bool)
         top[1:] = lab[1:] != lab[:-1]
         left[:, 1:] = lab[:, 1:] != lab[:, :-1]
-        _, _, row_edge, col_edge = patch_grid_index(self.shape, self.grid)
+        _, _, row_edge, col_edge = self._index
         return (self.expand(top) & row_edge[:, None]) | (self.expand(left) & col_edge[None, :])
 
     def _paint_borders(self, out: np.ndarray, labels: np.ndarray) -> None:
@@ -312,7 +312,6 @@ FIRST_COLOURS = np.array([
 ], np.float32)
 
 
-@lru_cache(maxsize=8)
 def palette(n: int, seed: int = 0) -> np.ndarray:
     """[n, 3] float32 distinct, saturated, deterministic colours: `FIRST_COLOURS`, then golden-ratio hues."""
     first = FIRST_COLOURS[: min(n, len(FIRST_COLOURS))]
