@@ -275,6 +275,19 @@ def divprune(projected, budget: int, dist=None) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- inputs
+# The inputs the reference tests run on: (grid, feature width d, seed) — LLaVA-1.5's 576 patches (24×24) at two
+# widths, 2880 patches on 48×60, and tiny and degenerate grids.
+CASES = [
+    ((24, 24), 64, 0),
+    ((24, 24), 64, 1),
+    ((24, 24), 1024, 2),
+    ((48, 60), 64, 3),
+    ((4, 4), 64, 4),
+    ((3, 7), 16, 5),
+    ((1, 1), 8, 6),
+]
+
+
 def synthetic(grid=(24, 24), d=64, e=32, seed=0, centres=8, dtype=torch.float32, device="cpu", layers=32, p=None):
     """Random but structured inputs for `reducers.VisualTokens`: spatially coherent regions of similar
     features (so clusters and redundancy are non-trivial at the default thresholds), keys correlated with

@@ -10,15 +10,7 @@ from reducers import PARParams, VisualTokens, par
 from reducers.par import retrieval_size
 from tests import reference as ref
 
-CASES = [  # (grid, d, seed)
-    ((24, 24), 64, 0),
-    ((24, 24), 64, 1),
-    ((24, 24), 1024, 2),
-    ((48, 60), 64, 3),
-    ((4, 4), 64, 4),
-    ((1, 1), 8, 5),
-    ((3, 7), 16, 6),
-]
+CASES = ref.CASES
 SETTINGS = [  # PARParams keyword arguments
     dict(),
     dict(spatial=True),

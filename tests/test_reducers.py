@@ -1,6 +1,6 @@
 """Every reducer in REDUCERS: the shared contract, edge cases, bad input, determinism, devices, dtypes.
 
-Method-specific equality with the reference loops lives in test_prumerge.py and test_par.py.
+Method-specific equality with the reference loops lives in each method's own test_<method>.py.
 """
 
 from __future__ import annotations
@@ -312,6 +312,24 @@ def test_random_is_seeded():
 
 
 # ----------------------------------------------------------------------------------------- edge cases
+# Budget methods that hand every token unchanged, in raster order, once the budget covers the image (VisionZip
+# does not: its contextual tokens are still merges).
+IDENTITY_AT_FULL_BUDGET = ["divprune", "fastv", "pool", "random", "tome", "top-attention", "uniform"]
+
+
+@pytest.mark.parametrize("method", IDENTITY_AT_FULL_BUDGET)
+@pytest.mark.parametrize("grid", [(3, 7), (5, 3)])
+def test_a_budget_of_at_least_n_hands_every_token_unchanged(method, grid):
+    inp = ref.synthetic(grid, d=8, e=8, seed=2)
+    vt = VisualTokens(**inp)
+    entry = REDUCERS[method]
+    for budget in (vt.n, vt.n + 1, 100_000):
+        red = entry(vt, entry.params(**{entry.budget_field: budget}))
+        assert red.kept.tolist() == list(range(vt.n)) and torch.equal(red.tokens, inp["features"])
+        if red.groups is not None:  # merging methods: every patch its own group, with weight 1
+            assert red.groups.tolist() == list(range(vt.n)) and red.group_weight.tolist() == [1.0] * vt.n
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_single_token(method):
     vt = tokens((1, 1))

@@ -10,15 +10,7 @@ from reducers import REDUCERS, VisionZipParams, VisualTokens, visionzip
 from reducers.visionzip import OFFICIAL_SHARE, split
 from tests import reference as ref
 
-CASES = [  # (grid, d, seed)
-    ((24, 24), 64, 0),
-    ((24, 24), 64, 1),
-    ((24, 24), 1024, 2),
-    ((48, 60), 64, 3),
-    ((4, 4), 64, 4),
-    ((3, 7), 16, 5),
-    ((1, 1), 8, 6),
-]
+CASES = ref.CASES
 SETTINGS = [  # (budget, dominant share, CLS token)
     (64, OFFICIAL_SHARE, True),
     (128, OFFICIAL_SHARE, True),
