@@ -22,6 +22,7 @@ from explorer.backend import fastv, models
 from explorer.backend.cost import layer_flops, prefill_flops, prefill_flops_pruned
 from explorer.backend.geometry import Geometry
 from explorer.backend.protocol import Answer
+from explorer.errors import InputError
 from reducers import REDUCERS, BudgetParams
 from tests import tiny
 from tests.tiny import block_network  # noqa: F401  (fixture)
@@ -288,6 +289,17 @@ def test_backend_rejects_extra_tokens_for_fastv(setups):
     assert red.n_extra == 1
     with pytest.raises(ValueError, match="FastV"):
         b.answer(enc, PROMPT, red, max_new_tokens=1)
+
+
+@pytest.mark.parametrize("kept", [[0, 0], [0, tiny.N_PATCHES], [-1], [0.5]])
+def test_backend_rejects_kept_indices_fastv_cannot_prune_to(setups, kept):
+    b, enc, _, _ = setups[2]
+    kept = torch.tensor(kept)
+    red = dataclasses.replace(REDUCERS["all"](enc.tokens), layer=1, kept=kept,
+                              tokens=enc.tokens.features[: kept.numel()])
+    for run in (lambda: b.answer(enc, PROMPT, red, max_new_tokens=1), lambda: b.score(enc, PROMPT, red, [1, 2])):
+        with pytest.raises(InputError, match="FastV keeps distinct patch indices"):
+            run()
 
 
 def test_answer_defaults_keep_old_callers_working():

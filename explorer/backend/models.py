@@ -257,22 +257,38 @@ class LlavaBackend:
         return self.chat(prompt).n_text
 
     # --- answers ------------------------------------------------------------------------------------
-    @gpu  # ZeroGPU holds the GPU while the stream runs and releases it when the stream ends or is closed
-    def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
-                      max_new_tokens: int | None = None) -> Iterator[str | Answer]:
-        """Greedy answer from all patch features (`reduction=None`) or exactly `reduction.tokens`: yields the
-        growing text, then the final `Answer`. `reduction.layer > 0` (FastV): see `_fastv_answer_stream`."""
+    def _lm_input(self, enc: Encoded, prompt: str,
+                  reduction: Reduction | None) -> tuple[ans.ChatPrompt, Tensor, dict | None]:
+        """(chat prompt, visual features fed at the LM's input, FastV pruning or None) for a reduction: all patch
+        features (`reduction=None`) or exactly `reduction.tokens`; a reduction that prunes inside the LM
+        (`layer > 0`, FastV) feeds all patch features and prunes to `kept` from layer `layer` on — the pruning
+        is the keyword arguments of `fastv.greedy_stream` / `fastv.forward_logits`."""
+        chat = self.chat(prompt)
         if reduction is not None and reduction.layer > 0:
-            yield from self._fastv_answer_stream(enc, prompt, reduction, max_new_tokens)
-            return
+            layer, keep = self._fastv_plan(enc, reduction)
+            pruning = dict(image_start=len(chat.before), n_image=enc.tokens.n, layer=layer, keep=keep)
+            return chat, enc.tokens.features, pruning
         feats = enc.tokens.features if reduction is None else reduction.tokens
         width = enc.tokens.features.shape[1]
         if feats.ndim != 2 or feats.shape[1] != width:
             raise InputError(f"Visual tokens must be [M, {width}], got {list(feats.shape)}.")
+        return chat, feats, None
+
+    @gpu  # ZeroGPU holds the GPU while the stream runs and releases it when the stream ends or is closed
+    def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
+                      max_new_tokens: int | None = None) -> Iterator[str | Answer]:
+        """Greedy answer from all patch features (`reduction=None`) or exactly `reduction.tokens`: yields the
+        growing text, then the final `Answer`. With `reduction.layer > 0` (FastV) all N patch features enter the
+        LM and from layer `reduction.layer` on only the patches `reduction.kept` remain (in raster order, at
+        their original positions; the KV cache of layers ≥ K holds only them)."""
+        chat, feats, pruning = self._lm_input(enc, prompt, reduction)
+        in_lm = {} if pruning is None else dict(generate=functools.partial(fastv.greedy_stream, **pruning),
+                                                n_visual_kept=int(pruning["keep"].numel()), layer=pruning["layer"])
         yield from ans.answer_stream(
-            self.model, self.embed_tokens, self.projector, self.chat(prompt), feats,
+            self.model, self.embed_tokens, self.projector, chat, feats,
             decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
             max_new_tokens=max_new_tokens or self.max_new_tokens, stop_ids=self.stop_ids, step_lock=self._lock,
+            **in_lm,
         )
 
     def answer(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
@@ -287,18 +303,9 @@ class LlavaBackend:
         the chat prompt with all patch features (`reduction=None`) or exactly `reduction.tokens`: one forward
         under the model lock. A reduction that prunes inside the LM (FastV, `layer > 0`) is scored with the same
         pruned forward its answer runs: all patch features in, only `kept` from layer `layer` on."""
-        pruned = reduction is not None and reduction.layer > 0
-        feats = enc.tokens.features if reduction is None or pruned else reduction.tokens
-        width = enc.tokens.features.shape[1]
-        if feats.ndim != 2 or feats.shape[1] != width:
-            raise InputError(f"Visual tokens must be [M, {width}], got {list(feats.shape)}.")
+        chat, feats, pruning = self._lm_input(enc, prompt, reduction)
         target = tuple(int(t) for t in target_ids)
-        chat = self.chat(prompt)
-        forward = None
-        if pruned:
-            layer, keep = self._fastv_plan(enc, reduction)
-            forward = functools.partial(fastv.forward_logits, self.model, image_start=len(chat.before),
-                                        n_image=enc.tokens.n, layer=layer, keep=keep)
+        forward = None if pruning is None else functools.partial(fastv.forward_logits, self.model, **pruning)
         with self._lock, torch.inference_mode():
             embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, feats)
             ans._sync(self.device)
@@ -307,7 +314,7 @@ class LlavaBackend:
             ans._sync(self.device)
             seconds = time.perf_counter() - t0
             logprobs = fid.token_logprobs(logits, target)
-        n_visual = int(reduction.n_kept if pruned else feats.shape[0])
+        n_visual = int(feats.shape[0] if pruning is None else pruning["keep"].numel())
         return Score(target_ids=target, logprobs=logprobs.cpu(), first_logits=logits[0].cpu(),
                      n_visual_tokens=n_visual, n_prompt_tokens=int(embeds.shape[1]), prefill_s=seconds)
 
@@ -329,30 +336,18 @@ class LlavaBackend:
         """(layer K, sorted kept patch indices on the model's device) of a reduction that prunes inside the LM,
         or InputError when it cannot be run that way."""
         n, kept = enc.tokens.n, reduction.kept
-        if reduction.n_extra or kept.ndim != 1 or kept.is_floating_point() or (
-                kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= n)) or kept.unique().numel() != kept.numel():
-            raise InputError(f"FastV keeps distinct patch indices in 0…{n - 1} and adds no extra tokens.")
+        message = f"FastV keeps distinct patch indices in 0…{n - 1} and adds no extra tokens."
+        if reduction.n_extra or kept.ndim != 1:
+            raise InputError(message)
+        try:
+            fastv.kept_rows(n, 0, n, kept)  # the pruned forward's own check: integers in 0…n−1, none twice
+        except ValueError:
+            raise InputError(message) from None
         try:
             layer = fastv.check_layer(self.model, reduction.layer)
         except ValueError as err:
             raise InputError(str(err)) from None
         return layer, kept.sort().values.to(self.device)
-
-    def _fastv_answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction,
-                             max_new_tokens: int | None) -> Iterator[str | Answer]:
-        """All N patch features enter the LM; from layer `reduction.layer` on only the patches `reduction.kept`
-        remain (in raster order, at their original positions; the KV cache of layers ≥ K holds only them)."""
-        n = enc.tokens.n
-        layer, keep = self._fastv_plan(enc, reduction)
-        chat = self.chat(prompt)
-        generate = functools.partial(fastv.greedy_stream, image_start=len(chat.before), n_image=n, layer=layer,
-                                     keep=keep)
-        yield from ans.answer_stream(
-            self.model, self.embed_tokens, self.projector, chat, enc.tokens.features,
-            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
-            max_new_tokens=max_new_tokens or self.max_new_tokens, stop_ids=self.stop_ids, step_lock=self._lock,
-            generate=generate, n_visual_kept=int(keep.numel()), layer=layer,
-        )
 
 
 def check_source(source: str) -> str:
