@@ -69,43 +69,64 @@ def build_inputs_embeds(embed_tokens, projector, chat: ChatPrompt, tokens: Tenso
     return torch.cat([before, visual.to(dtype), after], dim=0).unsqueeze(0)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (so a timer around it measures the work, not the launch)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
 
 
-def greedy_stream(model, inputs_embeds: Tensor, max_new_tokens: int, stop_ids: set[int],
-                  step_lock=None) -> Iterator[tuple[int, float]]:
-    """Yield (token id, prefill seconds) greedily; stops after a stop id (yielded) or max_new_tokens.
+def greedy_loop(prefill: Callable[[], Tensor], step: Callable[[Tensor, int], Tensor], device: torch.device,
+                max_new_tokens: int, stop_ids: set[int], step_lock=None) -> Iterator[tuple[int, float]]:
+    """The greedy decoding loop every generator shares: yield (token id, prefill seconds); stops after a stop
+    id (yielded) or max_new_tokens.
 
-    `model` is a causal LM taking inputs_embeds / input_ids with a KV cache (LlavaForConditionalGeneration).
-    Every forward runs in inference mode under `step_lock` (if given); the lock is never held across a yield.
+    `prefill()` runs the first forward over the whole input and returns the first next-token id [1];
+    `step(next_id, i)` feeds the i-th generated token (i = 0, 1, …) and returns the next id. Each runs in
+    inference mode under `step_lock` (if given); the lock is never held across a yield. The prefill is timed
+    on its own, synchronised with the device.
     """
-    device = inputs_embeds.device
-    n = inputs_embeds.shape[1]
-    mask = torch.ones(1, n, dtype=torch.long, device=device)
     lock = step_lock if step_lock is not None else nullcontext()
-
     t0 = time.perf_counter()
     with lock, torch.inference_mode():
-        out = model(inputs_embeds=inputs_embeds, attention_mask=mask, use_cache=True, logits_to_keep=1)
-        next_id = out.logits[:, -1].argmax(-1)
-        _sync(device)
+        next_id = prefill()
+        sync(device)
     prefill_s = time.perf_counter() - t0
-    past = out.past_key_values
-    for step in range(max_new_tokens):
+    for i in range(max_new_tokens):
         token = int(next_id.item())
         yield token, prefill_s
-        if token in stop_ids or step == max_new_tokens - 1:
+        if token in stop_ids or i == max_new_tokens - 1:
             return
-        mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
         with lock, torch.inference_mode():
-            out = model(input_ids=next_id.view(1, 1), attention_mask=mask, past_key_values=past, use_cache=True,
-                        logits_to_keep=1)
-            next_id = out.logits[:, -1].argmax(-1)
+            next_id = step(next_id, i)
+
+
+def greedy_stream(model, inputs_embeds: Tensor, max_new_tokens: int, stop_ids: set[int],
+                  step_lock=None) -> Iterator[tuple[int, float]]:
+    """Yield (token id, prefill seconds) greedily (`greedy_loop`) with the model's own forward and KV cache.
+
+    `model` is a causal LM taking inputs_embeds / input_ids with a KV cache (LlavaForConditionalGeneration).
+    """
+    device = inputs_embeds.device
+    mask = torch.ones(1, inputs_embeds.shape[1], dtype=torch.long, device=device)
+    past = None
+
+    def prefill() -> Tensor:
+        nonlocal past
+        out = model(inputs_embeds=inputs_embeds, attention_mask=mask, use_cache=True, logits_to_keep=1)
         past = out.past_key_values
+        return out.logits[:, -1].argmax(-1)
+
+    def step(next_id: Tensor, _i: int) -> Tensor:
+        nonlocal mask, past
+        mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+        out = model(input_ids=next_id.view(1, 1), attention_mask=mask, past_key_values=past, use_cache=True,
+                    logits_to_keep=1)
+        past = out.past_key_values
+        return out.logits[:, -1].argmax(-1)
+
+    return greedy_loop(prefill, step, device, max_new_tokens, stop_ids, step_lock)
 
 
 def answer_stream(model, embed_tokens, projector, chat: ChatPrompt, tokens: Tensor, decode: Callable[[list[int]], str],

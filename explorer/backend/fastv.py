@@ -44,14 +44,13 @@ full attention in every layer fits (`model.model.language_model` has `embed_toke
 from __future__ import annotations
 
 import threading
-import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 from torch import Tensor
 
-from .answer import _sync
+from .answer import greedy_loop
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,52 +143,49 @@ def _pruned_hidden(model, inputs_embeds: Tensor, image_start: int, n_image: int,
     return lm.norm(hidden), t
 
 
-def forward_logits(model, inputs_embeds: Tensor, image_start: int, n_image: int, layer: int, keep: Tensor) -> Tensor:
+def forward_logits(model, inputs_embeds: Tensor, image_start: int, n_image: int, layer: int, keep: Tensor,
+                   logits_to_keep: int = 0) -> Tensor:
     """Logits [1, T', V] of the FastV forward without a cache (teacher forcing): layers 0…K−1 on all T
     positions, then only the text and the kept image rows (T' = T − dropped) at their original positions.
-    Row j belongs to original position `kept_rows(...)[j]`; the last row predicts the next token."""
+    Row j belongs to original position `kept_rows(...)[j]`; the last row predicts the next token.
+    `logits_to_keep` > 0: only the last that many rows go through the LM head (as transformers' argument)."""
     _, head = _parts(model)
     hidden, _ = _pruned_hidden(model, inputs_embeds, image_start, n_image, layer, keep)
-    return head(hidden)
+    return head(hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden)
 
 
 def greedy_stream(model, inputs_embeds: Tensor, max_new_tokens: int, stop_ids: set[int], step_lock=None, *,
                   image_start: int, n_image: int, layer: int, keep: Tensor) -> Iterator[tuple[int, float]]:
-    """`answer.greedy_stream` with FastV inside the LM: yield (token id, prefill seconds) greedily.
+    """`answer.greedy_stream` with FastV inside the LM: yield (token id, prefill seconds) greedily
+    (`answer.greedy_loop`).
 
     The prefill runs layers 0…K−1 on all T inputs and layers K… on the text and the kept image tokens, filling
     one KV cache whose layers < K hold all T positions and layers ≥ K only the T' kept ones. Each new token is
     the n-th after the prompt at position T + n (the original sequence continued, as the official KV-cache
-    code numbers it), and attends to everything its layer has cached. Every forward runs in inference mode
-    under `step_lock` (if given); the lock is never held across a yield.
+    code numbers it), and attends to everything its layer has cached.
     """
     from transformers import DynamicCache
 
     lm, head = _parts(model)
     layer = check_layer(model, layer)
     device = inputs_embeds.device
-    lock = step_lock if step_lock is not None else nullcontext()
     cache = DynamicCache(config=lm.config)
-
-    t0 = time.perf_counter()
-    with lock, torch.inference_mode():
-        hidden, t = _pruned_hidden(model, inputs_embeds, image_start, n_image, layer, keep, cache)
-        next_id = head(hidden[:, -1:])[:, -1].argmax(-1)
-        _sync(device)
-    prefill_s = time.perf_counter() - t0
-    embed = lm.embed_tokens
+    t = inputs_embeds.shape[1]
     every = range(len(lm.layers))
-    for step in range(max_new_tokens):
-        token = int(next_id.item())
-        yield token, prefill_s
-        if token in stop_ids or step == max_new_tokens - 1:
-            return
-        with lock, torch.inference_mode():
-            x = embed(next_id.view(1, 1))
-            # layers < K and ≥ K hold different numbers of cached keys: one mask per group
-            hidden = _run(lm, x, torch.tensor([t + step], device=device), range(layer), cache)
-            hidden = _run(lm, hidden, torch.tensor([t + step], device=device), every[layer:], cache)
-            next_id = head(lm.norm(hidden))[:, -1].argmax(-1)
+
+    def prefill() -> Tensor:
+        hidden, _ = _pruned_hidden(model, inputs_embeds, image_start, n_image, layer, keep, cache)
+        return head(hidden[:, -1:])[:, -1].argmax(-1)
+
+    def step(next_id: Tensor, i: int) -> Tensor:
+        x = lm.embed_tokens(next_id.view(1, 1))
+        position = torch.tensor([t + i], device=device)
+        # layers < K and ≥ K hold different numbers of cached keys: one mask per group
+        hidden = _run(lm, x, position, every[:layer], cache)
+        hidden = _run(lm, hidden, position, every[layer:], cache)
+        return head(lm.norm(hidden))[:, -1].argmax(-1)
+
+    return greedy_loop(prefill, step, device, max_new_tokens, stop_ids, step_lock)
 
 
 # --------------------------------------------------------------------------------------------------

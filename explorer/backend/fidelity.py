@@ -36,8 +36,9 @@ def continuation_logits(model, embed_tokens, inputs_embeds: Tensor, target_ids: 
 
     One forward over [inputs_embeds, embed(target[:-1])] (n + T − 1 positions, no KV cache), keeping the
     logits of the last T positions: position n − 1 + t predicts target[t]. `model` takes `inputs_embeds`
-    and `logits_to_keep` (a transformers causal LM or LlavaForConditionalGeneration); `forward(x) -> logits
-    [1, ·, V]` replaces that call (FastV's pruned forward: its last rows are still the continuation's). Call
+    and `logits_to_keep` (a transformers causal LM or LlavaForConditionalGeneration); `forward(x,
+    logits_to_keep=T) -> logits [1, ·, V]` replaces that call (FastV's pruned forward: its last rows are still
+    the continuation's). Call
     it under `torch.inference_mode()` (and the model's lock)."""
     target = torch.as_tensor(list(target_ids), dtype=torch.long, device=inputs_embeds.device)
     t = int(target.numel())
@@ -48,7 +49,7 @@ def continuation_logits(model, embed_tokens, inputs_embeds: Tensor, target_ids: 
     follow = embed_tokens(target[:-1]).to(inputs_embeds.dtype).unsqueeze(0)  # [1, T − 1, H]
     x = torch.cat([inputs_embeds, follow], dim=1)
     if forward is not None:
-        return forward(x)[0, -t:].float()
+        return forward(x, logits_to_keep=t)[0, -t:].float()
     mask = torch.ones(1, x.shape[1], dtype=torch.long, device=x.device)
     out = model(inputs_embeds=x, attention_mask=mask, use_cache=False, logits_to_keep=t)
     return out.logits[0, -t:].float()

@@ -308,10 +308,10 @@ class LlavaBackend:
         forward = None if pruning is None else functools.partial(fastv.forward_logits, self.model, **pruning)
         with self._lock, torch.inference_mode():
             embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, feats)
-            ans._sync(self.device)
+            ans.sync(self.device)
             t0 = time.perf_counter()
             logits = fid.continuation_logits(self.model, self.embed_tokens, embeds, target, forward)
-            ans._sync(self.device)
+            ans.sync(self.device)
             seconds = time.perf_counter() - t0
             logprobs = fid.token_logprobs(logits, target)
         n_visual = int(feats.shape[0] if pruning is None else pruning["keep"].numel())
