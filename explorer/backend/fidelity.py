@@ -2,7 +2,7 @@
 
 Pure functions (torch in, numbers out; no gradio, no I/O):
 
-* `continuation_logits` / `teacher_forced_logprobs`: a fixed continuation (the full-token answer's token ids)
+* `continuation_logits` + `token_logprobs`: a fixed continuation (the full-token answer's token ids)
   scored under an input, teacher forced — one forward over the prompt embeddings followed by the embeddings
   of target[:-1]; the logits at the last T positions predict target[0], …, target[T-1].
 * `first_token_kl`: KL(p ‖ q) of the next-token distributions at the first answer position, p = all tokens,
@@ -61,12 +61,6 @@ def token_logprobs(logits: Tensor, target_ids: Sequence[int]) -> Tensor:
     if logits.ndim != 2 or logits.shape[0] != target.numel():
         raise ValueError(f"logits must be [T={target.numel()}, V], got {list(logits.shape)}")
     return F.log_softmax(logits.float(), dim=-1).gather(1, target[:, None])[:, 0]
-
-
-def teacher_forced_logprobs(model, embed_tokens, inputs_embeds: Tensor, target_ids: Sequence[int]) -> Tensor:
-    """[T] per-token log-probabilities of `target_ids` after `inputs_embeds`, from one forward (their mean
-    is the mean log-prob; their sum the sequence log-likelihood)."""
-    return token_logprobs(continuation_logits(model, embed_tokens, inputs_embeds, target_ids), target_ids)
 
 
 def first_token_kl(logits_p: Tensor, logits_q: Tensor) -> float:
@@ -223,43 +217,34 @@ def fidelity(backend, enc, prompt: str, reduction, full_answer: Answer, full_sco
     """
     score = backend.score(enc, prompt, reduction, full_score.target_ids)
     answer = backend.answer(enc, prompt, reduction, max_new_tokens)
-    n_kept = reduction.n_kept
-    return {
-        "n_kept": n_kept,
-        "answer": answer.text,
-        "full_answer": full_answer.text,
-        "match": float(exact_match(answer.text, full_answer.text)),
-        "f1": token_f1(answer.text, full_answer.text),
-        "logprob": score.mean_logprob,
-        "logprob_full": full_score.mean_logprob,
-        "logprob_drop": full_score.mean_logprob - score.mean_logprob,
-        "kl": first_token_kl(full_score.first_logits, score.first_logits),
-        "prefill_s": answer.prefill_s,
-        "score_s": score.prefill_s,
-        "flops": prefill_flops_of(backend.lm_config, backend.n_text_tokens(prompt), enc.tokens.n, n_kept,
-                                  reduction.layer),
-        "n_new_tokens": answer.n_new_tokens,
-        "stop": answer.stop,
-    }
+    return _row(backend, enc, prompt, reduction.n_kept, reduction.layer, answer, score, full_answer, full_score,
+                match=float(exact_match(answer.text, full_answer.text)), f1=token_f1(answer.text, full_answer.text),
+                kl=first_token_kl(full_score.first_logits, score.first_logits))
 
 
 def reference_fidelity(backend, enc, prompt: str, full_answer: Answer, full_score: Score) -> dict:
     """`fidelity`'s row for the full-token answer itself (all N tokens, nothing recomputed): match 1, F1 1,
     no log-prob drop, KL 0, FLOP ratio 1 — the reference every reduction is read against."""
-    n = enc.tokens.n
+    return _row(backend, enc, prompt, enc.tokens.n, 0, full_answer, full_score, full_answer, full_score,
+                match=1.0, f1=1.0, kl=0.0)
+
+
+def _row(backend, enc, prompt: str, n_kept: int, layer: int, answer: Answer, score: Score, full_answer: Answer,
+         full_score: Score, match: float, f1: float, kl: float) -> dict:
+    """The row `fidelity` documents, from one answer and its score against the full-token ones."""
     return {
-        "n_kept": n,
-        "answer": full_answer.text,
+        "n_kept": n_kept,
+        "answer": answer.text,
         "full_answer": full_answer.text,
-        "match": 1.0,
-        "f1": 1.0,
-        "logprob": full_score.mean_logprob,
+        "match": match,
+        "f1": f1,
+        "logprob": score.mean_logprob,
         "logprob_full": full_score.mean_logprob,
-        "logprob_drop": 0.0,
-        "kl": 0.0,
-        "prefill_s": full_answer.prefill_s,
-        "score_s": full_score.prefill_s,
-        "flops": prefill_flops_of(backend.lm_config, backend.n_text_tokens(prompt), n, n),
-        "n_new_tokens": full_answer.n_new_tokens,
-        "stop": full_answer.stop,
+        "logprob_drop": full_score.mean_logprob - score.mean_logprob,
+        "kl": kl,
+        "prefill_s": answer.prefill_s,
+        "score_s": score.prefill_s,
+        "flops": prefill_flops_of(backend.lm_config, backend.n_text_tokens(prompt), enc.tokens.n, n_kept, layer),
+        "n_new_tokens": answer.n_new_tokens,
+        "stop": answer.stop,
     }
