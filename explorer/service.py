@@ -530,7 +530,8 @@ class Explorer:
         prompt = state.get("prompt", "")
         if not prompt:
             raise InputError("Type a question first: fidelity compares the LLM's answers to it.")
-        key = (backend.name, enc.key, prompt, settings.key(), tuple(settings.points), max_new_tokens)
+        # every control and point: the rows of the other methods and budgets read their own controls too
+        key = (backend.name, enc.key, prompt, settings.method, settings.values, settings.points, max_new_tokens)
         cached = self._fidelity.get(key)
         if cached is not None:
             yield cached, len(cached), len(cached)

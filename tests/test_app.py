@@ -327,3 +327,17 @@ def test_fidelity_rows_for_every_method_at_m_and_the_method_across_budgets(clien
     assert "of" in note and "Full-token answer" in note
     again, _, _ = client.predict(max_new_tokens=3, api_name="/fidelity")  # cached per image, prompt, settings
     assert again == table
+
+
+def test_fidelity_rows_follow_the_other_methods_controls_too(client):
+    """Changing a control of another method (PruMerge's IQR multiplier while Random is active) changes that
+    method's row: the cached rows are keyed on every control, not only the active method's."""
+    def prumerge_kept(table):
+        rows = [dict(zip(table["headers"], r)) for r in table["data"]]
+        return next(r["n_kept"] for r in rows if r["label"] == REDUCERS["prumerge"].label)
+
+    explore(client, "random", budget=32, iqr_multiplier=1.5)
+    before, _, _ = client.predict(max_new_tokens=3, api_name="/fidelity")
+    explore(client, "random", budget=32, iqr_multiplier=0.0)
+    after, _, _ = client.predict(max_new_tokens=3, api_name="/fidelity")
+    assert prumerge_kept(after) > prumerge_kept(before)
