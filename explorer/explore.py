@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from reducers import Reduction, VisualTokens
+from reducers import RegistryEntry, Reduction, VisualTokens
 
 from .backend.cost import prefill_flops_of
 from .pictures import draw, plots
@@ -209,17 +209,15 @@ def readout_markdown(s: dict) -> str:
 # --------------------------------------------------------------------------------------------------
 # Sweep, comparison, inspection, A/B
 # --------------------------------------------------------------------------------------------------
-def sweep_fields(settings: Settings, method: str | None = None) -> list[str]:
+def sweep_fields(entry: RegistryEntry) -> list[str]:
     """The slider controls of a method's parameters (what a sweep can vary)."""
-    entry = settings.schema.entry(method or settings.method)
-    return [f.name for f in dataclasses.fields(entry.params)
-            if f.metadata.get("control") is not None and f.metadata["control"].kind == "slider"]
+    return [name for name, control, _ in entry.controls if control.kind == "slider"]
 
 
 def sweep(vt: VisualTokens, settings: Settings, name: str | None = None, points: int = SWEEP_POINTS):
     """Tokens to the LLM as one slider of the active method sweeps its range (others fixed): (xs, kept counts,
     cluster counts or None, current value, field name), or None when the method has no slider."""
-    names = sweep_fields(settings)
+    names = sweep_fields(settings.entry)
     if not names:
         return None
     name = name if name in names else names[0]

@@ -509,7 +509,7 @@ class Explorer:
                 plan.append((f"{entry.label} across budgets", f"budget {b}",
                              settings.with_values(**{entry.budget_field: b})))
         else:
-            sliders = ex.sweep_fields(settings)
+            sliders = ex.sweep_fields(entry)
             if sliders:
                 c = self.schema.specs[sliders[0]].control
                 for x in np.linspace(c.minimum, c.maximum, 5):

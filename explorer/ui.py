@@ -21,6 +21,7 @@ import contextlib
 import html
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -117,12 +118,13 @@ def _error(err: Exception) -> gr.Error:
                     print_exception=False)  # the traceback is logged once, above
 
 
-def control_component(spec, visible: bool, budget_max: int, method: str):
-    """The Gradio component of one schema control (its explanation: the one `method` gives)."""
+def control_component(spec, visible: bool, budget_max: int | None, method: str):
+    """The Gradio component of one schema control (its explanation: the one `method` gives; a budget slider
+    runs up to `budget_max` when given)."""
     c = spec.control
     common = dict(label=c.label, info=spec.info_for(method), visible=visible, elem_id=f"ctl-{spec.name}")
     if c.kind == "slider":
-        maximum = min(c.maximum, budget_max) if c.budget else c.maximum
+        maximum = min(c.maximum, budget_max) if c.budget and budget_max else c.maximum
         return gr.Slider(c.minimum, maximum, value=min(spec.default, maximum), step=c.step, **common)
     if c.kind == "number":
         return gr.Number(spec.default, precision=0, minimum=c.minimum, maximum=c.maximum, **common)
@@ -207,7 +209,10 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
     names = list(schema.names)
     first_method = "prumerge" if "prumerge" in schema.methods else next(iter(schema.methods))
     method_choices = [(entry.label, name) for name, entry in schema.methods.items()]
-    grid_n = 576
+    # the budget sliders run up to the image's N (set after every explore); before the first one, up to the
+    # default model's N when it has loaded already, else up to the control's own maximum
+    loaded = explorer.loaded(config.model)
+    budget_max = math.prod(loaded.grid) if loaded is not None else None
 
     # --- handlers --------------------------------------------------------------------------------
     def settings_of(method, controls, points=None, clamp=False):
@@ -219,12 +224,15 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         return [pics.kept, pics.kept_caption, groups, pics.groups_caption, pics.heatmap, pics.heatmap_caption,
                 out.crop, out.crop_caption, out.histogram, out.funnel, out.readout, query_text(out), state]
 
-    def after_explore(state, answers):
-        """Answers marked stale when the screen no longer shows what produced them; budgets up to the image's N."""
+    def after_move(state, answers):
+        """Answers marked stale when the screen no longer shows what produced them; the history."""
         stale = stale_note(state, answers)
+        return [stale, gr.Column(elem_classes=["stale"] if stale else []), history_choices(state)]
+
+    def after_explore(state, answers):
+        """`after_move`, and the budget sliders run up to the new image's N (a move cannot change N)."""
         n = (state or {}).get("n_tokens")
-        return [stale, gr.Column(elem_classes=["stale"] if stale else []), history_choices(state),
-                *[gr.update(maximum=n) if n else gr.skip() for _ in budget_controls]]
+        return [*after_move(state, answers), *[gr.update(maximum=n) if n else gr.skip() for _ in budget_controls]]
 
     def quiet_reset(tail: list):
         """An emptied image: clear the pictures quietly (no error toast)."""
@@ -263,26 +271,37 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
 
     def compare(image, prompt, method, model, query_points, sweep_parameter, state, pinned, **controls):
         """The sweep of one slider and every method at the current token budget (and the pinned A/B diff)."""
-        if image is None:
-            return [None, None, None, "", None, ""]
-        try:  # the session state is read, never written: a pin or an answer meanwhile must not be undone
-            image = upload_path(image)
-            settings = settings_of(method, controls, query_points, clamp=True)
-            sweep_fig, gallery, bar, _ = explorer.sweep_and_compare(image, prompt, settings, sweep_parameter,
-                                                                    state, model or None)
-            diff, diff_md = pin_view(state, pinned)
-        except Exception as err:
-            raise _error(err) from None
-        summary = (state or {}).get("last_summary")
-        return [sweep_fig, gallery, bar, explain_markdown(explorer, summary), diff, diff_md]
+        return following(FOLLOWING_TABS, image, prompt, method, model, query_points, sweep_parameter, state,
+                         pinned, controls)
 
     def compare_if_shown(image, prompt, method, model, query_points, sweep_parameter, shown_tab, state, pinned,
                          **controls):
-        """After a slider move: the sweep, comparison, explanation and A/B diff only while a tab showing them is
-        open (opening one brings it up to date), so a move costs the reducer and the pictures alone."""
+        """After a slider move: only the open tab's sweep and comparison, explanation or A/B diff (opening a tab
+        brings it up to date), so a move costs the reducer and the pictures plus what is in view."""
         if shown_tab not in FOLLOWING_TABS:
             return [gr.skip()] * 6
-        return compare(image, prompt, method, model, query_points, sweep_parameter, state, pinned, **controls)
+        return following((shown_tab,), image, prompt, method, model, query_points, sweep_parameter, state,
+                         pinned, controls)
+
+    def following(tabs, image, prompt, method, model, query_points, sweep_parameter, state, pinned, controls):
+        """[sweep plot, gallery, bar chart, explanation, A/B picture, A/B line] for the tabs in `tabs`; the other
+        tabs' outputs are skipped. The session state is read, never written: a pin or an answer meanwhile must
+        not be undone."""
+        if image is None:
+            return [None, None, None, "", None, ""]
+        out = [gr.skip()] * 6
+        try:
+            if "compare-tab" in tabs:
+                settings = settings_of(method, controls, query_points, clamp=True)
+                out[0:3] = explorer.sweep_and_compare(upload_path(image), prompt, settings, sweep_parameter, state,
+                                                      model or None)[:3]
+            if "pin-tab" in tabs:
+                out[4:6] = pin_view(state, pinned)
+        except Exception as err:
+            raise _error(err) from None
+        if "explain-tab" in tabs:
+            out[3] = explain_markdown(explorer, (state or {}).get("last_summary"))
+        return out
 
     def answer(image, prompt, method, model, query_points, max_new_tokens, state, progress=gr.Progress(),
                **controls):
@@ -362,7 +381,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
     def on_method(method):
         """Show only the active method's controls; the sweep lists its sliders."""
         visible = set(schema.method_controls(method))
-        fields = ex.sweep_fields(explorer.settings({METHOD: method})) or ["(none)"]
+        fields = ex.sweep_fields(schema.entry(method)) or ["(none)"]
         is_par = "query" in schema.entry(method).needs
         return [gr.update(visible=n in visible, info=schema.specs[n].info_for(method)) if n in visible
                 else gr.update(visible=False) for n in names] + [
@@ -378,23 +397,24 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
             method = (ex0 or {}).get("method", first_method) if not controls else first_method
             if ex0 and not controls:
                 controls = {k: v for k, v in ex0.get("settings", {}).items() if k in names}
-        try:
-            settings = explorer.settings({METHOD: method, **controls}, clamp=True)
-        except InputError:
-            settings = explorer.settings({METHOD: first_method})
-        values = settings.to_controls()
         image = ex0["path"] if ex0 else None
         prompt = ex0["prompt"] if ex0 else DEFAULT_PROMPT
-        return [image, prompt, values[METHOD], (ex0 or {}).get("points", [])] + [values[n] for n in names]
+        return screen(image, prompt, method, controls, (ex0 or {}).get("points", []), clamp=True)
 
     def pick_example(evt: gr.SelectData):
         row = examples[evt.index]
+        return screen(row["path"], row["prompt"], row.get("method", first_method), row.get("settings", {}),
+                      row.get("points", []))
+
+    def screen(image, prompt, method, controls, points, clamp=False):
+        """[image, prompt, method, query points, every control] for a method and its settings (the first method
+        at its defaults when they are unusable)."""
         try:
-            settings = explorer.settings({METHOD: row.get("method", first_method), **row.get("settings", {})})
+            settings = explorer.settings({METHOD: method, **controls}, clamp=clamp)
         except InputError:
             settings = explorer.settings({METHOD: first_method})
         values = settings.to_controls()
-        return [row["path"], row["prompt"], values[METHOD], row.get("points", [])] + [values[n] for n in names]
+        return [image, prompt, values[METHOD], points] + [values[n] for n in names]
 
     # --- layout ----------------------------------------------------------------------------------
     with gr.Blocks(title="Visual Token Reduction Explorer", fill_width=True,
@@ -423,7 +443,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                                  visible=len(explorer.model_choices) > 1, elem_id="model",
                                  info="Loaded on first use.")
                 active = set(schema.method_controls(first_method))
-                controls = {name: control_component(spec, name in active, grid_n, first_method)
+                controls = {name: control_component(spec, name in active, budget_max, first_method)
                             for name, spec in schema.specs.items()}
                 budget_controls = [controls[n] for n, s in schema.specs.items() if s.control.budget]
                 with gr.Group(visible="query" in schema.entry(first_method).needs) as query_box:
@@ -463,7 +483,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                         patch_md = gr.Markdown("Click a patch on a picture to inspect it.", label="Patch",
                                                elem_id="patch-info")
                     with gr.Tab("Sweep & comparison", id="compare-tab") as compare_tab:
-                        sweep_parameter = gr.Dropdown(ex.sweep_fields(explorer.settings({METHOD: first_method}))
+                        sweep_parameter = gr.Dropdown(ex.sweep_fields(schema.entry(first_method))
                                                       or ["(none)"], label="Sweep parameter", allow_custom_value=True,
                                                       info="Tokens kept as this slider sweeps its range")
                         with gr.Row():
@@ -551,11 +571,10 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
             if tab.id in FOLLOWING_TABS:
                 opened.then(compare_if_shown, api_visibility="private", **shown)
         url_inputs = [method] + control_list
-        for event in (main, moved):
+        after = [stale_md, answers_box, history]
+        for event, then, outputs in ((main, after_explore, after + budget_controls), (moved, after_move, after)):
             event.success(None, inputs=url_inputs, js=URL_JS % json.dumps(names), queue=False)
-            event.success(after_explore, [state, answers], [stale_md, answers_box, history, *budget_controls],
-                          queue=False,
-                          api_visibility="private")
+            event.success(then, [state, answers], outputs, queue=False, api_visibility="private")
         method.change(on_method, method, control_list + [sweep_parameter, query_box], queue=False,
                       api_visibility="private")
         ask_btn.click(answer, inputs=head + [max_new_tokens, state],
