@@ -82,7 +82,7 @@ def in_process(explorer, n_moves: int) -> dict[str, list[float]]:
         times = []
         for value in moves(lo, hi, n_moves):
             t = time.perf_counter()
-            explorer.explore(image, PROMPT, settings(explorer, method, name, value), state)
+            explorer.explore(image, PROMPT, settings(explorer, method, name, value), state, with_per_patch=False)
             times.append(time.perf_counter() - t)
         out[method] = times
     for label, sweep_name in (("sweep (PAR, γ: clusters too)", "cluster_threshold"), ("sweep (PAR, τ)", "tau")):

@@ -174,7 +174,10 @@ def per_patch(vt: VisualTokens, red: Reduction) -> dict:
     return out
 
 
-def summary(red: Reduction, vt: VisualTokens, settings: Settings, flops: dict, extra: dict | None = None) -> dict:
+def summary(red: Reduction, vt: VisualTokens, settings: Settings, flops: dict, extra: dict | None = None,
+            with_per_patch: bool = True) -> dict:
+    """The result as plain data: the reduction's numbers, the settings, FLOPs, the paper's figures and (unless
+    `with_per_patch` is false) the per-patch data, then `extra`."""
     out = red.summary()
     entry = settings.entry
     out.update(settings.as_dict())
@@ -182,7 +185,8 @@ def summary(red: Reduction, vt: VisualTokens, settings: Settings, flops: dict, e
     out["flops"] = flops
     if entry.headline:
         out["paper"] = {"citation": entry.paper, "headline": entry.headline}
-    out["per_patch"] = per_patch(vt, red)
+    if with_per_patch:
+        out["per_patch"] = per_patch(vt, red)
     out.update(extra or {})
     return out
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from reducers import REDUCERS, Reduction, VisualTokens
+from reducers import REDUCERS, RegistryEntry, Reduction, VisualTokens
 from reducers.cache import LRU
 
 from . import __version__
@@ -282,13 +282,15 @@ class Explorer:
         return self._reductions.get_or_compute(key, run), vt, q
 
     # --- one slider move -------------------------------------------------------------------------
-    def explore(self, image, prompt, settings: Settings, state: dict | None = None, model=None, progress=None
-                ) -> tuple[Explored, dict]:
+    def explore(self, image, prompt, settings: Settings, state: dict | None = None, model=None, progress=None,
+                with_per_patch: bool = True) -> tuple[Explored, dict]:
+        """Reduce the image's tokens and draw everything; `with_per_patch=False` (a slider move, which does not
+        send the summary) leaves the per-patch data out of `summary`."""
         backend, enc, state = self.encoded(image, state, model, progress)
-        return self.explore_encoded(backend, enc, prompt, settings, state)
+        return self.explore_encoded(backend, enc, prompt, settings, state, with_per_patch)
 
-    def explore_encoded(self, backend: Backend, enc: Encoded, prompt, settings: Settings, state: dict
-                        ) -> tuple[Explored, dict]:
+    def explore_encoded(self, backend: Backend, enc: Encoded, prompt, settings: Settings, state: dict,
+                        with_per_patch: bool = True) -> tuple[Explored, dict]:
         prompt = self.clip_prompt(prompt)
         red, vt, q = self.reduce(backend, enc, prompt, settings)
         label = settings.entry.label
@@ -306,7 +308,7 @@ class Explorer:
         }
         if q is not None:
             extra["query"] = q.as_dict()
-        s = ex.summary(red, vt, settings, flops, extra)
+        s = ex.summary(red, vt, settings, flops, extra, with_per_patch)
         stamp = self.stamp(backend, enc, prompt, settings, red)
         light = {k: v for k, v in s.items() if k != "per_patch"}
         state = dict(state, controls=settings.to_controls(), points=[list(p) for p in settings.points],
@@ -369,10 +371,7 @@ class Explorer:
     def comparison(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int):
         """[(method, Reduction, matched)] for every method this backend and prompt can feed."""
         rows = []
-        for method, entry in self.schema.methods.items():
-            other = settings.with_method(method)
-            if entry.budgeted:
-                other = other.with_values(**{entry.budget_field: max(1, min(budget, entry_max(entry)))})
+        for method, entry, other in self.at_budget(settings, budget):
             try:
                 red, _, _ = self.reduce(backend, enc, prompt, other)
             except InputError:  # e.g. PAR without a prompt on a text tower: not comparable here
@@ -380,13 +379,23 @@ class Explorer:
             rows.append((method, red, entry.budgeted))
         return rows
 
+    def at_budget(self, settings: Settings, budget: int) -> list[tuple[str, RegistryEntry, Settings]]:
+        """[(method, entry, settings)] for every method: budget methods at `budget` (within their slider's
+        range), the others at their own settings."""
+        out = []
+        for method, entry in self.schema.methods.items():
+            other = settings.with_method(method)
+            if entry.budgeted:
+                top = int(self.schema.specs[entry.budget_field].control.maximum)
+                other = other.with_values(**{entry.budget_field: max(1, min(budget, top))})
+            out.append((method, entry, other))
+        return out
+
     # --- inspection, pin & compare ----------------------------------------------------------------
     def inspect(self, state: dict | None, x: float, y: float, view_size: tuple[int, int] | None = None) -> dict:
         """Everything about the patch under pixel (x, y) of the displayed view (or of the user's image when
         `view_size` is None), for the session's last explore."""
-        backend, enc = self.cached(state)
-        settings = self.settings(state.get("controls"), state.get("points") or ())
-        red, vt, _ = self.reduce(backend, enc, state.get("prompt", ""), settings)
+        _, enc, _, red, vt = self.last(state)
         h, w = enc.grid
         if view_size is not None:
             vw, vh = view_size
@@ -410,46 +419,44 @@ class Explorer:
             raise InputError("Click inside the picture of the patches.")
         return [x0 + (x + 0.5) * (x1 - x0) / vw, y0 + (y + 0.5) * (y1 - y0) / vh]
 
-    def last(self, state: dict | None) -> tuple[Backend, Encoded, Settings, Reduction]:
+    def last(self, state: dict | None) -> tuple[Backend, Encoded, Settings, Reduction, VisualTokens]:
         """The session's last explore, recomputed from the caches (free when nothing was evicted)."""
         backend, enc = self.cached(state)
         settings = self.settings(state.get("controls"), state.get("points") or ())
-        red, _, _ = self.reduce(backend, enc, state.get("prompt", ""), settings)
-        return backend, enc, settings, red
+        red, vt, _ = self.reduce(backend, enc, state.get("prompt", ""), settings)
+        return backend, enc, settings, red, vt
+
+    @staticmethod
+    def _label(settings: Settings) -> str:
+        """The method and the settings that matter to it, e.g. `PruMerge: iqr_multiplier = 1.5, …`."""
+        relevant = ", ".join(f"{k} = {v}" for k, v in settings.relevant().items())
+        return f"{settings.entry.label}: {relevant}" if relevant else settings.entry.label
 
     def pin(self, state: dict | None) -> dict:
         """The session's last result as A, to compare later results with (kept in its own session value)."""
-        _, enc, settings, red = self.last(state)
-        label = f"{settings.entry.label}: " + ", ".join(f"{k} = {v}" for k, v in settings.relevant().items())
-        return {"image": enc.key, "kept": red.kept.tolist(), "n_kept": red.n_kept, "label": label.rstrip(": ")}
+        _, enc, settings, red, _ = self.last(state)
+        return {"image": enc.key, "kept": red.kept.tolist(), "n_kept": red.n_kept, "label": self._label(settings)}
 
     def pin_diff(self, state: dict, pinned: dict) -> tuple[np.ndarray | None, str]:
         """The pinned result A against the current one B: a picture and a line of numbers."""
-        backend, enc, settings, red = self.last(state)
+        backend, enc, settings, red, _ = self.last(state)
         a = pinned
         if a["image"] != enc.key:
             return None, "A was pinned on another image: pin again on this one."
         b_kept = red.kept.tolist()
         only_a, only_b = set(a["kept"]) - set(b_kept), set(b_kept) - set(a["kept"])
-        label_b = f"{settings.entry.label}: " + ", ".join(f"{k} = {v}" for k, v in settings.relevant().items())
-        text = (f"**A** {a['label']} → {a['n_kept']} tokens · **B** {label_b.rstrip(': ')} → {red.n_kept} tokens · "
+        text = (f"**A** {a['label']} → {a['n_kept']} tokens · **B** {self._label(settings)} → {red.n_kept} tokens · "
                 f"kept-set overlap (Jaccard) **{ex.jaccard(a['kept'], b_kept):.3f}** · only in A: {len(only_a)} "
                 f"patches (red) · only in B: {len(only_b)} (blue)")
         return self.canvas(backend, enc).diff(a["kept"], b_kept), text
 
     # --- answers -------------------------------------------------------------------------------
-    def answer(self, image, prompt, settings: Settings, state=None, model=None, max_new_tokens=None, progress=None):
-        """Greedy answers from all tokens and from the reduced ones: (full Answer, reduced Answer, info, state)."""
-        for kind, value in self.answer_stream(image, prompt, settings, state, model, max_new_tokens, progress):
-            if kind == "done":
-                return value
-        raise RuntimeError("the answer stream ended without a result")
-
     def answer_stream(self, image, prompt, settings: Settings, state=None, model=None, max_new_tokens=None,
                       progress=None):
-        """`answer` one token at a time: yields ("full" | "reduced", the text so far) after every new token, then
-        ("done", (full Answer, reduced Answer, info, state)). Closing the generator (a client that went away)
-        stops the decoding at the next token: nothing runs between two tokens but this generator's caller."""
+        """Greedy answers from all tokens and from the reduced ones, one token at a time: yields ("full" |
+        "reduced", the text so far) after every new token, then ("done", (full Answer, reduced Answer, info,
+        state)). Closing the generator (a client that went away) stops the decoding at the next token: nothing
+        runs between two tokens but this generator's caller."""
         max_new_tokens = self.check_max_new_tokens(max_new_tokens)
         if not self.clip_prompt(prompt):
             raise InputError("Type a question first: the LLM answers the prompt about the image.")
@@ -495,14 +502,8 @@ class Explorer:
         """[(group, what, settings)]: every method at the matched budget M (adaptive ones at their own
         settings), then the current method across budgets (32, 64, 128, 192 and M) or, without a budget,
         across five values of its first slider."""
-        plan = []
-        for method, entry in self.schema.methods.items():
-            if method == "all":
-                continue
-            other = settings.with_method(method)
-            if entry.budgeted:
-                other = other.with_values(**{entry.budget_field: max(1, budget)})
-            plan.append(("every method at M", f"M = {budget}" if entry.budgeted else "own settings", other))
+        plan = [("every method at M", f"M = {budget}" if entry.budgeted else "own settings", other)
+                for method, entry, other in self.at_budget(settings, budget) if method != "all"]
         entry = settings.entry
         if entry.budgeted:
             for b in sorted({b for b in self.FIDELITY_BUDGETS + (budget,) if 1 <= b <= enc.tokens.n}):
@@ -526,7 +527,7 @@ class Explorer:
         from .backend import fidelity as fid
 
         max_new_tokens = self.check_max_new_tokens(max_new_tokens)
-        backend, enc, settings, red = self.last(state)
+        backend, enc, settings, red, _ = self.last(state)
         prompt = state.get("prompt", "")
         if not prompt:
             raise InputError("Type a question first: fidelity compares the LLM's answers to it.")
@@ -614,11 +615,6 @@ class Explorer:
         buf = io.BytesIO()
         Image.fromarray(canvas).save(buf, format="PNG")
         return buf.getvalue()
-
-
-def entry_max(entry) -> int:
-    spec = next(c for name, c, _ in entry.controls if name == entry.budget_field)
-    return int(spec.maximum)
 
 
 def export_name(settings: Settings) -> str:

@@ -258,7 +258,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         try:
             image = upload_path(image)
             settings = settings_of(method, controls, query_points, clamp=True)
-            out, state = explorer.explore(image, prompt, settings, state, model or None)
+            out, state = explorer.explore(image, prompt, settings, state, model or None, with_per_patch=False)
         except Exception as err:
             raise _error(err) from None
         fixes = settings.clamped(controls)

@@ -78,6 +78,17 @@ def test_per_patch_data_is_what_the_reduction_holds(vt):
     assert np.allclose(ex.per_patch(vt, fastv)["llm_attention"], fastv.attn.numpy(), atol=1e-8)
 
 
+def test_summary_holds_the_per_patch_data_unless_left_out(vt):
+    from explorer.settings import Settings
+
+    settings = Settings.from_controls({"method": "prumerge"})
+    red = REDUCERS["prumerge"](vt)
+    full = ex.summary(red, vt, settings, {}, {"prompt": "p"})
+    light = ex.summary(red, vt, settings, {}, {"prompt": "p"}, with_per_patch=False)
+    assert full["per_patch"] == ex.per_patch(vt, red)
+    assert "per_patch" not in light and light == {k: v for k, v in full.items() if k != "per_patch"}
+
+
 def test_flops_follow_where_the_tokens_are_dropped(vt):
     class LM:
         hidden_size, intermediate_size, num_hidden_layers = 32, 64, 6
