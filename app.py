@@ -36,8 +36,8 @@ def stop_on_sigterm():
 
 
 def main(argv=None) -> None:
-    hosting.prepare()  # a Hugging Face Space: missing wheels, bind address (nothing anywhere else)
     config = ExplorerConfig.from_args(argv)
+    hosting.prepare(model=config.model)  # a Hugging Face Space: missing wheels, bind address (nothing elsewhere)
     release_freed_memory()  # a long-running server: freed buffers go back to the OS (glibc)
     explorer = Explorer(config)
     previous = stop_on_sigterm()

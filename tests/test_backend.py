@@ -574,6 +574,8 @@ def test_config_from_args_and_env():
     d = ExplorerConfig.from_args([], env={})
     assert d == ExplorerConfig() and d.is_offline and d.clip is None and d.device == "auto"
     assert ExplorerConfig.from_args(["--max-new-tokens", "8", "--seed", "3"], env={}).max_new_tokens == 8
+    with pytest.raises(SystemExit):  # argparse's usage line and the reason, not a traceback
+        ExplorerConfig.from_args(["--max-new-tokens", "1000"], env={})
     with pytest.raises(ValueError):
         ExplorerConfig(encode_cache_size=0)
     with pytest.raises(ValueError):

