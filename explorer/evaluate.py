@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -241,12 +242,14 @@ def _tmp_path(path: Path) -> Path:
     return path.parent / f".{path.name}.{os.getpid()}.tmp"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path` (never half a file)."""
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write `content` (text as UTF-8) to a temporary file beside `path`, then rename it over `path` (never
+    half a file)."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
     tmp = _tmp_path(path)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -414,17 +417,12 @@ def write_summary(summary: Sequence[dict], path: Path) -> None:
             return f"{value:.6g}"
         return value
 
-    lines: list[str] = []
-
-    class Sink:
-        def write(self, text):
-            lines.append(text)
-
-    writer = csv.DictWriter(Sink(), fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
     writer.writeheader()
     for record in summary:
         writer.writerow({k: cell(record[k]) for k in SUMMARY_FIELDS})
-    write_atomic(path, "".join(lines))
+    write_atomic(path, text.getvalue())
 
 
 def _curves(summary: Sequence[dict]) -> dict[str, list[dict]]:
@@ -486,13 +484,9 @@ def write_plot_png(summary: Sequence[dict], path: Path, title: str) -> bool:
         axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    tmp = _tmp_path(path)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    write_atomic(path, png.getvalue())
     return True
 
 
