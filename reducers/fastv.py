@@ -32,11 +32,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-
 from .base import Reduction, VisualTokens, check_ranges, choice, params_or_default, slider
 from .baselines import budget_slider
+from .ops import top_by_score
 
 RANKS = ("last", "mean")  # the index into lm_attn's second axis
 
@@ -52,12 +50,6 @@ class FastVParams:
 
     def __post_init__(self) -> None:
         check_ranges(self)
-
-
-def top_by_score(score: Tensor, m: int) -> Tensor:
-    """[m] indices of the m largest scores (ties: lowest index), in ascending (raster) order."""
-    best = torch.sort(score.float(), descending=True, stable=True).indices[:m]
-    return torch.sort(best).values
 
 
 def fastv(vt: VisualTokens, params: FastVParams | None = None) -> Reduction:

@@ -24,11 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Reduction, VisualTokens, check_ranges, params_or_default
 from .baselines import budget_slider, grid_size
+from .ops import group_mean
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,7 @@ def pool(vt: VisualTokens, params: PoolParams | None = None) -> Reduction:
     gh, gw = grid_size(min(int(p.budget), vt.n), vt.grid)
     cell = (bin_of(h, gh, device)[:, None] * gw + bin_of(w, gw, device)[None, :]).flatten()  # [N]
     m = gh * gw
-    order = torch.sort(cell, stable=True).indices  # [N] patches cell by cell
-    size = torch.bincount(cell, minlength=m)  # [M]
-    tokens = F.embedding_bag(order, vt.features.float(), torch.cumsum(size, 0) - size, mode="mean")  # [M, d]
+    tokens, size = group_mean(vt.features, cell, m)  # [M, d], [M]
     kept = (bin_centres(h, gh, device)[:, None] * w + bin_centres(w, gw, device)[None, :]).flatten()  # [M]
     return Reduction(
         method="pool",

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider
 from .baselines import budget_slider
+from .ops import group_mean, group_sum
 
 
 @dataclass(frozen=True)
@@ -80,15 +81,6 @@ def bipartite_match(metric: Tensor, r: int) -> tuple[Tensor, Tensor]:
     return 2 * chosen, 2 * partner[chosen] + 1
 
 
-def _bags(target: Tensor, n_out: int) -> tuple[Tensor, Tensor]:
-    """For an assignment target [n] → 0..n_out−1 (every output hit): the rows ordered by target (stable) and
-    the offsets [n_out] of each output's bag: `F.embedding_bag` sums them in a fixed order (deterministic on
-    CPU and GPU, unlike index_add_ on CUDA)."""
-    order = torch.sort(target, stable=True).indices  # [n]
-    counts = torch.bincount(target, minlength=n_out)  # [n_out]
-    return order, torch.cumsum(counts, 0) - counts
-
-
 def merge_step(metric: Tensor, owner: Tensor, rep: Tensor, src: Tensor, dst: Tensor):
     """Merge the tokens at positions src into those at dst: metric sums [n, dk] → [n − r, dk]; owner [N]
     (position of the token holding each patch) and rep [n] (representative patch per token) follow."""
@@ -99,8 +91,7 @@ def merge_step(metric: Tensor, owner: Tensor, rep: Tensor, src: Tensor, dst: Ten
     target = torch.arange(n, device=metric.device)
     target[src] = dst
     remap = new_pos[target]  # [n] old position → position of the token that holds it after the step
-    order, offsets = _bags(remap, n - src.numel())
-    metric = F.embedding_bag(order, metric, offsets, mode="sum")  # [n − r, dk]
+    metric, _ = group_sum(metric, remap, n - src.numel())  # [n − r, dk]
     return metric, remap[owner], rep[keep]
 
 
@@ -116,9 +107,7 @@ def tome(vt: VisualTokens, params: ToMeParams | None = None) -> Reduction:
         src, dst = bipartite_match(metric, r)
         metric, owner, rep = merge_step(metric, owner, rep, src, dst)
     m = rep.numel()
-    order, offsets = _bags(owner, m)
-    tokens = F.embedding_bag(order, vt.features.float(), offsets, mode="mean")  # [M, d] group means
-    size = torch.bincount(owner, minlength=m)  # [M]
+    tokens, size = group_mean(vt.features, owner, m)  # [M, d] group means, [M] group sizes
     return Reduction(
         method="tome",
         kept=rep,

@@ -54,6 +54,7 @@ from torch import Tensor
 
 from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider, toggle
 from .baselines import budget_slider
+from .ops import group_sum, top_by_score
 
 OFFICIAL_SHARE = 54 / 64  # README: dominant=54, contextual=10 at 64 tokens; the same ratio at 128 and 192
 
@@ -82,12 +83,6 @@ def split(budget: int, n: int, share: float, cls_token: bool) -> tuple[int, int,
     return dominant, with_cls, m - dominant
 
 
-def dominant_patches(attn: Tensor, count: int) -> Tensor:
-    """[count] the most attended patches, in raster order (ties at the cut: the lower index is kept)."""
-    order = torch.sort(attn.float(), descending=True, stable=True).indices  # [N]
-    return torch.sort(order[:count]).values
-
-
 def contextual_targets(remaining: Tensor, count: int) -> Tensor:
     """[count] evenly spaced merge targets among the remaining patches: remaining[0::step][:count],
     step = max(1, ⌊R / count⌋)."""
@@ -103,16 +98,9 @@ def assign(keys_n: Tensor, members: Tensor, targets: Tensor) -> Tensor:
 
 def merge_contexts(x: Tensor, members: Tensor, targets: Tensor, joined: Tensor) -> tuple[Tensor, Tensor]:
     """Contextual tokens [C, d] (float32) x_t + mean of the members that joined t, and the member counts [C].
-
-    The member sums are one `index_add_` over all N rows (patches that are not members go to a spare row C), so
-    the [R − C, d] member rows are never gathered into a copy."""
-    c = targets.numel()
-    xf = x.float()
-    count = torch.bincount(joined, minlength=c)  # [C]
-    slot = torch.full((x.shape[0],), c, dtype=torch.long, device=x.device)  # [N] spare row C
-    slot[members] = joined
-    summed = torch.zeros(c + 1, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, slot, xf)[:c]
-    return xf[targets] + summed / count.clamp(min=1).unsqueeze(1).to(torch.float32), count
+    The member rows are summed in place (`ops.group_sum`), never gathered into a copy."""
+    summed, count = group_sum(x, joined, targets.numel(), rows=members)  # [C, d], [C]
+    return x[targets].float() + summed / count.clamp(min=1).unsqueeze(1).to(torch.float32), count
 
 
 def visionzip(vt: VisualTokens, params: VisionZipParams | None = None) -> Reduction:
@@ -122,7 +110,7 @@ def visionzip(vt: VisualTokens, params: VisionZipParams | None = None) -> Reduct
                method="VisionZip")
     n, x, dev = vt.n, vt.features, vt.features.device
     dominant, with_cls, c = split(p.budget, n, p.dominant_share, p.cls_token)
-    kept = dominant_patches(vt.feature_layer_attn, dominant - with_cls)  # [M]
+    kept = top_by_score(vt.feature_layer_attn, dominant - with_cls)  # [M] the most attended, raster order
     m = kept.numel()
     is_kept = torch.zeros(n, dtype=torch.bool, device=dev)
     is_kept[kept] = True
