@@ -133,6 +133,10 @@ def _check_matrix(name: str, x: Tensor | None, n: int, ndim: int = 2) -> None:
     if x.ndim != ndim or x.shape[0] != n or (ndim == 2 and x.shape[1] < 1):
         want = "[N]" if ndim == 1 else "[N, width ≥ 1]"
         raise ValueError(f"{name} must have shape {want} with N={n}, got {tuple(x.shape)}")
+    _check_values(name, x)
+
+
+def _check_values(name: str, x: Tensor) -> None:
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if not _all_finite(x):
@@ -168,8 +172,7 @@ class memo(cached_property):
         self.depends = frozenset(depends)
 
     def __call__(self, fn):
-        super().__init__(fn)
-        self.__doc__ = fn.__doc__
+        super().__init__(fn)  # cached_property's: takes fn's name and docstring
         return self
 
 
@@ -240,13 +243,8 @@ class VisualTokens:
         n = x.shape[0]
         if check("features"):
             _check_matrix("features", x, n)
-        if check("keys") or check("features"):
-            _check_matrix("keys", self.keys, n)
-        if check("cls_attn") or check("features"):
-            _check_matrix("cls_attn", self.cls_attn, n, ndim=1)
-        if check("joint") or check("features"):
-            _check_matrix("joint", self.joint, n)
-        for name, ndim in (("feature_layer_attn", 1), ("feature_layer_keys", 2), ("projected", 2)):
+        for name, ndim in (("keys", 2), ("cls_attn", 1), ("joint", 2), ("feature_layer_attn", 1),
+                           ("feature_layer_keys", 2), ("projected", 2)):
             if check(name) or check("features"):
                 _check_matrix(name, getattr(self, name), n, ndim=ndim)
         if self.cls_feature is not None and (check("cls_feature") or check("features")):
@@ -254,10 +252,7 @@ class VisualTokens:
             if not isinstance(c, Tensor) or c.ndim != 1 or c.shape[0] != x.shape[1]:
                 raise ValueError(f"cls_feature must have shape [d={x.shape[1]}] (the width of features), got "
                                  f"{tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__}")
-            if not c.is_floating_point():
-                raise ValueError(f"cls_feature must be a floating-point tensor, got {c.dtype}")
-            if not _all_finite(c):
-                raise ValueError("cls_feature contains NaN or Inf values")
+            _check_values("cls_feature", c)
         if check("grid") or check("features"):
             object.__setattr__(self, "grid", _check_grid(self.grid, n))
         if self.lm_attn is not None and (check("lm_attn") or check("features")):
@@ -524,7 +519,7 @@ class RegistryEntry:
     headline: str = ""
 
     def __call__(self, vt: VisualTokens, params=None) -> Reduction:
-        return self.fn(vt, self.params() if params is None else params_or_default(params, self.params))
+        return self.fn(vt, params_or_default(params, self.params))
 
     @property
     def controls(self) -> tuple[tuple[str, Control, object], ...]:
@@ -533,7 +528,7 @@ class RegistryEntry:
     @property
     def budgeted(self) -> bool:
         """Takes a token budget (a control with `budget=True`): matched-budget comparisons set it to M."""
-        return any(control.budget for _, control, _ in self.controls)
+        return self.budget_field is not None
 
     @property
     def budget_field(self) -> str | None:
