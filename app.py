@@ -20,7 +20,7 @@ from explorer import hosting  # noqa: E402
 from explorer.config import ExplorerConfig  # noqa: E402
 from explorer.runtime import release_freed_memory  # noqa: E402
 from explorer.service import Explorer  # noqa: E402
-from explorer.ui import build_demo, launch_kwargs  # noqa: E402
+from explorer.ui import build_demo, serve  # noqa: E402
 
 
 def _interrupt(signum, frame):
@@ -45,8 +45,7 @@ def main(argv=None) -> None:
     try:
         explorer.preload()  # loads the model in the background; the page is served meanwhile
         demo = build_demo(explorer)
-        demo.queue(max_size=64, default_concurrency_limit=2)
-        demo.launch(**launch_kwargs(config))  # blocks until Ctrl-C / SIGTERM
+        serve(demo, config)  # blocks until Ctrl-C / SIGTERM
     except KeyboardInterrupt:  # stopped while starting
         pass
     finally:

@@ -104,27 +104,18 @@ def in_process(explorer, n_moves: int) -> dict[str, list[float]]:
 
 
 def sweep_only(explorer, image, s, sweep_name, state):
-    from explorer import explore as ex
-    from explorer.pictures import plots
-
+    """The sweep figure as the app draws it (the service's own `sweep_figure`)."""
     backend, enc, _ = explorer.encoded(image, state)
     _, vt, _ = explorer.reduce(backend, enc, PROMPT, s)
-    xs, counts, clusters, current, name = ex.sweep(vt, s, sweep_name)
-    return plots.sweep_plot(xs, counts, current, name, clusters=clusters)
+    return explorer.sweep_figure(vt, s, sweep_name)
 
 
 def compare_only(explorer, image, s, state):
-    """The comparison as the app runs it after a move: each method's reduction (the active one cached by the
-    move), a half-size thumbnail per method and the bar chart."""
-    from explorer.pictures import plots
-
+    """The comparison as the app runs it after a move (the service's own `comparison_view`): each method's
+    reduction (the active one cached by the move), a half-size thumbnail per method and the bar chart."""
     backend, enc, _ = explorer.encoded(image, state)
     red, _, _ = explorer.reduce(backend, enc, PROMPT, s)
-    rows = explorer.comparison(backend, enc, PROMPT, s, red.n_kept)
-    small = explorer.canvas(backend, enc).small
-    thumbs = [small.kept(r.kept_mask.cpu(), samples=r.samples) for _, r, _ in rows]
-    bars = [{"label": m, "n_kept": r.n_kept, "matched": matched} for m, r, matched in rows]
-    return thumbs, plots.comparison_bar(bars, red.n_kept)
+    return explorer.comparison_view(backend, enc, PROMPT, s, red.n_kept)
 
 
 def encode_times(explorer, n: int) -> list[float]:
@@ -146,12 +137,10 @@ def encode_times(explorer, n: int) -> list[float]:
 
 # --------------------------------------------------------------------------------------------------
 def launch(explorer):
-    from explorer.ui import build_demo
+    from explorer.ui import build_demo, serve
 
-    demo = build_demo(explorer)
-    demo.queue(max_size=64, default_concurrency_limit=2)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    return demo
+    return serve(build_demo(explorer), explorer.config, prevent_thread_lock=True, server_name="127.0.0.1",
+                 quiet=True)
 
 
 def through_client(url: str, n_moves: int) -> dict[str, list[float]]:

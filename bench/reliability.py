@@ -50,15 +50,12 @@ from explorer.config import OFFLINE, ExplorerConfig  # noqa: E402
 from explorer.runtime import release_freed_memory  # noqa: E402
 from explorer.service import Explorer  # noqa: E402
 from explorer.settings import Schema  # noqa: E402
-from reducers.cache import LRU  # noqa: E402
 from tests import bad_inputs  # noqa: E402
 from tests import test_isolation as isolation  # noqa: E402
 
 PROMPT = "What is in the picture?"
 HEAD = dict(prompt=PROMPT, method="prumerge", model=OFFLINE, query_points=[])
-GENERIC = "something went wrong"
 SCHEMA = Schema.build()
-ASSETS = ROOT / "assets"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -72,13 +69,12 @@ def synthetic_explorer(**config) -> Explorer:
 @contextmanager
 def launched(explorer: Explorer):
     """The app as `python app.py` launches it (queue, limits), on a free loopback port, quietly."""
-    from explorer.ui import build_demo
+    from explorer.ui import build_demo, serve
 
     demo = build_demo(explorer)
-    demo.queue(max_size=64, default_concurrency_limit=2)
     with redirect_stdout(io.StringIO()):
-        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True,
-                    show_error=False, max_file_size="50mb")
+        serve(demo, explorer.config, prevent_thread_lock=True, server_name="127.0.0.1", server_port=None,
+              quiet=True)
     try:
         yield demo
     finally:
@@ -86,10 +82,9 @@ def launched(explorer: Explorer):
             demo.close()
 
 
-def client(url: str):
-    from gradio_client import Client
-
-    return Client(url, verbose=False, download_files=False)
+client = isolation.new_client
+essence = isolation.essence  # what must not depend on who else is using the server
+cold = isolation.cold_caches  # forget every encode, so the next round encodes again, all at once
 
 
 def explore(c, path, **over) -> list:
@@ -98,19 +93,9 @@ def explore(c, path, **over) -> list:
     return c.submit(api_name="/explore", image=handle_file(str(path)), **{**HEAD, **over}).result(timeout=120)
 
 
-def images(folder: Path) -> list[Path]:
-    photos = sorted(ASSETS.glob("*.jpg"))[:6]
-    return photos + [bad_inputs.good_jpeg(folder, seed=s, size=(200 + 37 * s, 150 + 23 * s)) for s in range(6)]
-
-
 # --------------------------------------------------------------------------------------------------
 # Bad inputs
 # --------------------------------------------------------------------------------------------------
-def one_sentence(message) -> bool:
-    return (isinstance(message, str) and 10 <= len(message) <= 400 and "\n" not in message.strip()
-            and GENERIC not in message.lower() and message.count("Invalid setting") <= 1)
-
-
 def bad_input_cases(folder: Path) -> list[tuple[str, str, dict]]:
     """(group, name, keyword overrides for /explore or /answer) — the client-side cases."""
     cases = []
@@ -175,17 +160,12 @@ def measure_bad_inputs(folder: Path) -> dict:
                     explore(c, path, **over)
                 outcome = "result"
             except AppError as err:
-                outcome = "sentence" if one_sentence(str(err)) else "other"
+                outcome = "sentence" if bad_inputs.is_one_sentence(str(err)) else "other"
             count(group, outcome, serving())
 
         folder_secret = folder / "secret"
         folder_secret.mkdir(exist_ok=True)
-        from PIL import Image
-
-        Image.new("RGB", (64, 48), (13, 200, 77)).save(folder_secret / "secret.png")
-        (folder_secret / "empty.png").write_bytes(b"")
-        (folder_secret / "text.png").write_text("not an image\n")
-        targets = [folder_secret / n for n in ("secret.png", "empty.png", "text.png", "missing.png")]
+        targets = list(bad_inputs.not_uploaded_files(folder_secret).values())
         for api in ("explore", "compare", "answer", "export"):
             for shape in SHAPES.values():
                 for target in targets:
@@ -196,7 +176,7 @@ def measure_bad_inputs(folder: Path) -> dict:
                     elif message is None:
                         outcome = "gradio"
                     else:
-                        outcome = "sentence" if one_sentence(message) else "other"
+                        outcome = "sentence" if bad_inputs.is_one_sentence(message) else "other"
                     count("crafted file payloads (raw HTTP)", outcome, True)
         served = serving()
         groups["crafted file payloads (raw HTTP)"]["not serving"] += 0 if served else 1
@@ -208,19 +188,6 @@ def measure_bad_inputs(folder: Path) -> dict:
 # Parallel sessions
 # --------------------------------------------------------------------------------------------------
 SESSIONS = isolation.SESSIONS  # the same 8 sessions tests/test_isolation.py checks
-
-
-def essence(summary: dict) -> dict:
-    keep = ("method", "n_tokens", "n_kept", "n_patches_kept", "n_extra", "stages", "n_clusters", "q1", "q3",
-            "fence", "params", "inputs", "prompt", "image", "query", "per_patch")
-    return {k: summary.get(k) for k in keep}
-
-
-def cold(explorer: Explorer) -> None:
-    for backend in explorer._backends.values():
-        backend._encoded = LRU(backend._encoded.size)
-    for name in ("_canvases", "_tokens", "_reductions"):
-        setattr(explorer, name, LRU(getattr(explorer, name).size))
 
 
 def measure_parallel(explorer: Explorer, pics: list[Path], n: int, model: str) -> dict:
@@ -356,7 +323,7 @@ def main(argv=None) -> None:
 
     t_start = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="vte-bench-files-"))
-    pics = images(folder)
+    pics = isolation.distinct_images(folder)
     say(f"# Reliability (`python -m bench.reliability`, {time.strftime('%Y-%m-%d')})\n")
     say(f"Machine: {machine()}\n")
 

@@ -350,23 +350,32 @@ class Explorer:
         backend, enc, state = self.encoded(image, state, model)
         prompt = self.clip_prompt(prompt)
         red, vt, _ = self.reduce(backend, enc, prompt, settings)
+        gallery, bars = self.comparison_view(backend, enc, prompt, settings, red.n_kept)
+        return self.sweep_figure(vt, settings, sweep_name), gallery, bars, state
+
+    @staticmethod
+    def sweep_figure(vt: VisualTokens, settings: Settings, sweep_name: str | None):
+        """Tokens to the LLM as one slider of the active method sweeps its range (`ex.sweep`), as a figure."""
         result = ex.sweep(vt, settings, sweep_name)
         if result is None:
-            sweep_fig = plots.sweep_plot(np.array([0.0, 1.0]), np.array([vt.n, vt.n]), 0.0,
-                                         f"{settings.entry.label} has no slider to sweep")
-        else:
-            xs, counts, clusters, current, name = result
-            sweep_fig = plots.sweep_plot(xs, counts, current, name, clusters=clusters)
-        rows = self.comparison(backend, enc, prompt, settings, red.n_kept)
+            return plots.sweep_plot(np.array([0.0, 1.0]), np.array([vt.n, vt.n]), 0.0,
+                                    f"{settings.entry.label} has no slider to sweep")
+        xs, counts, clusters, current, name = result
+        return plots.sweep_plot(xs, counts, current, name, clusters=clusters)
+
+    def comparison_view(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int):
+        """Every method at the budget M (`comparison`): the gallery [(half-size thumbnail, caption)] and the bar
+        chart."""
+        rows = self.comparison(backend, enc, prompt, settings, budget)
         canvas = self.canvas(backend, enc).small
         gallery, bars = [], []
         for method, r, matched in rows:
             label = self.schema.entry(method).label
-            how = (f"at M = {red.n_kept}" if r.n_kept == red.n_kept else f"nearest grid to M = {red.n_kept}") \
+            how = (f"at M = {budget}" if r.n_kept == budget else f"nearest grid to M = {budget}") \
                 if matched else "at its own settings"
             gallery.append((canvas.kept(r.kept_mask.cpu(), samples=r.samples), f"{label} · {r.n_kept} tokens ({how})"))
             bars.append({"label": label, "n_kept": r.n_kept, "matched": matched})
-        return sweep_fig, gallery, plots.comparison_bar(bars, red.n_kept), state
+        return gallery, plots.comparison_bar(bars, budget)
 
     def comparison(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int):
         """[(method, Reduction, matched)] for every method this backend and prompt can feed."""

@@ -697,6 +697,14 @@ def history_choices(state: dict) -> gr.Dropdown:
     return gr.Dropdown(choices=[(run["label"], i) for i, run in enumerate(runs)], value=None)
 
 
+def serve(demo: gr.Blocks, config, **overrides) -> gr.Blocks:
+    """Queue and launch `demo` as `python app.py` does (`launch_kwargs`: limits, page style); `overrides` for
+    tests and benchmarks (e.g. `prevent_thread_lock=True, server_name="127.0.0.1", server_port=None`)."""
+    demo.queue(max_size=64, default_concurrency_limit=2)
+    demo.launch(**{**launch_kwargs(config), **overrides})
+    return demo
+
+
 def launch_kwargs(config) -> dict:
     """Loopback unless GRADIO_SERVER_NAME says otherwise; never share by default."""
     return dict(

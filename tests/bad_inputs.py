@@ -1,4 +1,5 @@
-"""Files a user might upload, good and bad: each maker writes one into `folder` and returns its path."""
+"""Files a user might upload, good and bad: each maker writes one into `folder` and returns its path. Also the
+files a caller might point at without uploading them, and what a clear error message is."""
 
 from __future__ import annotations
 
@@ -115,3 +116,26 @@ ODD_BUT_FINE = {  # maker → expected (width, height) after loading
     one_pixel: (1, 1),
     exif_rotated: (200, 300),
 }
+
+
+GENERIC = "something went wrong"  # Gradio's message when a handler raised something other than gr.Error
+
+
+def is_one_sentence(message) -> bool:
+    """A message for a person: one line of 10–400 characters, no traceback, not Gradio's generic error, the
+    "Invalid setting" prefix at most once."""
+    if not isinstance(message, str):
+        return False
+    low = message.lower()
+    return (GENERIC not in low and "traceback" not in low and "\n" not in message.strip()
+            and 10 <= len(message) <= 400 and message.count("Invalid setting") <= 1)
+
+
+def not_uploaded_files(folder: Path) -> dict[str, str]:
+    """Files on the server that were never uploaded: an image (one flat colour, so its pixels would be
+    recognisable), an empty file, a text file named .png, and a path that does not exist."""
+    Image.new("RGB", (64, 48), (13, 200, 77)).save(folder / "secret.png")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_text("not an image\n")
+    return {"image": str(folder / "secret.png"), "empty": str(folder / "empty.png"),
+            "not-an-image": str(folder / "text.png"), "missing": str(folder / "missing.png")}

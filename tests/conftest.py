@@ -11,13 +11,10 @@ import pytest  # noqa: E402
 
 def _launch(explorer):
     """The app as `python app.py` launches it (same queue, page style and limits), on a free loopback port."""
-    from explorer.ui import build_demo, launch_kwargs
+    from explorer.ui import build_demo, serve
 
-    demo = build_demo(explorer)
-    demo.queue(max_size=64, default_concurrency_limit=2)
-    kwargs = {**launch_kwargs(explorer.config), "server_name": "127.0.0.1"}
-    demo.launch(prevent_thread_lock=True, server_port=None, quiet=True, **kwargs)
-    return demo
+    return serve(build_demo(explorer), explorer.config, prevent_thread_lock=True, server_name="127.0.0.1",
+                 server_port=None, quiet=True)
 
 
 @pytest.fixture(scope="session")

@@ -77,14 +77,18 @@ def served(explorer: Explorer):
         demo.close()
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> list[Path]:
-    """Six example photos and six generated scenes of different sizes: 12 distinct images."""
-    folder = tmp_path_factory.mktemp("isolation")
+def distinct_images(folder: Path) -> list[Path]:
+    """Six example photos and six generated scenes of different sizes (written into `folder`): 12 distinct
+    images."""
     photos = sorted(ASSETS.glob("*.jpg"))
     assert len(photos) >= 6, photos
     made = [bad_inputs.good_jpeg(folder, seed=s, size=(200 + 37 * s, 150 + 23 * s)) for s in range(6)]
     return photos[:6] + made
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    return distinct_images(tmp_path_factory.mktemp("isolation"))
 
 
 @pytest.fixture(scope="module")

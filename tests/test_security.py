@@ -25,6 +25,7 @@ from explorer.backend.synthetic import SyntheticBackend
 from explorer.config import OFFLINE, ExplorerConfig
 from explorer.service import Explorer
 from explorer.settings import Schema
+from tests import bad_inputs
 from tests.conftest import _launch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,16 +190,8 @@ EXPORT_FIRST = "Nothing to work on: explore an image first (or explore it again 
 
 @pytest.fixture(scope="module")
 def server_files(tmp_path_factory) -> dict[str, str]:
-    """Files on the server that were never uploaded: an image (one flat colour, so its pixels would be
-    recognisable), an empty file, a text file named .png, and a path that does not exist."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("not-uploaded")
-    Image.new("RGB", (64, 48), (13, 200, 77)).save(folder / "secret.png")
-    (folder / "empty.png").write_bytes(b"")
-    (folder / "text.png").write_text("not an image\n")
-    return {"image": str(folder / "secret.png"), "empty": str(folder / "empty.png"),
-            "not-an-image": str(folder / "text.png"), "missing": str(folder / "missing.png")}
+    """`bad_inputs.not_uploaded_files`: an image, an empty file, a text file named .png, a missing path."""
+    return bad_inputs.not_uploaded_files(tmp_path_factory.mktemp("not-uploaded"))
 
 
 def assert_refused(api: str, event: str, data) -> None:
