@@ -66,9 +66,10 @@ def reference_call(method: str, inp: dict):
     if method == "par":
         return lambda: ref.par(x, inp["joint"], inp["query"], inp["grid"])
     if method == "visionzip":
-        return lambda: ref.visionzip(x, inp["feature_layer_attn"], inp["feature_layer_keys"], inp["cls_feature"], 64)
+        return lambda: ref.visionzip(x, inp["feature_layer_attn"], inp["feature_layer_keys"], inp["cls_feature"],
+                                     BUDGET)
     if method == "divprune":
-        return lambda: ref.divprune(inp["projected"], 64)
+        return lambda: ref.divprune(inp["projected"], BUDGET)
     if method == "top-attention":
         return lambda: ref.top_attention(x, a, BUDGET)
     if method == "uniform":

@@ -4,7 +4,7 @@
 [floor(r·H/h), floor((r+1)·H/h)) and columns [floor(c·W/w), floor((c+1)·W/w)). Every picture is built from a
 per-patch array [h, w, …] expanded to pixels and blended once. A `Canvas` holds what every redraw of one view
 re-uses (index maps, the dimmed copy, the gridded copy, the patch frames), so a slider move costs a few ms at
-672 px; the module-level functions build a throwaway Canvas. No matplotlib here: the heat colormap is a
+672 px. No matplotlib here: the heat colormap is a
 table built once at import.
 """
 
@@ -251,9 +251,7 @@ class Canvas:
         colours = np.zeros((self.n, 3), np.float32)
         if member.any():
             colours[member] = cluster_colours(groups[member])
-        a = np.where(member, alpha, 0.0).astype(np.float32)[:, None]  # [N, 1]
-        scale = np.where(member, 1.0, 0.35).astype(np.float32)[:, None] * (1 - a)
-        out = self.mix(scale, a * colours)
+        out = self._tint(member, colours, alpha)
         self._paint_borders(out, np.where(member, groups, -1))
         return self._finish(out, kept)
 
@@ -289,9 +287,14 @@ class Canvas:
         colours = palette(max(1, kept.size))
         per_patch = np.zeros((self.n, 3), np.float32)
         per_patch[member] = colours[group[member]]
+        return self._finish(self._tint(member, per_patch, alpha), kept)
+
+    def _tint(self, member: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+        """The image with `colours` [N, 3] blended at `alpha` over the patches in `member` [N] bool and the
+        patches in no group dimmed."""
         a = np.where(member, alpha, 0.0).astype(np.float32)[:, None]  # [N, 1]
         scale = np.where(member, 1.0, 0.35).astype(np.float32)[:, None] * (1 - a)  # dim the patches in no group
-        return self._finish(self.mix(scale, a * per_patch), kept)
+        return self.mix(scale, a * colours)
 
     def heatmap(self, values, kept_mask=None, alpha: float = 0.6) -> np.ndarray:
         """values [N] in [0, 1] (e.g. PAR relevance) as a viridis heatmap on the image; kept patches outlined."""
