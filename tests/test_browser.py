@@ -238,6 +238,29 @@ def test_clearing_the_image_resets_quietly(page):
     assert not page.query_selector(".toast-body.error"), "no error toast"
 
 
+def test_budget_sliders_run_up_to_the_images_token_count(browser):
+    """Built before its model has loaded (as `python app.py` builds it), the page learns N from the first
+    explore: a 12×12 grid gives budget sliders that end at 144."""
+    from explorer.backend.synthetic import SyntheticBackend
+    from explorer.config import ExplorerConfig
+    from explorer.service import Explorer
+    from tests.conftest import _launch
+
+    backend = SyntheticBackend(grid=(12, 12), view_side=336)
+    explorer = Explorer(ExplorerConfig(), loader=lambda config, progress=None: backend)
+    assert explorer.loaded(explorer.config.model) is None
+    demo = _launch(explorer)
+    context, page = open_page(browser, demo.local_url)
+    try:
+        pick_method(page, "visionzip")
+        assert page.get_attribute("#ctl-budget input[type=range]", "max") == "144"
+        assert not page.errors, page.errors
+    finally:
+        context.close()
+        demo.close()
+        explorer.close()
+
+
 # --- screenshots ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(VIEWPORTS))
 def test_screenshots_at_three_viewports(browser, app, name):
