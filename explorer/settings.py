@@ -208,6 +208,18 @@ class Settings:
             out["query_points"] = [list(p) for p in self.points]
         return out
 
+    def describe(self) -> dict[str, str]:
+        """The one text form of these settings: {"method": name, then each control that matters to it: its value
+        as text} (`true`/`false`, numbers as Python writes them), in schema order. History and pin labels
+        (`label()`), answer stamps, export names and the page's address all read it, so a setting is spelled
+        one way wherever it is shown; `from_controls` reads every value back."""
+        return {METHOD: self.method, **{k: _text(v) for k, v in self.relevant().items()}}
+
+    def label(self) -> str:
+        """The method's name and what it was given, e.g. `PruMerge (iqr_multiplier=1.5, merge=true, …)`."""
+        pairs = ", ".join(f"{k}={v}" for k, v in self.describe().items() if k != METHOD)
+        return f"{self.entry.label} ({pairs})" if pairs else self.entry.label
+
     def clamped(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """The controls whose value here differs from the number the user sent (moved into range)."""
         values = dict(self.values)
@@ -259,6 +271,11 @@ def coerce(name: str, control: Control, raw, clamp: bool = False):
             raise InputError(f"{name} must be a whole number, got {raw!r}.")
         return int(value)
     return value
+
+
+def _text(value) -> str:
+    """A control value as `describe` writes it."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _points(points) -> tuple[tuple[float, float], ...]:

@@ -28,9 +28,10 @@ from pathlib import Path
 import gradio as gr
 
 from . import __version__
-from . import explore as ex
+from .service import view as ex
 from .errors import InputError
 from .service import Explorer
+from .session import Session, answers_stale
 from .settings import METHOD
 
 log = logging.getLogger("explorer")
@@ -226,12 +227,12 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
 
     def after_move(state, answers):
         """Answers marked stale when the screen no longer shows what produced them; the history."""
-        stale = stale_note(state, answers)
-        return [stale, gr.Column(elem_classes=["stale"] if stale else []), history_choices(state)]
+        stale = stale_note(explorer.session(state), answers)
+        return [stale, gr.Column(elem_classes=["stale"] if stale else []), history_choices(explorer.session(state))]
 
     def after_explore(state, answers):
         """`after_move`, and the budget sliders run up to the new image's N (a move cannot change N)."""
-        n = (state or {}).get("n_tokens")
+        n = explorer.session(state).n_tokens
         return [*after_move(state, answers), *[gr.update(maximum=n) if n else gr.skip() for _ in budget_controls]]
 
     def quiet_reset(tail: list):
@@ -300,7 +301,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         except Exception as err:
             raise _error(err) from None
         if "explain-tab" in tabs:
-            out[3] = explain_markdown(explorer, (state or {}).get("last_summary"))
+            out[3] = explain_markdown(explorer, explorer.session(state).last_summary)
         return out
 
     def answer(image, prompt, method, model, query_points, max_new_tokens, state, progress=gr.Progress(),
@@ -347,7 +348,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         """A click on a picture: describe the patch under it, or add it to PAR's query points."""
         try:
             x, y = evt.index
-            view = (state or {}).get("view_size")
+            view = explorer.session(state).view_size
             if mode == POINT:
                 points = list(query_points or []) + [explorer.view_to_image(state, x, y)]
                 return points, gr.skip()
@@ -371,12 +372,12 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
 
     def restore(choice, state):
         """A run from the history → its method and settings back on the controls."""
-        runs = (state or {}).get("history") or []
-        if choice is None or not (0 <= int(choice) < len(runs)):
+        run = explorer.session(state).run(choice)
+        if run is None:
             return [gr.skip()] * (len(names) + 2)
-        controls = runs[int(choice)]["controls"]
-        return [controls[METHOD], gr.update(value=controls.get("__points__", []))] + [
-            controls.get(n, gr.skip()) for n in names]
+        controls = run.settings.to_controls()
+        return [controls[METHOD], gr.update(value=[list(p) for p in run.settings.points])] + [
+            controls[n] for n in names]
 
     def on_method(method):
         """Show only the active method's controls; the sweep lists its sliders."""
@@ -632,13 +633,9 @@ def fidelity_status(rows: list[dict], done: int, total: int) -> str:
             "token. The model is the one named at the top (see its notice).")
 
 
-def stale_note(state: dict | None, answers: dict | None) -> str:
+def stale_note(session: Session, answers: dict | None) -> str:
     """'settings changed — Ask again' when the answers on screen were produced by other settings."""
-    if not answers:
-        return ""
-    if answers["stamp"] != (state or {}).get("stamp"):
-        return "⚠️ Settings changed since these answers — Ask again."
-    return ""
+    return "⚠️ Settings changed since these answers — Ask again." if answers_stale(answers, session) else ""
 
 
 def query_text(out) -> str:
@@ -655,7 +652,7 @@ def answer_stats(info: dict) -> str:
         return (f"| {name} | {a['n_visual_tokens']} | {a['n_prompt_tokens']} | {1000 * a['prefill_s']:.0f} ms | "
                 f"{a['n_new_tokens']} | {a['decode_s']:.2f} s | {speed} |")
 
-    settings = ", ".join(f"{k} = {v}" for k, v in {**st["params"], **st["inputs"]}.items()) or "no settings"
+    settings = ", ".join(f"{k}={v}" for k, v in st["described"].items() if k != METHOD) or "no settings"
     lines = [
         f"Produced by **{st['method']}** ({settings}) on “{html.escape(st['prompt'])}” with **{st['n_kept']}** "
         "reduced tokens.",
@@ -692,9 +689,8 @@ def patch_markdown(info: dict) -> str:
     return " · ".join(parts)
 
 
-def history_choices(state: dict) -> gr.Dropdown:
-    runs = (state or {}).get("history") or []
-    return gr.Dropdown(choices=[(run["label"], i) for i, run in enumerate(runs)], value=None)
+def history_choices(session: Session) -> gr.Dropdown:
+    return gr.Dropdown(choices=[(run.label, i) for i, run in enumerate(session.history)], value=None)
 
 
 def serve(demo: gr.Blocks, config, **overrides) -> gr.Blocks:

@@ -12,8 +12,8 @@ keywords, the export, the matched-budget comparison — is derived from them (se
 from functools import partial
 from types import MappingProxyType
 
-from .base import (Control, Reduction, RegistryEntry, VisualTokens, choice, controls, number, params_or_default,
-                   slider, toggle)
+from .base import (Control, Reduction, RegistryEntry, TopScoreTrace, Trace, VisualTokens, choice, controls, number,
+                   params_or_default, slider, toggle)
 from .baselines import BudgetParams, NoParams, RandomParams, identity, random_tokens, top_attention, uniform_grid
 from .fastv import FastVParams, fastv
 from .divprune import DivPruneParams, divprune
@@ -116,7 +116,7 @@ REDUCERS = MappingProxyType(
 )
 
 __all__ = [
-    "VisualTokens", "Reduction", "Control", "RegistryEntry", "REDUCERS",
+    "VisualTokens", "Reduction", "Trace", "TopScoreTrace", "Control", "RegistryEntry", "REDUCERS",
     "slider", "toggle", "choice", "number", "controls", "params_or_default",
     "PruMergeParams", "PARParams", "BudgetParams", "RandomParams", "NoParams", "ToMeParams", "PoolParams",
     "FastVParams", "VisionZipParams", "DivPruneParams",

@@ -408,19 +408,103 @@ class VisualTokens:
 
 
 @dataclass(frozen=True, eq=False)
+class Trace:
+    """A method's own diagnostics, defined in the method's file as a frozen dataclass subclass: the pictures,
+    the histogram, the export, the inspector and the readout ask it and never test which method ran.
+
+    The five calls every method may answer (the defaults say "nothing of my own"):
+        heat()       (label, [N] float score per patch): the heatmap and the histogram draw it
+        lines()      threshold lines for the histogram, in the heat's units: (label, value) or
+                     (label, value, kind) with kind "quartile" | "fence" | "cut" (the line's style; "cut" if left out)
+        per_patch()  extra per-patch export fields, by name: [N] tensors, or plain JSON-able data
+        inspect(i)   inspector lines (markdown) for patch i
+        readout()    short facts for the readout text
+    and four the pictures and the summary use:
+        numbers()    scalar facts for the summary (e.g. PruMerge's q1, q3, fence)
+        facts(i)     patch i as plain data (what `inspect` says, as the inspector's dict holds it)
+        regions()    the groups picture: (style, [N] long labels, caption), style "clusters" (components, small ones
+                     grey) or "groups" (one colour per group, −1 = in no group); None: no picture of its own
+        marked()     (caption, [S] patch indices) outlined in the kept picture, or None
+    """
+
+    def heat(self) -> tuple[str, Tensor] | None:
+        return None
+
+    def lines(self) -> list[tuple]:
+        return []
+
+    def per_patch(self) -> dict[str, object]:
+        return {}
+
+    def inspect(self, i: int) -> list[str]:
+        return []
+
+    def readout(self) -> list[str]:
+        return []
+
+    def numbers(self) -> dict[str, float | int]:
+        return {}
+
+    def facts(self, i: int) -> dict:
+        return {}
+
+    def regions(self) -> tuple[str, Tensor, str] | None:
+        return None
+
+    def marked(self) -> tuple[str, Tensor] | None:
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class TopScoreTrace(Trace):
+    """Methods that keep the top of one per-patch score (top-M CLS attention, FastV's LLM attention): the
+    score, what it is, and the cut at the lowest kept value."""
+
+    label: str  # what the score is, e.g. "LLM attention to each patch at layer 2"
+    attn: Tensor  # [N] the score
+    kept: Tensor  # [M] the patches kept
+    export_as: str = ""  # the per-patch export field holding the score ("" : none, e.g. it is an input already)
+    kept_from_layer: int = 0  # > 0: all tokens enter the LLM and these remain from this layer on
+
+    def heat(self):
+        return self.label, self.attn
+
+    def lines(self):
+        if not self.kept.numel():
+            return []
+        return [("cut", float(self.attn[self.kept].float().min()), "cut")]
+
+    def per_patch(self):
+        return {self.export_as: self.attn} if self.export_as else {}
+
+    def facts(self, i):
+        return {self.export_as: float(self.attn[i])} if self.export_as else {}
+
+    def inspect(self, i):
+        return [f"{self.label.split(':')[0]}: {float(self.attn[i]):.4g}"] if self.export_as else []
+
+    def readout(self):
+        if self.kept_from_layer:
+            return [f"all tokens in LLM layers < {self.kept_from_layer}, the top-scored ones from layer "
+                    f"{self.kept_from_layer} on"]
+        return []
+
+
+@dataclass(frozen=True, eq=False)
 class Reduction:
-    """What a reducer did, with every stage the UI draws.
+    """What a reducer did: what every method has, and its own diagnostics in `trace`.
 
     kept:   [M]  LongTensor of patch indices (0..N-1), unique, in the order their tokens appear (M = 0 only
             for the text-only floor "none")
-    tokens: [M', d] what the projector / LLM receives; tokens[i] belongs to kept[i] for i < M; a PruMerge
-            merge appends one aggregate token of the pruned patches last (M' = M + 1, `n_extra=1`)
-            when at least one patch was pruned; VisionZip appends the CLS token (when handed over) and then
-            its C contextual tokens after the dominant patches (M' = M + cls + C, `n_extra = cls + C`)
+    tokens: [M', d] what the projector / LLM receives; tokens[i] belongs to kept[i] for i < M; a method may
+            append `n_extra` tokens after them (PruMerge: one aggregate token of the pruned patches; VisionZip:
+            the CLS token when handed over, then its C contextual tokens)
     stages: ordered funnel of counts, e.g. {"tokens": 576, "outliers": 31, "merged": 32}
     layer:  the LLM layer from which on only `tokens` remain (FastV: all N patch features enter the LLM and
             layers 0…layer−1 see them all); 0 for every method that reduces before the LLM
-    Method-specific fields are None when they do not apply.
+    groups: merging methods whose groups partition the patches (ToMe, VisionZip's contexts, pooling): for every
+            patch the position in `tokens` of the token that holds it (−1: in no token), and its weight in it
+    trace:  the method's own diagnostics (`Trace`): scores, thresholds, clusters, merge groups …
     """
 
     method: str
@@ -428,32 +512,11 @@ class Reduction:
     tokens: Tensor
     grid: tuple[int, int]
     stages: dict[str, int]
-    n_extra: int = 0  # tokens appended after the kept patches' own tokens (PruMerge: 1 aggregate; VisionZip:
-    # the CLS token when handed over, then its C contextual tokens)
+    n_extra: int = 0
     layer: int = 0
-    # merging methods whose groups partition the patches (ToMe, VisionZip's contexts, pooling): for every patch
-    # the position in `tokens` of the token that holds it (−1: in no token), and its weight in that token
     groups: Tensor | None = None  # [N] long
     group_weight: Tensor | None = None  # [N] float
-    # attention-based (PruMerge, top-attention)
-    attn: Tensor | None = None  # [N] CLS attention used
-    q1: float | None = None
-    q3: float | None = None
-    fence: float | None = None  # Q3 + k·IQR
-    outliers: Tensor | None = None  # [K] indices above the fence, descending attention
-    samples: Tensor | None = None  # [S] PruMerge+ uniform samples appended after the outliers
-    merge_index: Tensor | None = None  # [M, k] neighbour patch indices merged into kept[i]
-    merge_weight: Tensor | None = None  # [M, k] their weights (CLS attention)
-    # VisionZip: the patch each contextual token is anchored on (its merge target), in token order; the
-    # contextual token j is tokens[M + cls + j] and holds the patches i with groups[i] == M + cls + j
-    targets: Tensor | None = None  # [C]
-    # PAR
-    relevance: Tensor | None = None  # [N] r in [0, 1]
-    hybrid: Tensor | None = None  # [N] h = α r + (1 − α) R_c
-    labels: Tensor | None = None  # [N] connected-component label per patch
-    n_clusters: int | None = None
-    retrieved: Tensor | None = None  # [N] bool
-    routed: Tensor | None = None  # [N] bool
+    trace: Trace = field(default_factory=Trace)
 
     @property
     def n_tokens(self) -> int:
@@ -488,9 +551,7 @@ class Reduction:
             "compression": 1.0 - m / n,
             "stages": dict(self.stages),
         }
-        for name in ("q1", "q3", "fence", "n_clusters"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
+        out.update(self.trace.numbers())
         return out
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Reduction, VisualTokens, check_ranges, number, params_or_default, slider
+from .base import Reduction, TopScoreTrace, Trace, VisualTokens, check_ranges, number, params_or_default, slider
 
 BUDGET_DEFAULT = 64
 BUDGET_MAX = 100_000
@@ -45,11 +45,11 @@ class RandomParams:
         check_ranges(self)
 
 
-def _reduction(vt: VisualTokens, method: str, kept: Tensor, attn: Tensor | None = None) -> Reduction:
+def _reduction(vt: VisualTokens, method: str, kept: Tensor, trace: Trace | None = None) -> Reduction:
     kept = torch.sort(kept).values.to(vt.features.device)
     tokens = vt.features[kept]
     stages = {"tokens": vt.n, "to LLM": tokens.shape[0]}
-    return Reduction(method=method, kept=kept, tokens=tokens, grid=vt.grid, stages=stages, attn=attn)
+    return Reduction(method=method, kept=kept, tokens=tokens, grid=vt.grid, stages=stages, trace=trace or Trace())
 
 
 def identity(vt: VisualTokens, params: NoParams | None = None) -> Reduction:
@@ -96,4 +96,6 @@ def top_attention(vt: VisualTokens, params: BudgetParams | None = None) -> Reduc
     p = params_or_default(params, BudgetParams)
     vt.require("cls_attn", method="top-attention")
     kept = vt.cls_attn.float().topk(min(int(p.budget), vt.n)).indices
-    return _reduction(vt, "top-attention", kept, attn=vt.cls_attn)
+    kept = torch.sort(kept).values.to(vt.features.device)
+    return _reduction(vt, "top-attention", kept, TopScoreTrace("CLS → patch attention: the highest are kept",
+                                                               vt.cls_attn, kept))

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Reduction, VisualTokens, check_ranges, choice, params_or_default, slider
+from .base import Reduction, TopScoreTrace, VisualTokens, check_ranges, choice, params_or_default, slider
 from .baselines import budget_slider
 from .ops import top_by_score
 
@@ -70,5 +70,6 @@ def fastv(vt: VisualTokens, params: FastVParams | None = None) -> Reduction:
         grid=vt.grid,
         stages={"tokens": vt.n, f"LLM layers < {k}": vt.n, "to LLM": m},
         layer=k,
-        attn=score,
+        trace=TopScoreTrace(f"LLM attention to each patch at layer {k - 1} (FastV's ranking): the highest are kept",
+                            score, kept, export_as="llm_attention", kept_from_layer=k),
     )

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider, toggle
+from .base import Reduction, Trace, VisualTokens, check_ranges, params_or_default, slider, toggle
 from .graph import at_least, exact_threshold
 
 
@@ -37,6 +37,13 @@ class PARParams:
     alpha: float = slider(0.5, 0.0, 1.0, 0.05, "h = α·r + (1 − α)·R_cluster: token-level vs cluster-level "
                           "relevance", "α token vs cluster")
     spatial: bool = toggle(False, "Link only 4-neighbour patches in the clustering graph", "Spatial graph")
+
+    def sweep_series(self, vt: VisualTokens, name: str, xs) -> tuple[str, np.ndarray] | None:
+        """What else a sweep of `name` over `xs` shows: γ → the cluster count (read off the spanning forest, which
+        also makes each γ's clustering O(N))."""
+        if name != "cluster_threshold":
+            return None
+        return "clusters", vt.cluster_sweep(self.spatial).count(xs)
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -125,10 +132,51 @@ def par(vt: VisualTokens, params: PARParams | None = None) -> Reduction:
         tokens=tokens,
         grid=vt.grid,
         stages=stages,
-        relevance=r,
-        hybrid=h,
-        labels=labels,
-        n_clusters=count,
-        retrieved=retrieved,
-        routed=routed,
+        trace=PARTrace(r, h, labels, count, retrieved, routed, float(p.tau)),
     )
+
+
+@dataclass(frozen=True, eq=False)
+class PARTrace(Trace):
+    """PAR's diagnostics: relevance r, hybrid relevance h, the clusters, which tokens were retrieved and routed,
+    and the routing threshold τ (a line on h's histogram)."""
+
+    relevance: Tensor  # [N] r in [0, 1]
+    hybrid: Tensor  # [N] h = α r + (1 − α) R_c
+    labels: Tensor  # [N] connected-component label per patch
+    n_clusters: int
+    retrieved: Tensor  # [N] bool
+    routed: Tensor  # [N] bool
+    tau: float
+
+    def heat(self):
+        return "PAR hybrid relevance h = α·r + (1 − α)·R_cluster: routed if ≥ τ", self.hybrid
+
+    def lines(self):
+        return [(f"τ = {self.tau:g}", self.tau, "cut")]
+
+    def numbers(self):
+        return {"n_clusters": self.n_clusters}
+
+    def readout(self):
+        return [f"{self.n_clusters} clusters"]
+
+    def per_patch(self):
+        return {"relevance": self.relevance, "hybrid": self.hybrid, "labels": self.labels}
+
+    def facts(self, i):
+        label = int(self.labels[i])
+        return {"relevance": float(self.relevance[i]), "hybrid": float(self.hybrid[i]), "cluster": label,
+                "cluster_size": int((self.labels == label).sum()), "retrieved": bool(self.retrieved[i]),
+                "routed": bool(self.routed[i])}
+
+    def inspect(self, i):
+        f = self.facts(i)
+        return [f"relevance r {f['relevance']:.3f}, h {f['hybrid']:.3f}, cluster {f['cluster']} of "
+                f"{f['cluster_size']} patches, retrieved {f['retrieved']}, routed {f['routed']}"]
+
+    def regions(self):
+        sizes = torch.bincount(self.labels.cpu())
+        top = ", ".join(str(v) for v in torch.sort(sizes, descending=True).values[:3].tolist())
+        return ("clusters", self.labels, f"{self.n_clusters} clusters (connected components of similarity ≥ γ); "
+                f"largest: {top} patches; {int((sizes == 1).sum())} singletons grey; kept outlined white")

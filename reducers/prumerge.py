@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reduction, VisualTokens, check_ranges, choice, params_or_default, slider, toggle
+from .base import Reduction, Trace, VisualTokens, check_ranges, choice, params_or_default, slider, toggle
 
 ORDERS = ("attention", "raster")
 
@@ -121,12 +121,81 @@ def prumerge(vt: VisualTokens, params: PruMergeParams | None = None, *, plus: bo
         grid=vt.grid,
         stages=stages,
         n_extra=int(extra),
-        attn=attn,
-        q1=q1,
-        q3=q3,
-        fence=fence,
-        outliers=outliers,
-        samples=samples,
-        merge_index=nbr,
-        merge_weight=weight,
+        trace=PruMergeTrace(attn, q1, q3, fence, outliers, samples, kept, nbr, weight, bool(extra)),
     )
+
+
+@dataclass(frozen=True, eq=False)
+class PruMergeTrace(Trace):
+    """PruMerge's diagnostics: the CLS attention it reads, the IQR fence, the outliers, PruMerge+'s uniform
+    samples and the merge groups (each kept token with its key-nearest patches and their weights)."""
+
+    attn: Tensor  # [N] CLS attention used
+    q1: float
+    q3: float
+    fence: float  # Q3 + k·IQR
+    outliers: Tensor  # [K] indices above the fence, descending attention
+    samples: Tensor | None  # [S] PruMerge+ uniform samples appended after the outliers
+    kept: Tensor  # [M]
+    merge_index: Tensor | None = None  # [M, k] neighbour patch indices merged into kept[i]
+    merge_weight: Tensor | None = None  # [M, k] their weights (CLS attention)
+    aggregate: bool = False  # one token of the pruned patches appended
+
+    def heat(self):
+        return "CLS → patch attention: outliers above the IQR fence are kept", self.attn
+
+    def lines(self):
+        return [("Q1", self.q1, "quartile"), ("Q3", self.q3, "quartile"), ("fence", self.fence, "fence")]
+
+    def numbers(self):
+        return {"q1": self.q1, "q3": self.q3, "fence": self.fence}
+
+    def readout(self):
+        return [f"Q1 {self.q1:.3g} · Q3 {self.q3:.3g} · fence {self.fence:.3g}"]
+
+    def per_patch(self):
+        if self.merge_index is None:
+            return {}
+        weights = torch.round(self.merge_weight.detach().double().cpu(), decimals=8).tolist()
+        return {"merge_groups": {str(k): {"neighbours": nbr, "weights": wt}
+                                 for k, nbr, wt in zip(self.kept.tolist(), self.merge_index.tolist(), weights)}}
+
+    def facts(self, i):
+        if self.merge_index is None:
+            return {}
+        kept = self.kept.tolist()
+        rows, cols = torch.nonzero(self.merge_index == i).T.tolist()  # (kept token, neighbour slot) pairs
+        out = {"merged_into": [{"kept_patch": kept[r], "weight": float(self.merge_weight[r, c])}
+                               for r, c in zip(rows, cols)]}
+        if self.aggregate and i not in kept:
+            out["in_aggregate_token"] = True
+        return out
+
+    def inspect(self, i):
+        facts = self.facts(i)
+        lines = []
+        if facts.get("merged_into"):
+            lines.append("merged into " + ", ".join(f"kept patch {m['kept_patch']} (weight {m['weight']:.3g})"
+                                                    for m in facts["merged_into"]))
+        if facts.get("in_aggregate_token"):
+            lines.append("part of the aggregate token of pruned patches")
+        return lines
+
+    def regions(self):
+        """Each kept token's merge group in its own colour (a patch in several groups takes the colour of the
+        first kept token, i.e. the most attended one, that merged it)."""
+        if self.merge_index is None:
+            return None
+        m, n = self.kept.numel(), self.attn.numel()
+        group = torch.full((n,), m, dtype=torch.long)
+        slots = torch.arange(m).repeat_interleave(self.merge_index.shape[1])
+        group = group.scatter_reduce(0, self.merge_index.reshape(-1).cpu(), slots, "amin")
+        group[self.kept.cpu()] = torch.arange(m)
+        group[group == m] = -1
+        return ("tokens", group, f"Merge groups: each kept token with its {self.merge_index.shape[1]} key-nearest "
+                                 "patches (in its colour); kept outlined white")
+
+    def marked(self):
+        if self.samples is None or not self.samples.numel():
+            return None
+        return f"{self.samples.numel()} uniform samples outlined cyan", self.samples

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Reduction, VisualTokens, check_ranges, params_or_default, slider, toggle
+from .base import Reduction, TopScoreTrace, VisualTokens, check_ranges, params_or_default, slider, toggle
 from .baselines import budget_slider
 from .ops import group_sum, top_by_score
 
@@ -141,5 +141,24 @@ def visionzip(vt: VisualTokens, params: VisionZipParams | None = None) -> Reduct
     stages = {"tokens": n, "dominant": dominant, "contextual": c, "to LLM": tokens.shape[0]}
     return Reduction(
         method="visionzip", kept=kept, tokens=tokens, grid=vt.grid, stages=stages, n_extra=with_cls + c,
-        groups=groups, group_weight=weight, attn=vt.feature_layer_attn, targets=targets,
+        groups=groups, group_weight=weight, trace=VisionZipTrace(
+            "CLS attention summed over heads (VisionZip's dominance score): the highest are kept",
+            vt.feature_layer_attn, kept, targets=targets),
     )
+
+
+@dataclass(frozen=True, eq=False)
+class VisionZipTrace(TopScoreTrace):
+    """VisionZip's dominance score (the top kept, a cut line) and the patches its contextual tokens are anchored
+    on: the contextual token j is tokens[M + cls + j] and holds the patches i with groups[i] == M + cls + j."""
+
+    targets: Tensor | None = None  # [C] in token order
+
+    def readout(self):
+        return [f"{self.targets.numel()} contextual tokens"] if self.targets is not None and self.targets.numel() else []
+
+    def facts(self, i):
+        return {"context_anchor": True} if self.targets is not None and bool((self.targets == i).any()) else {}
+
+    def inspect(self, i):
+        return ["anchor of a contextual token"] if self.facts(i) else []

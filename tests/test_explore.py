@@ -1,4 +1,4 @@
-"""The pure parts of a slider move (explorer/explore.py) and the new pictures: patch inspection against brute
+"""The pure parts of a slider move (explorer/service/view.py) and the new pictures: patch inspection against brute
 force, per-patch summaries, FLOPs, the heatmap scale, the A/B picture, the crop picture and caption, the colour
 bar. No model: synthetic VisualTokens from tests/reference.py."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from explorer import explore as ex
+from explorer.service import view as ex
 from explorer.backend.cost import prefill_flops, prefill_flops_pruned
 from explorer.pictures import draw
 from reducers import REDUCERS, VisualTokens
@@ -43,8 +43,8 @@ def test_inspecting_a_prumerge_patch_lists_every_token_that_absorbed_it(vt):
         info = ex.inspect_patch(vt, red, index)
         assert (info["row"], info["column"]) == divmod(index, 8)
         assert info["kept"] == (index in kept)
-        brute = [(kept[i], float(red.merge_weight[i, j])) for i in range(len(kept))
-                 for j in range(red.merge_index.shape[1]) if int(red.merge_index[i, j]) == index]
+        brute = [(kept[i], float(red.trace.merge_weight[i, j])) for i in range(len(kept))
+                 for j in range(red.trace.merge_index.shape[1]) if int(red.trace.merge_index[i, j]) == index]
         assert [(m["kept_patch"], m["weight"]) for m in info["merged_into"]] == brute
         rank = 1 + sum(float(a) > float(vt.cls_attn[index]) for a in vt.cls_attn)
         assert info["attention_rank"] == rank
@@ -58,8 +58,8 @@ def test_inspecting_par_and_tome_patches(vt):
     par = REDUCERS["par"](vt.derive(query=torch.nn.functional.normalize(vt.joint[5], dim=0)))
     for index in (0, 17, 63):
         info = ex.inspect_patch(vt, par, index)
-        assert info["cluster_size"] == int((par.labels == par.labels[index]).sum())
-        assert info["relevance"] == pytest.approx(float(par.relevance[index]))
+        assert info["cluster_size"] == int((par.trace.labels == par.trace.labels[index]).sum())
+        assert info["relevance"] == pytest.approx(float(par.trace.relevance[index]))
     tome = REDUCERS["tome"](vt, REDUCERS["tome"].params(budget=10))
     for index in range(vt.n):
         info = ex.inspect_patch(vt, tome, index)
@@ -73,9 +73,9 @@ def test_per_patch_data_is_what_the_reduction_holds(vt):
     assert per["kept"] == red.kept.tolist()
     assert np.allclose(per["attention"], vt.cls_attn.numpy(), atol=1e-8)
     for i, k in enumerate(red.kept.tolist()):
-        assert per["merge_groups"][str(k)]["neighbours"] == red.merge_index[i].tolist()
+        assert per["merge_groups"][str(k)]["neighbours"] == red.trace.merge_index[i].tolist()
     fastv = REDUCERS["fastv"](vt)
-    assert np.allclose(ex.per_patch(vt, fastv)["llm_attention"], fastv.attn.numpy(), atol=1e-8)
+    assert np.allclose(ex.per_patch(vt, fastv)["llm_attention"], fastv.trace.attn.numpy(), atol=1e-8)
 
 
 def test_summary_holds_the_per_patch_data_unless_left_out(vt):

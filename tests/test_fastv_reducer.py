@@ -36,7 +36,7 @@ def check_equal(inp: dict, layer: int, budget: int, rank: str) -> None:
     want = ref.fastv(inp["features"], inp["lm_attn"], layer, budget, rank)
     assert red.kept.tolist() == want["kept"]
     np.testing.assert_array_equal(red.tokens.double().numpy(), want["tokens"])
-    assert red.attn.tolist() == pytest.approx(want["score"], rel=1e-6)
+    assert red.trace.attn.tolist() == pytest.approx(want["score"], rel=1e-6)
     assert red.layer == layer
     m = len(want["kept"])
     assert red.stages == {"tokens": vt.n, f"LLM layers < {layer}": vt.n, "to LLM": m}
@@ -65,7 +65,7 @@ def test_ranks_by_layer_k_minus_one_and_the_chosen_row():
     assert fastv(vt, FastVParams(layer=4, budget=4)).kept.tolist() == [8, 9, 10, 11]
     assert fastv(vt, FastVParams(layer=2, budget=4)).kept.tolist() == [12, 13, 14, 15]
     red = fastv(vt, FastVParams(layer=3, budget=4))
-    assert torch.equal(red.attn, lm[2, 0]) and red.layer == 3
+    assert torch.equal(red.trace.attn, lm[2, 0]) and red.layer == 3
 
 
 def test_ties_go_to_the_lowest_index_and_order_is_raster():

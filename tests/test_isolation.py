@@ -289,7 +289,7 @@ def test_same_image_concurrent_cluster_moves_do_not_break_each_other(tmp_path):
     (41 thresholds) reads and evicts from. Concurrent moves must not corrupt it. The interpreter's switch
     interval is shortened, and (were the memo a plain dict) its iterator handed out late, to make an unsafe
     interleaving show within seconds."""
-    from explorer import explore as ex
+    from explorer.service import view as ex
 
     backend = SyntheticBackend(grid=(4, 4), width=32, joint_width=16, view_side=40)
     explorer = Explorer(ExplorerConfig(), loader=lambda config, progress=None: backend)

@@ -144,7 +144,7 @@ def test_pointing_at_a_pasted_photo_makes_par_relevance_highest_inside(backend, 
     settings = Settings.from_controls({"method": "par"}, explorer.schema, points=[centre])
     red, _, query = explorer.reduce(backend, enc, "", settings)
     assert query.kind == "points" and len(query.patches) == 1
-    r = red.relevance.numpy()
+    r = red.trace.relevance.numpy()
     assert inside[int(r.argmax())], "the most relevant patch lies in the pointed photo"
     assert r[inside].mean() > 2 * r[~inside].mean()
 

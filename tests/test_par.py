@@ -29,15 +29,15 @@ def check_equal(inp: dict, settings: dict, vt: VisualTokens | None = None) -> No
     vt = vt or VisualTokens(**inp)
     red = par(vt, PARParams(**settings))
     want = ref.par(inp["features"], inp["joint"], inp["query"], inp["grid"], **settings)
-    np.testing.assert_allclose(red.relevance.double().numpy(), want["relevance"], atol=1e-5)
-    assert red.n_clusters == want["n_clusters"]
-    assert ref.same_partition(red.labels.tolist(), want["labels"])
-    np.testing.assert_allclose(red.hybrid.double().numpy(), want["hybrid"], atol=1e-5)
-    assert torch.nonzero(red.retrieved).flatten().tolist() == want["retrieved"]
-    assert torch.nonzero(red.routed).flatten().tolist() == want["routed"]
+    np.testing.assert_allclose(red.trace.relevance.double().numpy(), want["relevance"], atol=1e-5)
+    assert red.trace.n_clusters == want["n_clusters"]
+    assert ref.same_partition(red.trace.labels.tolist(), want["labels"])
+    np.testing.assert_allclose(red.trace.hybrid.double().numpy(), want["hybrid"], atol=1e-5)
+    assert torch.nonzero(red.trace.retrieved).flatten().tolist() == want["retrieved"]
+    assert torch.nonzero(red.trace.routed).flatten().tolist() == want["routed"]
     assert red.kept.tolist() == want["kept"]
     np.testing.assert_allclose(red.tokens.double().numpy(), want["tokens"], rtol=0, atol=0)
-    assert red.stages["retrieved"] == len(want["retrieved"]) == int(red.retrieved.sum())
+    assert red.stages["retrieved"] == len(want["retrieved"]) == int(red.trace.retrieved.sum())
     assert red.stages["to LLM"] == len(want["kept"])
 
 
@@ -69,26 +69,26 @@ def test_redundancy_keeps_the_more_relevant_of_two_twins():
     inp["features"][5] = inp["features"][9] * 3  # cosine 1 with each other
     vt = VisualTokens(**inp)
     red = par(vt, PARParams(tau=0.0, delta=0.999, retrieval_ratio=1.0, cluster_threshold=1.0))
-    winner = 5 if red.relevance[5] > red.relevance[9] else 9
+    winner = 5 if red.trace.relevance[5] > red.trace.relevance[9] else 9
     loser = 14 - winner
     assert winner in red.kept.tolist() and loser not in red.kept.tolist()
-    assert bool(red.routed[loser])
+    assert bool(red.trace.routed[loser])
 
 
 def test_stages_and_fields_are_drawable():
     inp = ref.synthetic((24, 24), d=32, e=8, seed=2)
     red = par(VisualTokens(**inp), PARParams(tau=0.4))
     assert list(red.stages) == ["tokens", "retrieved", "routed", "kept", "to LLM"]
-    assert red.stages["routed"] == int(red.routed.sum()) and red.stages["kept"] == red.kept.numel()
-    assert float(red.relevance.min()) == 0.0 and float(red.relevance.max()) == 1.0
+    assert red.stages["routed"] == int(red.trace.routed.sum()) and red.stages["kept"] == red.kept.numel()
+    assert float(red.trace.relevance.min()) == 0.0 and float(red.trace.relevance.max()) == 1.0
     for field in ("relevance", "hybrid", "labels", "retrieved", "routed"):
-        assert getattr(red, field).shape == (576,)
-    assert red.labels.max() + 1 == red.n_clusters
+        assert getattr(red.trace, field).shape == (576,)
+    assert red.trace.labels.max() + 1 == red.trace.n_clusters
     # h = α r + (1 − α) R_c, R_c the mean r of the cluster
-    r, labels = red.relevance.double(), red.labels
-    cluster_mean = torch.zeros(red.n_clusters, dtype=torch.float64).index_add_(0, labels, r) / torch.bincount(labels)
-    torch.testing.assert_close(red.hybrid.double(), 0.5 * r + 0.5 * cluster_mean[labels], rtol=0, atol=1e-6)
-    assert bool((red.hybrid[red.routed] >= 0.4).all())
+    r, labels = red.trace.relevance.double(), red.trace.labels
+    cluster_mean = torch.zeros(red.trace.n_clusters, dtype=torch.float64).index_add_(0, labels, r) / torch.bincount(labels)
+    torch.testing.assert_close(red.trace.hybrid.double(), 0.5 * r + 0.5 * cluster_mean[labels], rtol=0, atol=1e-6)
+    assert bool((red.trace.hybrid[red.trace.routed] >= 0.4).all())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

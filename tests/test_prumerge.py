@@ -26,18 +26,18 @@ def check_equal(inp: dict, plus: bool, merge: bool, k: float, neighbours: int) -
     vt = VisualTokens(**inp)
     red = prumerge(vt, PruMergeParams(iqr_multiplier=k, merge=merge, neighbours=neighbours), plus=plus)
     want = ref.prumerge(inp["features"], inp["keys"], inp["cls_attn"], k, plus, merge, neighbours)
-    assert red.outliers.tolist() == want["outliers"]
-    assert red.samples.tolist() == want["samples"]
+    assert red.trace.outliers.tolist() == want["outliers"]
+    assert red.trace.samples.tolist() == want["samples"]
     assert red.kept.tolist() == want["kept"]
-    assert red.q1 == pytest.approx(want["q1"], rel=1e-12, abs=1e-15)
-    assert red.q3 == pytest.approx(want["q3"], rel=1e-12, abs=1e-15)
-    assert red.fence == pytest.approx(want["fence"], rel=1e-12, abs=1e-15)
+    assert red.trace.q1 == pytest.approx(want["q1"], rel=1e-12, abs=1e-15)
+    assert red.trace.q3 == pytest.approx(want["q3"], rel=1e-12, abs=1e-15)
+    assert red.trace.fence == pytest.approx(want["fence"], rel=1e-12, abs=1e-15)
     assert red.extra_token == (merge and len(want["kept"]) < vt.n)
     np.testing.assert_allclose(red.tokens.double().numpy(), want["tokens"], rtol=1e-5, atol=1e-5)
     if merge and vt.n > 1:
-        assert [set(row) for row in red.merge_index.tolist()] == want["neighbours"]
+        assert [set(row) for row in red.trace.merge_index.tolist()] == want["neighbours"]
         a = inp["cls_attn"]
-        torch.testing.assert_close(red.merge_weight, a[red.merge_index])
+        torch.testing.assert_close(red.trace.merge_weight, a[red.trace.merge_index])
     stages = {"tokens": vt.n, "outliers": len(want["outliers"])}
     if plus:
         stages["+ samples"] = len(want["kept"])
@@ -77,10 +77,10 @@ def test_official_sample_stride_and_range():
     """PruMerge+ samples {0, s, 2s, … < N − 1}, s = int(int(1/r)/3) (official: arange(0, 575, s))."""
     inp = ref.synthetic((24, 24), d=16, e=8, seed=0)
     red = prumerge(VisualTokens(**inp), PruMergeParams(), plus=True)
-    r = red.outliers.numel() / 576
+    r = red.trace.outliers.numel() / 576
     s = int(int(1 / r) / 3)
-    official = [x for x in range(0, 575, s) if x not in red.outliers.tolist()]
-    assert red.samples.tolist() == official
+    official = [x for x in range(0, 575, s) if x not in red.trace.outliers.tolist()]
+    assert red.trace.samples.tolist() == official
     assert red.kept.numel() == len(set(red.kept.tolist()))
 
 
@@ -89,7 +89,7 @@ def test_merge_picks_the_most_key_similar_others():
     vt = VisualTokens(**inp)
     red = prumerge(vt, PruMergeParams(), plus=True)
     sim = vt.normalised_keys @ vt.normalised_keys.T
-    for i, row in zip(red.kept.tolist(), red.merge_index):
+    for i, row in zip(red.kept.tolist(), red.trace.merge_index):
         chosen = torch.zeros(576, dtype=torch.bool)
         chosen[row] = True
         others = ~chosen
@@ -105,7 +105,7 @@ def test_no_aggregate_token_when_every_patch_is_kept():
     inp["cls_attn"] = torch.linspace(0.01, 0.2, 16)  # patch 15 is an outlier → all 16 kept
     red = prumerge(VisualTokens(**inp), PruMergeParams(iqr_multiplier=0.0), plus=True)
     assert sorted(red.kept.tolist()) == list(range(16))
-    assert not red.extra_token and red.n_kept == 16 == red.stages["to LLM"] and red.merge_index.shape == (16, 15)
+    assert not red.extra_token and red.n_kept == 16 == red.stages["to LLM"] and red.trace.merge_index.shape == (16, 15)
     check_equal(inp, True, True, 0.0, 32)
     inp["cls_attn"] = inp["cls_attn"].flip(0)  # patch 15 is neither outlier nor sample → pruned
     red = prumerge(VisualTokens(**inp), PruMergeParams(iqr_multiplier=0.0), plus=True)
@@ -125,7 +125,7 @@ def test_memoised_neighbour_rows_equal_a_fresh_computation():
         red = prumerge(vt, PruMergeParams(iqr_multiplier=k), plus=plus)  # shared memo
         fresh = prumerge(VisualTokens(**inp), PruMergeParams(iqr_multiplier=k), plus=plus)
         assert red.kept.tolist() == fresh.kept.tolist()
-        assert [set(r) for r in red.merge_index.tolist()] == [set(r) for r in fresh.merge_index.tolist()]
+        assert [set(r) for r in red.trace.merge_index.tolist()] == [set(r) for r in fresh.trace.merge_index.tolist()]
         torch.testing.assert_close(red.tokens, fresh.tokens)
     rows, done = vt.__dict__["_key_rows"].table[("key_neighbours", 32)]
     assert rows.shape == (576, 32) and done.any()

@@ -45,6 +45,7 @@ from explorer.config import OFFLINE, ExplorerConfig
 from explorer.errors import InputError
 from explorer.service import Explorer
 from reducers import REDUCERS, NoParams, Reduction, RegistryEntry
+from reducers.base import Trace
 from tests import bad_inputs
 from tests.conftest import _launch
 
@@ -432,11 +433,16 @@ def test_sixteen_bit_images_convert_without_a_full_size_float_copy(tmp_path):
     assert peak <= 3 * w * h, f"load_image: {peak / (w * h):.2f} bytes per pixel"
 
 
+class NaNTrace(Trace):
+    def numbers(self):
+        return {"n_clusters": float("nan")}
+
+
 def nan_toy(vt, params) -> Reduction:
     """A reduction whose summary holds NaN (as a broken reducer might produce)."""
     kept = torch.arange(0, vt.n, 4)
     return Reduction("nan-toy", kept, vt.features[kept], vt.grid, {"tokens": vt.n, "to LLM": int(kept.numel())},
-                     n_clusters=float("nan"))
+                     trace=NaNTrace())
 
 
 def test_nan_never_reaches_an_exported_json(image_file):

@@ -62,7 +62,7 @@ def random_params(method: str, rng: random.Random):
 def merged_token(vt: VisualTokens, red: Reduction, i: int) -> torch.Tensor:
     """What PruMerge's i-th token must be from its recorded neighbours: X_i + Σ_j a_j X_j."""
     x, a = vt.features.double(), vt.cls_attn.double()
-    nbr = red.merge_index[i]
+    nbr = red.trace.merge_index[i]
     return x[red.kept[i]] + (a[nbr, None] * x[nbr]).sum(0)
 
 
@@ -97,10 +97,10 @@ def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> Non
         pruned = torch.ones(n, dtype=torch.bool)
         pruned[kept] = False
         assert red.extra_token == (params.merge and bool(pruned.any())), "an aggregate only of something pruned"
-    if method.startswith("prumerge") and red.merge_index is not None:  # merged: X_i + Σ_j a_j X_j
+    if method.startswith("prumerge") and red.trace.merge_index is not None:  # merged: X_i + Σ_j a_j X_j
         k = min(params.neighbours, n - 1)
-        assert red.merge_index.shape == (m, k)
-        assert not (red.merge_index == kept[:, None]).any(), "a kept token is not its own neighbour"
+        assert red.trace.merge_index.shape == (m, k)
+        assert not (red.trace.merge_index == kept[:, None]).any(), "a kept token is not its own neighbour"
         for i in range(m):
             torch.testing.assert_close(red.tokens[i].double(), merged_token(vt, red, i), **tol)
     elif red.groups is not None and not red.n_extra:  # merged groups that partition the patches (ToMe, pooling)
@@ -122,8 +122,8 @@ def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> Non
     if method == "par":
         assert torch.equal(kept, kept.sort().values), "PAR hands tokens over in raster order"
         mask = red.kept_mask
-        assert not (mask & ~red.routed).any(), "kept ⊆ routed"
-        assert not (red.routed & ~red.retrieved).any(), "routed ⊆ retrieved"
+        assert not (mask & ~red.trace.routed).any(), "kept ⊆ routed"
+        assert not (red.trace.routed & ~red.trace.retrieved).any(), "routed ⊆ retrieved"
         if kept.numel() > 1:
             s = vt.feature_similarity[kept][:, kept] - 3 * torch.eye(kept.numel())
             assert s.max() < params.delta, "no two PAR-kept tokens with similarity ≥ δ"
@@ -197,12 +197,12 @@ def check_visionzip(vt: VisualTokens, red: Reduction, params) -> None:
     n, m = vt.n, red.kept.numel()
     dominant, cls, c = ref.visionzip_split(params.budget, n, params.dominant_share, params.cls_token)
     assert red.stages == {"tokens": n, "dominant": dominant, "contextual": c, "to LLM": dominant + c}
-    assert m == dominant - cls and red.n_extra == cls + c and red.targets.numel() == c
+    assert m == dominant - cls and red.n_extra == cls + c and red.trace.targets.numel() == c
     if cls:
         assert torch.equal(red.tokens[m], vt.cls_feature), "the CLS token comes right after the dominant patches"
     first = m + cls
-    assert torch.equal(red.groups[red.targets], first + torch.arange(c)) and (red.group_weight[red.targets] == 1).all()
-    assert not (red.kept_mask[red.targets]).any()
+    assert torch.equal(red.groups[red.trace.targets], first + torch.arange(c)) and (red.group_weight[red.trace.targets] == 1).all()
+    assert not (red.kept_mask[red.trace.targets]).any()
     if c:
         assert (red.groups >= 0).all(), "with contextual tokens every patch reaches the LLM in some token"
         assert not (red.groups[~red.kept_mask] < first).any()
@@ -210,7 +210,7 @@ def check_visionzip(vt: VisualTokens, red: Reduction, params) -> None:
         assert (red.groups[~red.kept_mask] == -1).all()
     for j in range(c):
         members = (red.groups == first + j)
-        members[red.targets[j]] = False
+        members[red.trace.targets[j]] = False
         if members.any():
             assert float(red.group_weight[members].double().sum()) == pytest.approx(1.0, abs=1e-6)
             assert (red.group_weight[members] == red.group_weight[members][0]).all(), "a plain mean"
@@ -253,7 +253,7 @@ def test_registry_names_and_needs():
 def test_larger_iqr_multiplier_never_keeps_more_outliers():
     for seed in range(4):
         vt = tokens(seed=seed)
-        counts = [REDUCERS["prumerge"](vt, PruMergeParams(iqr_multiplier=k, merge=False)).outliers.numel()
+        counts = [REDUCERS["prumerge"](vt, PruMergeParams(iqr_multiplier=k, merge=False)).trace.outliers.numel()
                   for k in np.arange(0.0, 5.01, 0.25)]
         assert all(a >= b for a, b in zip(counts, counts[1:])), counts
         assert counts[0] > counts[-1]
@@ -265,8 +265,8 @@ def test_prumerge_plus_keeps_every_prumerge_outlier():
             vt = tokens((5, 3) if seed == 3 else (24, 24), seed=seed)
             plain = REDUCERS["prumerge"](vt, PruMergeParams(iqr_multiplier=k))
             plus = REDUCERS["prumerge+"](vt, PruMergeParams(iqr_multiplier=k))
-            assert set(plain.outliers.tolist()) <= set(plus.kept.tolist())
-            assert torch.equal(plus.kept[: plain.outliers.numel()], plain.outliers), "outliers come first"
+            assert set(plain.trace.outliers.tolist()) <= set(plus.kept.tolist())
+            assert torch.equal(plus.kept[: plain.trace.outliers.numel()], plain.trace.outliers), "outliers come first"
             assert plus.kept.numel() >= plain.kept.numel()
 
 
@@ -349,8 +349,8 @@ def test_constant_attention_keeps_a_token(method):
     if method == "visionzip":  # all equal: the lowest indices are the dominant patches
         assert red.kept.tolist() == list(range(53))
     elif method != "top-attention":
-        assert red.q1 == red.q3 == red.fence  # IQR = 0: nothing is strictly above the fence
-        assert red.outliers.tolist() == [0], "fallback: the argmax patch (the first one on ties)"
+        assert red.trace.q1 == red.trace.q3 == red.trace.fence  # IQR = 0: nothing is strictly above the fence
+        assert red.trace.outliers.tolist() == [0], "fallback: the argmax patch (the first one on ties)"
 
 
 def test_par_constant_relevance_keeps_a_token():
@@ -358,9 +358,9 @@ def test_par_constant_relevance_keeps_a_token():
     inp["joint"] = torch.ones(576, 16)
     vt = VisualTokens(**inp)
     red = REDUCERS["par"](vt)  # r ≡ 0 → h ≡ 0 < τ: nothing routed, step 7 keeps argmax h
-    assert float(red.relevance.abs().max()) == 0.0
+    assert float(red.trace.relevance.abs().max()) == 0.0
     assert red.kept.tolist() == [0] and red.stages["routed"] == 0 and red.n_kept == 1
-    assert red.routed.sum() == 1 and bool(red.routed[0])
+    assert red.trace.routed.sum() == 1 and bool(red.trace.routed[0])
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -551,7 +551,7 @@ def test_derive_keeps_memoised_similarity_and_clusters():
     other = vt.derive(query=-vt.query)
     assert other.feature_similarity is sim and other.__dict__["_components"] is memo
     second = REDUCERS["par"](other)
-    assert torch.equal(second.labels, first.labels) and not torch.equal(second.relevance, first.relevance)
+    assert torch.equal(second.trace.labels, first.trace.labels) and not torch.equal(second.trace.relevance, first.trace.relevance)
     moved = vt.derive(features=vt.features * 2 + 1)
     assert "feature_similarity" not in moved.__dict__ and "_components" not in moved.__dict__
     keys = vt.normalised_keys

@@ -33,12 +33,12 @@ def check_equal(inp: dict, budget: int, share: float, cls_token: bool, vt: Visua
     (float32 rounding decides), so the reference takes the reducer's choice there and only there."""
     vt = vt or VisualTokens(**inp)
     red = visionzip(vt, VisionZipParams(budget=budget, dominant_share=share, cls_token=cls_token))
-    first = red.kept.numel() + red.n_extra - red.targets.numel()
-    members = torch.nonzero((red.groups >= first) & ~torch.isin(torch.arange(vt.n), red.targets)).flatten()
+    first = red.kept.numel() + red.n_extra - red.trace.targets.numel()
+    members = torch.nonzero((red.groups >= first) & ~torch.isin(torch.arange(vt.n), red.trace.targets)).flatten()
     want = ref.visionzip(inp["features"], inp["feature_layer_attn"], inp["feature_layer_keys"], inp["cls_feature"],
                          budget, share, cls_token, prefer=(red.groups[members] - first).tolist(), tie=TIE)
     assert red.kept.tolist() == want["kept"]
-    assert red.targets.tolist() == want["targets"]
+    assert red.trace.targets.tolist() == want["targets"]
     assert red.stages == {"tokens": vt.n, "dominant": want["dominant"], "contextual": want["contextual"],
                           "to LLM": want["dominant"] + want["contextual"]}
     assert red.n_extra == want["cls"] + want["contextual"]
@@ -131,7 +131,7 @@ def test_budget_n_without_cls_hands_every_patch_once():
     """M = N, no CLS token: the remaining patches are exactly the C targets, nothing merges, every patch is a token."""
     inp = ref.synthetic((4, 4), d=8, e=8, seed=1)
     red = visionzip(VisualTokens(**inp), VisionZipParams(budget=16, dominant_share=0.5, cls_token=False))
-    assert red.kept.numel() == 8 and red.targets.numel() == 8 and red.n_kept == 16
+    assert red.kept.numel() == 8 and red.trace.targets.numel() == 8 and red.n_kept == 16
     got = sorted(map(tuple, red.tokens.tolist()))
     assert got == sorted(map(tuple, inp["features"].tolist()))
 
@@ -150,7 +150,7 @@ def test_no_contextual_tokens_drop_the_rest():
     inp = ref.synthetic((24, 24), d=16, e=8, seed=3)
     red = visionzip(VisualTokens(**inp), VisionZipParams(budget=40, dominant_share=1.0))
     assert red.stages == {"tokens": 576, "dominant": 40, "contextual": 0, "to LLM": 40}
-    assert red.kept.numel() == 39 and red.targets.numel() == 0 and red.n_extra == 1
+    assert red.kept.numel() == 39 and red.trace.targets.numel() == 0 and red.n_extra == 1
     assert int((red.groups >= 0).sum()) == 39
 
 
@@ -189,7 +189,7 @@ def test_float16_equals_reference():
     red = visionzip(VisualTokens(**inp))
     want = ref.visionzip(inp["features"], inp["feature_layer_attn"], inp["feature_layer_keys"], inp["cls_feature"])
     assert red.tokens.dtype == torch.float16 and red.kept.tolist() == want["kept"]
-    assert red.targets.tolist() == want["targets"]
+    assert red.trace.targets.tolist() == want["targets"]
     np.testing.assert_allclose(red.tokens.double().numpy(), want["tokens"], rtol=2e-3, atol=2e-3)
 
 

@@ -283,7 +283,14 @@ class Canvas:
         group = np.full(self.n, np.iinfo(np.int64).max, np.int64)
         np.minimum.at(group, nbr.reshape(-1), np.repeat(np.arange(kept.size), nbr.shape[1]))
         group[kept] = np.arange(kept.size)
-        member = group < kept.size
+        return self.token_groups(np.where(group < kept.size, group, -1), kept, alpha)
+
+    def token_groups(self, groups, kept, alpha: float = 0.6) -> np.ndarray:
+        """Groups numbered by kept token (`groups[i]` = j: patch i is in kept[j]'s group; −1: in none), each in
+        the j-th palette colour, patches in no group dimmed, `kept` outlined white."""
+        kept = _indices(kept, self.n)
+        group = _numpy(groups).astype(np.int64).reshape(-1)
+        member = group >= 0
         colours = palette(max(1, kept.size))
         per_patch = np.zeros((self.n, 3), np.float32)
         per_patch[member] = colours[group[member]]

@@ -1,8 +1,9 @@
-"""From a cached encode and the settings to pictures and numbers — the work of one slider move.
+"""The pictures and numbers of one reduction — pure: no cache, no model, no gradio.
 
-No gradio and no model here: `service.py` supplies the encode, the query and the `VisualTokens`, `ui.py` wires
-these functions to components, `bench/latency.py` times them in-process. A slider move runs one reducer on
-memoised per-image quantities and redraws; the sweep and the method comparison follow.
+The pipeline supplies the `VisualTokens` and the `Reduction`; `screen.py` calls these for one result,
+`compare.py` for the sweep, `bench/latency.py` times them in-process. What a method shows of its own (its
+score, thresholds, clusters, merge groups, per-patch fields, inspector lines) comes from its `Reduction.trace`:
+nothing here knows which method ran.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import torch
 
 from reducers import RegistryEntry, Reduction, VisualTokens
 
-from .backend.cost import prefill_flops_of
-from .pictures import draw, plots
-from .settings import Settings
+from ..backend.cost import prefill_flops_of
+from ..pictures import draw, plots
+from ..settings import Settings
 
 SWEEP_POINTS = 41
 
@@ -36,15 +37,20 @@ class Pictures:
 
 
 def heat_values(vt: VisualTokens, red: Reduction, attention: str) -> tuple[np.ndarray | None, str]:
-    """The per-patch score a method reads, for the heatmap: PAR's relevance r, FastV's LLM attention, or the
-    CLS→patch attention (of the chosen mode)."""
-    if red.relevance is not None:
-        return red.relevance.float().cpu().numpy(), "PAR relevance r (min–max cos(patch, query) per image)"
-    if red.layer and red.attn is not None:
-        return red.attn.float().cpu().numpy(), f"LLM attention to each patch at layer {red.layer - 1} (FastV's ranking)"
+    """The per-patch score the method decides by (its trace's heat), else the CLS→patch attention (of the chosen
+    mode), for the heatmap and the histogram."""
+    heat = red.trace.heat()
+    if heat is not None:
+        return heat[1].float().cpu().numpy(), heat[0]
     if vt.cls_attn is not None:
         return vt.cls_attn.float().cpu().numpy(), f"CLS → patch attention ({attention})"
     return None, "No per-patch score for this tower"
+
+
+def samples(red: Reduction):
+    """The patches the method marks in the kept picture (its trace's `marked`), or None."""
+    marked = red.trace.marked()
+    return marked[1] if marked is not None else None
 
 
 def pictures(canvas: draw.Canvas, vt: VisualTokens, red: Reduction, attention: str, label: str,
@@ -52,32 +58,16 @@ def pictures(canvas: draw.Canvas, vt: VisualTokens, red: Reduction, attention: s
     """The three on-image pictures of a reduction, aligned with the patches the model saw. `canvas` is the
     encode's view on the reduction's grid (re-used across moves); `points` the patches PAR's query points at."""
     kept = red.kept_mask.cpu()
-    kept_img = canvas.kept(kept, samples=red.samples, points=points)
+    marked = red.trace.marked()
+    kept_img = canvas.kept(kept, samples=samples(red), points=points)
     kept_caption = f"{label}: {red.kept.numel()} of {red.n_tokens} patches kept (bright, amber outline)"
-    if red.samples is not None and red.samples.numel():
-        kept_caption += f"; {red.samples.numel()} uniform samples outlined cyan"
+    if marked is not None:
+        kept_caption += f"; {marked[0]}"
     if points is not None and len(points):
         kept_caption += "; the query's patches outlined magenta"
     if red.layer:
         kept_caption += f" — all {red.n_tokens} enter the LLM, these remain from layer {red.layer} on"
-    if red.labels is not None:
-        groups = canvas.clusters(red.labels, kept_mask=kept)
-        sizes = np.bincount(red.labels.cpu().numpy())
-        top = ", ".join(str(v) for v in np.sort(sizes)[::-1][:3])
-        caption = (f"{red.n_clusters} clusters (connected components of similarity ≥ γ); largest: {top} patches; "
-                   f"{int((sizes == 1).sum())} singletons grey; kept outlined white")
-    elif red.merge_index is not None:
-        groups = canvas.merge_groups(red.kept, red.merge_index)
-        caption = (f"Merge groups: each kept token with its {red.merge_index.shape[1]} key-nearest patches "
-                   f"(in its colour); kept outlined white")
-    elif red.groups is not None:
-        groups = canvas.groups(red.groups, kept=red.kept)
-        sizes = np.bincount(red.groups[red.groups >= 0].cpu().numpy())
-        sizes = sizes[sizes > 0]
-        top = ", ".join(str(v) for v in np.sort(sizes)[::-1][:3])
-        caption = f"{sizes.size} merge groups (one colour per token); largest: {top} patches"
-    else:
-        groups, caption = None, f"{label} neither clusters nor merges patches"
+    groups, caption = groups_picture(canvas, red, kept, label)
     values, heat_caption = heat_values(vt, red, attention)
     if values is None:
         heat = canvas.kept(kept)
@@ -87,6 +77,26 @@ def pictures(canvas: draw.Canvas, vt: VisualTokens, red: Reduction, attention: s
                                     f"{values.max():.2g}")
         heat_caption += f"; colour bar: min to max{' on a log scale' if log else ''}; kept outlined white"
     return Pictures(kept_img, kept_caption, groups, caption, heat, heat_caption)
+
+
+def groups_picture(canvas: draw.Canvas, red: Reduction, kept, label: str) -> tuple[np.ndarray | None, str]:
+    """The tokens' groups (merging methods that partition the patches), else the trace's regions (clusters,
+    merge groups), else None."""
+    if red.groups is not None:
+        groups = canvas.groups(red.groups, kept=red.kept)
+        sizes = np.bincount(red.groups[red.groups >= 0].cpu().numpy())
+        sizes = sizes[sizes > 0]
+        top = ", ".join(str(v) for v in np.sort(sizes)[::-1][:3])
+        return groups, f"{sizes.size} merge groups (one colour per token); largest: {top} patches"
+    regions = red.trace.regions()
+    if regions is None:
+        return None, f"{label} neither clusters nor merges patches"
+    style, labels, caption = regions
+    if style == "clusters":
+        return canvas.clusters(labels, kept_mask=kept), caption
+    if style == "tokens":
+        return canvas.token_groups(labels, kept=red.kept), caption
+    return canvas.groups(labels, kept=red.kept), caption
 
 
 def colour_scale(values: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -103,26 +113,20 @@ def colour_scale(values: np.ndarray) -> tuple[np.ndarray, bool]:
 # Figures
 # --------------------------------------------------------------------------------------------------
 def histogram(vt: VisualTokens, red: Reduction, settings: Settings):
-    """The per-patch score histogram each method is decided by, titled for what it shows, with only the
-    thresholds that method uses (PruMerge: Q1, Q3 and the IQR fence; PAR: τ on h; methods keeping the top of a
-    score: the cut at the lowest kept value)."""
+    """The histogram of the per-patch score the method decides by (its trace's heat), kept and dropped stacked,
+    with only the thresholds its trace draws; a method without a score of its own: the CLS attention it does
+    not read."""
     kept = red.kept_mask.cpu().numpy()
     attention = settings.inputs.attention
-    if red.fence is not None:  # PruMerge
-        lines = [(red.q1, "Q1", "quartile"), (red.q3, "Q3", "quartile"), (red.fence, "fence", "fence")]
-        return plots.score_histogram(red.attn.float().cpu().numpy(), kept, "CLS → patch attention: outliers above "
-                                     "the IQR fence are kept", f"attention ({attention})", lines)
-    if red.hybrid is not None:  # PAR
-        tau = settings.params.tau
-        return plots.score_histogram(red.hybrid.float().cpu().numpy(), kept, "PAR hybrid relevance h: routed if ≥ τ",
-                                     "h = α·r + (1 − α)·R_cluster", [(tau, f"τ = {tau:g}", "cut")])
-    if red.attn is not None and red.kept.numel():  # the top of a score: top-attention, FastV, VisionZip
-        values = red.attn.float().cpu().numpy()
-        cut = float(values[red.kept.cpu().numpy()].min())
-        source = "LLM attention (FastV)" if red.layer else f"CLS attention ({attention})"
-        return plots.score_histogram(values, kept, f"{source}: the highest are kept", source, [(cut, "cut", "cut")])
-    values = vt.cls_attn.float().cpu().numpy() if vt.cls_attn is not None else np.zeros(vt.n)
-    return plots.score_histogram(values, kept, "CLS attention (not read by this method)", f"attention ({attention})")
+    heat = red.trace.heat()
+    if heat is None:
+        values = vt.cls_attn.float().cpu().numpy() if vt.cls_attn is not None else np.zeros(vt.n)
+        return plots.score_histogram(values, kept, "CLS attention (not read by this method)", f"attention ({attention})")
+    label, score = heat
+    title, _, rest = label.partition(": ")
+    lines = [(line[1], line[0], line[2] if len(line) > 2 else "cut") for line in red.trace.lines()]
+    return plots.score_histogram(score.float().cpu().numpy(), kept, f"{title}: {rest}" if rest else title,
+                                 title + (f" ({attention})" if "cls_attn" in settings.entry.needs else ""), lines)
 
 
 def figures(vt: VisualTokens, red: Reduction, settings: Settings):
@@ -154,23 +158,17 @@ def _rounded(x, digits: int) -> list:
 
 def per_patch(vt: VisualTokens, red: Reduction) -> dict:
     """Per-patch data for researchers: indices are row-major over `image.grid`, `kept` in the order the LLM
-    receives the tokens."""
+    receives the tokens; then the tokens' groups and the method's own fields (its trace's `per_patch`)."""
     out = {"kept": red.kept.tolist()}
     if vt.cls_attn is not None:
         out["attention"] = _rounded(vt.cls_attn, 8)
-    if red.relevance is not None:
-        out["relevance"] = _rounded(red.relevance, 6)
-        out["hybrid"] = _rounded(red.hybrid, 6)
-        out["labels"] = red.labels.tolist()
-    if red.merge_index is not None:
-        weights = _rounded(red.merge_weight, 8)
-        out["merge_groups"] = {str(k): {"neighbours": nbr, "weights": wt}
-                               for k, nbr, wt in zip(out["kept"], red.merge_index.tolist(), weights)}
     if red.groups is not None:
         out["groups"] = red.groups.tolist()
         out["group_weight"] = _rounded(red.group_weight, 6)
-    if red.layer and red.attn is not None:
-        out["llm_attention"] = _rounded(red.attn, 8)
+    for name, value in red.trace.per_patch().items():
+        if isinstance(value, torch.Tensor):
+            value = _rounded(value, 8) if value.is_floating_point() else value.tolist()
+        out[name] = value
     return out
 
 
@@ -191,7 +189,7 @@ def summary(red: Reduction, vt: VisualTokens, settings: Settings, flops: dict, e
     return out
 
 
-def readout_markdown(s: dict) -> str:
+def readout_markdown(s: dict, red: Reduction | None = None) -> str:
     """Two short lines: tokens and FLOPs, then the funnel and the method's own numbers."""
     f = s["flops"]
     first = (f"**{s['method_label']}** · visual tokens **{s['n_tokens']} → {s['n_kept']}** "
@@ -200,10 +198,8 @@ def readout_markdown(s: dict) -> str:
     if s.get("llm_layer"):
         first += f" · pruned inside the LLM at layer {s['llm_layer']}"
     details = ["Stages: " + " → ".join(f"{k} {v}" for k, v in s["stages"].items())]
-    if "n_clusters" in s:
-        details.append(f"{s['n_clusters']} clusters")
-    if "fence" in s:
-        details.append(f"Q1 {s['q1']:.3g} · Q3 {s['q3']:.3g} · fence {s['fence']:.3g}")
+    if red is not None:
+        details += red.trace.readout()
     if s.get("query"):
         cut = " (the prompt was truncated to the text tower's context)" if s["query"].get("truncated") else ""
         details.append(f"Query: {s['query']['description']}{cut}")
@@ -232,8 +228,10 @@ def sweep(vt: VisualTokens, settings: Settings, name: str | None = None, points:
     if control.integer:
         xs = np.unique(np.round(xs))
     clusters = None
-    if name == "cluster_threshold" and hasattr(params, "spatial"):  # the forest first: then each γ costs O(N)
-        clusters = vt.cluster_sweep(params.spatial).count(xs)
+    series = getattr(params, "sweep_series", None)  # a method's own curve (PAR: clusters), computed first
+    extra = series(vt, name, xs) if series is not None else None
+    if extra is not None:
+        clusters = extra[1]
     counts = [entry(vt, dataclasses.replace(params, **{name: int(x) if control.integer else float(x)})).n_kept
               for x in xs]
     return xs, np.asarray(counts), clusters, float(getattr(params, name)), name
@@ -252,27 +250,13 @@ def inspect_patch(vt: VisualTokens, red: Reduction, index: int) -> dict:
         a = vt.cls_attn.float()
         out["attention"] = float(a[index])
         out["attention_rank"] = int((a > a[index]).sum()) + 1
-    if red.relevance is not None:
-        out["relevance"] = float(red.relevance[index])
-        out["hybrid"] = float(red.hybrid[index])
-        label = int(red.labels[index])
-        out["cluster"] = label
-        out["cluster_size"] = int((red.labels == label).sum())
-        out["retrieved"] = bool(red.retrieved[index])
-        out["routed"] = bool(red.routed[index])
-    if red.merge_index is not None:
-        rows, cols = torch.nonzero(red.merge_index == index).T.tolist()  # (kept token, neighbour slot) pairs
-        absorbed = [(kept[i], float(red.merge_weight[i, j])) for i, j in zip(rows, cols)]
-        out["merged_into"] = [{"kept_patch": k, "weight": wt} for k, wt in absorbed]
-        if red.extra_token and index not in kept:
-            out["in_aggregate_token"] = True
+    out.update(red.trace.facts(index))
     if red.groups is not None and int(red.groups[index]) >= 0:
         g = int(red.groups[index])
         out["token"] = g
         out["group_size"] = int((red.groups == g).sum())
         out["weight_in_token"] = float(red.group_weight[index])
-    if red.layer and red.attn is not None:
-        out["llm_attention"] = float(red.attn[index])
+    out["lines"] = red.trace.inspect(index)
     return out
 
 
