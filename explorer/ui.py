@@ -668,25 +668,17 @@ def answer_stats(info: dict) -> str:
 
 
 def patch_markdown(info: dict) -> str:
+    """The inspector: where the patch is, whether (and where) it was kept, its CLS attention, the token holding
+    it, then the method's own lines (its trace's `inspect`)."""
     parts = [f"**Patch {info['patch']}** (row {info['row']}, column {info['column']}): "
              + ("**kept**" + (f", position {info['position_in_llm_input']} in the LLM's input"
                               if "position_in_llm_input" in info else "") if info["kept"] else "not kept")]
     if "attention" in info:
         parts.append(f"CLS attention {info['attention']:.4g} (rank {info['attention_rank']})")
-    if "relevance" in info:
-        parts.append(f"relevance r {info['relevance']:.3f}, h {info['hybrid']:.3f}, cluster {info['cluster']} "
-                     f"of {info['cluster_size']} patches, retrieved {info['retrieved']}, routed {info['routed']}")
-    if info.get("merged_into"):
-        parts.append("merged into " + ", ".join(f"kept patch {m['kept_patch']} (weight {m['weight']:.3g})"
-                                                for m in info["merged_into"]))
-    if info.get("in_aggregate_token"):
-        parts.append("part of the aggregate token of pruned patches")
     if "token" in info:
         parts.append(f"in token {info['token']} with {info['group_size'] - 1} other patches (weight "
                      f"{info['weight_in_token']:.3g})")
-    if "llm_attention" in info:
-        parts.append(f"LLM attention {info['llm_attention']:.4g}")
-    return " · ".join(parts)
+    return " · ".join(parts + list(info.get("lines", ())))
 
 
 def history_choices(session: Session) -> gr.Dropdown:

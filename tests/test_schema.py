@@ -16,7 +16,7 @@ from explorer.errors import InputError
 from explorer.service import Explorer
 from explorer.settings import METHOD, InputParams, Schema, Settings
 from reducers import REDUCERS, Reduction, RegistryEntry, VisualTokens, slider, toggle
-from reducers.base import check_ranges
+from reducers.base import Trace, check_ranges
 
 SCHEMA = Schema.build()
 
@@ -123,7 +123,28 @@ def toy(vt: VisualTokens, params: ToyParams) -> Reduction:
     if params.from_end:
         kept = (vt.n - 1 - kept).flip(0)
     tokens = vt.features[kept]
-    return Reduction("toy", kept, tokens, vt.grid, {"tokens": vt.n, "to LLM": tokens.shape[0]})
+    score = torch.linspace(0.0, 1.0, vt.n)
+    return Reduction("toy", kept, tokens, vt.grid, {"tokens": vt.n, "to LLM": tokens.shape[0]},
+                     trace=ToyTrace(score))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ToyTrace(Trace):
+    """The toy's own diagnostics: a score and one threshold line, nothing registered anywhere else."""
+
+    score: torch.Tensor
+
+    def heat(self):
+        return "Toy score: how late the patch comes", self.score
+
+    def lines(self):
+        return [("toy line", 0.5)]
+
+    def per_patch(self):
+        return {"toy_score": self.score}
+
+    def inspect(self, i):
+        return [f"toy score {float(self.score[i]):.3f}"]
 
 
 TOY = {**REDUCERS, "toy": RegistryEntry(toy, ToyParams, "Toy stride", "Every k-th patch", formula="kept = 0, k, 2k, …")}
@@ -175,3 +196,38 @@ def test_a_method_registered_at_run_time_appears_everywhere(toy_app, tmp_path):
     captions = [entry["caption"] for entry in gallery]
     assert any(c.startswith("Toy stride · 116 tokens (at its own settings)") for c in captions)
     assert any(c.startswith("Random · 116 tokens (at M = 116)") for c in captions)
+
+
+@pytest.mark.slow
+def test_a_method_trace_shows_in_heatmap_histogram_export_and_inspector(toy_app, tmp_path):
+    """The toy's trace (a score and one threshold line) reaches the heatmap, the histogram, the export and the
+    patch inspector with no other file touched."""
+    from gradio_client import handle_file
+    from PIL import Image
+
+    from explorer.backend.synthetic import SyntheticBackend
+    from explorer.ui import patch_markdown
+
+    _, client = toy_app
+    image = tmp_path / "pic.png"
+    Image.new("RGB", (64, 48), (90, 160, 40)).save(image)
+    out = client.predict(image=handle_file(str(image)), prompt="", method="toy", query_points=[], stride=4,
+                         from_end=False, api_name="/explore")
+    heat_caption, histogram, summary = out[5], out[8], out[-1]
+    assert heat_caption.startswith("Toy score: how late the patch comes")
+    assert "Toy score" in json.dumps(histogram) and "toy line" in json.dumps(histogram)
+    n = summary["n_tokens"]
+    assert len(summary["per_patch"]["toy_score"]) == n and summary["per_patch"]["toy_score"][-1] == 1.0
+    json_file, _ = client.predict(api_name="/export")
+    assert json.loads(Path(json_file).read_text())["per_patch"]["toy_score"] == summary["per_patch"]["toy_score"]
+
+    explorer = Explorer(ExplorerConfig(), loader=lambda config, progress=None: SyntheticBackend(view_side=336),
+                        methods=TOY)
+    try:
+        settings = explorer.settings({METHOD: "toy", "stride": 4})
+        explored, session = explorer.explore(str(image), "", settings)
+        info = explorer.inspect(session, 0, 0, session.view_size)
+        assert info["patch"] == 0 and "toy score 0.000" in patch_markdown(info)
+        assert explored.histogram.layout.annotations[0].text == "toy line"
+    finally:
+        explorer.close()
