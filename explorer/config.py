@@ -12,7 +12,7 @@ Chosen (highest priority first) by CLI flags, environment variables, then the de
                            `explorer.backend.models.load_backend`); "offline-clip" → the seeded random text tower
     --device  VTE_DEVICE   "auto" (CUDA → fp16, else MPS → fp16, else CPU → fp32), or "cpu", "cuda", "cuda:1", "mps"
 
-The memory each choice needs is documented in `explorer.models`.
+The memory each choice needs is documented in `explorer.backend.models`.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class ExplorerConfig:
                             help="'offline' (default), 'offline-clip', 'synthetic' (no model: tests and "
                                  "benchmarks) or a LLaVA-1.5-style hub id / local folder (env VTE_MODEL)")
         parser.add_argument("--clip", default=env.get("VTE_CLIP") or None,
-                            help="CLIP hub id / folder for PAR's text tower, or 'offline' (env VTE_CLIP)")
+                            help="CLIP hub id / folder for PAR's text tower, or 'offline-clip' (the seeded random "
+                                 "text tower) (env VTE_CLIP)")
         parser.add_argument("--device", default=env.get("VTE_DEVICE") or "auto",
                             help="auto | cpu | cuda | cuda:N | mps (env VTE_DEVICE)")
         parser.add_argument("--max-new-tokens", type=int, default=cls.max_new_tokens)

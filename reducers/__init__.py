@@ -115,7 +115,11 @@ REDUCERS = MappingProxyType(
     }
 )
 
+# the method that hands every token unchanged: the reference the comparisons and fidelity runs measure against
+REFERENCE = "all"
+
 __all__ = [
+    "REFERENCE",
     "VisualTokens", "Reduction", "Trace", "TopScoreTrace", "Control", "RegistryEntry", "REDUCERS",
     "slider", "toggle", "choice", "number", "controls", "params_or_default",
     "PruMergeParams", "PARParams", "BudgetParams", "RandomParams", "NoParams", "ToMeParams", "PoolParams",

@@ -1,4 +1,4 @@
-"""explorer/backend/fastv.py: FastV pruning inside the LM, checked against the model's own forwards (CPU, fp32).
+"""explorer/backend/lm_pruning.py: FastV pruning inside the LM, checked against the model's own forwards (CPU, fp32).
 
 On the tiny LLaVA (2-layer LLaMA) and a 4-layer variant of it, so K = 1…3 leave layers on both sides of the
 cut: the ranking signal equals an eager `output_attentions=True` forward; layers 0…K−1 equal the plain
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from explorer.backend import answer as ans
-from explorer.backend import fastv, models
+from explorer.backend import lm_pruning as fastv, models
 from explorer.backend.cost import layer_flops, prefill_flops, prefill_flops_pruned
 from explorer.backend.geometry import Geometry
 from explorer.backend.protocol import Answer

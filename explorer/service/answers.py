@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from reducers import REFERENCE
+
 from ..backend.protocol import Answer, Backend, Encoded
 from ..errors import InputError
 from ..session import Session
@@ -95,7 +97,7 @@ def fidelity_plan(x: Explorer, enc: Encoded, settings: Settings, budget: int) ->
     settings), then the current method across budgets (32, 64, 128, 192 and M) or, without a budget,
     across five values of its first slider."""
     plan = [("every method at M", f"M = {budget}" if entry.budgeted else "own settings", other)
-            for method, entry, other in pipeline.at_budget(x, settings, budget) if method != "all"]
+            for method, entry, other in pipeline.at_budget(x, settings, budget) if method != REFERENCE]
     entry = settings.entry
     if entry.budgeted:
         for b in sorted({b for b in FIDELITY_BUDGETS + (budget,) if 1 <= b <= enc.tokens.n}):

@@ -34,7 +34,9 @@ __all__ = ["build_demo", "serve", "launch_kwargs", "patch_markdown", "explain_ma
 def build_demo(explorer: Explorer) -> gr.Blocks:
     examples = load_examples()
     schema = explorer.schema
-    first_method = "prumerge" if "prumerge" in schema.methods else next(iter(schema.methods))
+    # the first screen shows the first example's method (else the registry's first)
+    first_method = next((r["method"] for r in examples[:1] if r.get("method") in schema.methods),
+                        next(iter(schema.methods)))
     page = build(explorer, examples, first_method)
     ui = Screen(explorer, page, examples, first_method)
     with page.demo as demo:
