@@ -64,7 +64,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from reducers import REDUCERS
+from reducers import REFERENCE, REDUCERS
 
 from .backend.fidelity import fidelity, reference_fidelity, vqa_accuracy
 from .config import OFFLINE, ExplorerConfig
@@ -78,7 +78,7 @@ PLOT = "fidelity"
 RUN = "run.json"
 RANK_FILE = ".rows.rank{rank}.jsonl"
 RANK_GLOB = ".rows.rank*.jsonl"
-REFERENCE = "all"  # the method name of the full-token row
+# REFERENCE (reducers): the method of the full-token row
 KEY_FIELDS = ("image", "question", "method", "budget")
 TIMING_FIELDS = ("prefill_s", "score_s")  # differ from run to run; everything else is deterministic
 DEFAULT_BUDGETS = "64,128,192"

@@ -1,7 +1,7 @@
 """What every backend gives the app: the `Backend` protocol and the types it returns.
 
 The real LLaVA backend, the offline default and the synthetic backend (benchmarks, UI tests) all satisfy
-`Backend`; the app layer (`service.py`) relies on nothing else, so it never probes a backend with `hasattr`.
+`Backend`; the app layer (`explorer/service/`) relies on nothing else, so it never probes a backend with `hasattr`.
 """
 
 from __future__ import annotations
