@@ -2,7 +2,7 @@
 
     from explorer.config import ExplorerConfig
     from explorer.service import Explorer          # the app's operations without gradio
-    from explorer.ui import build_demo             # the Blocks (the only gradio module besides app.py)
+    from explorer.ui import build_demo             # the Blocks (the only gradio package besides app.py)
 """
 
 __version__ = "0.5.0"
