@@ -150,7 +150,7 @@ def test_export_redraws_from_the_cached_encode_only(monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
         raise AssertionError("export read or encoded an image")
 
-    monkeypatch.setattr(service, "load_image", refuse)
+    monkeypatch.setattr(service.pipeline, "load_image", refuse)
     monkeypatch.setattr(backend, "encode", refuse)
     json_file, png_file = explorer.export(state)
     assert json.loads(Path(json_file).read_text())["method"] == "prumerge+"
@@ -318,7 +318,7 @@ def test_export_json_is_capped(monkeypatch, tmp_path):
         explorer.export_json({"blob": "x" * (service.MAX_SUMMARY_BYTES + 1)})
     _, state = explorer.explore(str(bad_inputs.good_jpeg(tmp_path, seed=6)), PROMPT,
                                 explorer.settings({"method": "par"}))
-    monkeypatch.setattr(service, "MAX_SUMMARY_BYTES", 1_000)  # a per-patch summary is ≈ 60 kB
+    monkeypatch.setattr(service.export, "MAX_SUMMARY_BYTES", 1_000)  # a per-patch summary is ≈ 60 kB
     with pytest.raises(InputError, match="too large to export"):
         explorer.export(state)
     assert not any(explorer.export_root.iterdir()), "a refused export left files behind"

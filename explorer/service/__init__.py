@@ -27,7 +27,6 @@ from reducers.cache import LRU
 
 from ..backend.protocol import Backend, Encoded
 from ..config import ExplorerConfig
-from ..images import load_image  # noqa: F401  (tests replace it here: an export must never read a file)
 from ..session import Pinned, Session
 from ..settings import Schema, Settings
 from . import answers as answering

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from reducers import RegistryEntry, Reduction, VisualTokens
 
-from .. import images
+from ..images import load_image
 from ..backend.protocol import Backend, Encoded
 from ..errors import InputError
 from ..session import Session
@@ -54,7 +54,7 @@ def encoded(x: Explorer, image, session: Session, model: str | None = None, prog
         enc = backend.lookup(session.key)
         if enc is not None:
             return backend, enc, session
-    pil = _load_image()(image, x.config.max_image_pixels)
+    pil = load_image(image, x.config.max_image_pixels)
     if progress is not None:
         progress(0.5, desc="Encoding the image")
     try:
@@ -62,13 +62,6 @@ def encoded(x: Explorer, image, session: Session, model: str | None = None, prog
     except ValueError as err:
         raise InputError(unusable(backend, err)) from None
     return backend, enc, session.with_image(path, enc.key, model, Path(path).name if path else "image")
-
-
-def _load_image():
-    """`explorer.service.load_image` (tests replace it there to prove an export never reads a file)."""
-    from .. import service
-
-    return getattr(service, "load_image", images.load_image)
 
 
 def cached(x: Explorer, session: Session) -> tuple[Backend, Encoded]:
