@@ -161,3 +161,29 @@ def capture_inputs(module: nn.Module, names: tuple[str, ...] = ("input_ids", "in
         yield calls
     finally:
         handle.remove()
+
+
+def tiny_image_processor():
+    """CLIP's preprocessing at the tiny tower's size: shortest edge → IMAGE_SIZE, centre crop IMAGE_SIZE²."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+def save_tiny_llava(folder, seed: int = 0, processor: bool = True):
+    """A tiny LLaVA-1.5 checkpoint folder as the hub holds one: config + safetensors weights, the locally built
+    tokenizer and (unless `processor=False`) a LlavaProcessor with a CLIP image processor. Returns the folder."""
+    from pathlib import Path
+
+    from transformers import LlavaProcessor
+
+    folder = Path(folder)
+    tiny_model(seed).save_pretrained(folder)
+    tok = tiny_tokenizer()
+    if processor:
+        LlavaProcessor(image_processor=tiny_image_processor(), tokenizer=tok, patch_size=PATCH,
+                       vision_feature_select_strategy="default", image_token="<image>",
+                       num_additional_image_tokens=1).save_pretrained(folder)
+    else:
+        tok.save_pretrained(folder)
+    return folder

@@ -38,7 +38,7 @@ from reducers.cache import LRU
 from ..config import SYNTHETIC, ExplorerConfig
 from ..errors import InputError
 from . import answer as ans
-from . import fastv, offline
+from . import families, fastv, offline
 from . import fidelity as fid
 from .geometry import Geometry, consuming_layer, content_key, patch_grid, producing_layer, thumbnail
 from .prompts import embed_query
@@ -365,12 +365,23 @@ def check_source(source: str) -> str:
 def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_processor: bool = True):
     """(model, tokenizer, processor or None) from a hub id or local folder.
 
+    The family is decided from the checkpoint's config first (`families.resolve`): a checkpoint of another
+    family is refused with one sentence instead of being loaded as LLaVA-1.5 (transformers would only warn).
+    A missing processor (when `with_processor`), a missing tokenizer or unreadable weights each raise
+    `families.CheckpointError` with one sentence naming what is wrong.
+
     Weights load from safetensors when the checkpoint has them, otherwise through transformers' torch.load
     with weights_only=True: never arbitrary pickles."""
+    from safetensors import SafetensorError
     from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
     source = check_source(source)
-    model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
+    families.resolve(source)  # only the LLaVA-1.5 family is supported here; others fail with their reason
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
+        raise families.CheckpointError(f"The weights of {source} cannot be loaded (missing, truncated or corrupt "
+                                       f"files: {families._first_line(err)}).") from None
     model = model.to(device).eval()
     processor = None
     if with_processor:
@@ -378,10 +389,29 @@ def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_proce
             processor = AutoProcessor.from_pretrained(source)
         except (OSError, ValueError, TypeError, KeyError):
             processor = None
-    tokenizer = getattr(processor, "tokenizer", None) or AutoTokenizer.from_pretrained(source)
-    if processor is not None and getattr(processor, "image_processor", None) is None:
-        processor = None
+        if getattr(processor, "image_processor", None) is None:
+            raise families.CheckpointError(
+                f"{source} has no image processor (preprocessor_config.json), so how it resizes and crops an "
+                "image is unknown.")
+    try:
+        tokenizer = getattr(processor, "tokenizer", None) or AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError, KeyError):
+        raise families.CheckpointError(f"{source} has no tokenizer the explorer can load.") from None
     return model, tokenizer, processor
+
+
+def default_text_side(model: str, device: torch.device, dtype: torch.dtype, vision_width: int
+                      ) -> tuple[TextSide | None, str]:
+    """(PAR's text side, notice) when --clip is not given for a real checkpoint: the CLIP tower LLaVA-1.5 froze
+    (`DEFAULT_CLIP`) when it can be loaded (hub or local cache); where it cannot (a local folder used without
+    the hub), none — PAR then says so and uses its offline query rule (the CLS token, or the pointed patches)."""
+    try:
+        return real_text_side(DEFAULT_CLIP, device, dtype, vision_width), ""
+    except (OSError, ValueError) as err:
+        reason = families._first_line(err)
+        return None, (f"PAR's CLIP text tower ({DEFAULT_CLIP}) cannot be used here ({reason[:120]}): PAR ranks "
+                      "patches by the CLS token or the patches you point at, not by the prompt; pass --clip "
+                      "FOLDER for a local copy.")
 
 
 def load_backend(config: ExplorerConfig, progress=None) -> LlavaBackend:
@@ -412,6 +442,8 @@ def load_backend(config: ExplorerConfig, progress=None) -> LlavaBackend:
                          "(a LLaVA checkpoint or --model offline-clip)")
     if clip is None:
         text = None
+    elif clip == DEFAULT_CLIP and not config.clip and not config.is_offline:
+        text, notice = default_text_side(config.model, device, dtype, vision_width)
     elif clip == offline.CLIP:
         text = offline_text_side(vision_width, config.seed)
         text.text_model.to(device, dtype)

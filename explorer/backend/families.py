@@ -1,0 +1,120 @@
+"""Which model family a checkpoint is, read from its config before any weight is loaded.
+
+transformers loads the config of another family into `LlavaForConditionalGeneration` with only a warning (a
+LLaVA-NeXT folder then runs as LLaVA-1.5 on its base tile, a SigLIP tower loses a real patch as if it were CLS),
+so the explorer decides the family itself from the checkpoint's `config.json` (`model_type`, then
+`architectures`) and refuses, with one sentence, every family it has no adapter for.
+
+A family is one of:
+
+* supported — an adapter says where the visual tokens come from, the patch grid(s) of one image, which scores
+  exist, how reduced tokens and their positions enter the language model and how FastV prunes inside it;
+* known, not yet supported — the architecture is recognised and named, with what the explorer would get wrong
+  if it ran it as LLaVA-1.5 (the reason it is refused rather than approximated);
+* unknown — any other `model_type`.
+
+Reading the config is the only hub access here: a local folder is read from disk (no hub), a hub id through
+`transformers.PretrainedConfig.get_config_dict`, which honours HF_HUB_OFFLINE and the local cache.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint the explorer cannot load; the message is one sentence naming what is wrong."""
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str  # the config's model_type
+    architecture: str  # the transformers class that runs it
+    title: str  # how the UI and the docs name it
+    supported: bool
+    reason: str = ""  # one sentence, for a family that is not supported (yet)
+
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (
+    Family("llava", "LlavaForConditionalGeneration", "LLaVA-1.5", True),
+    Family("llava_next", "LlavaNextForConditionalGeneration", "LLaVA-NeXT", False,
+           "its anyres input (a base image plus tiles, with image-newline tokens) has no adapter here yet, and "
+           "running it as LLaVA-1.5 would show only the base tile's tokens"),
+    Family("llava_onevision", "LlavaOnevisionForConditionalGeneration", "LLaVA-OneVision", False,
+           "its SigLIP tower has no CLS token and its anyres-max input has no adapter here yet, and running it as "
+           "LLaVA-1.5 would drop a real patch as if it were CLS"),
+    Family("qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2-VL", False,
+           "its dynamic-resolution tower with a 2×2 patch merger and M-RoPE positions has no adapter here yet"),
+    Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2.5-VL", False,
+           "its dynamic-resolution tower with window attention, a 2×2 patch merger and M-RoPE positions has no "
+           "adapter here yet"),
+)}
+BY_ARCHITECTURE = {f.architecture: f for f in FAMILIES.values()}
+
+
+def supported_titles() -> str:
+    return ", ".join(f"{f.title} ({f.architecture})" for f in FAMILIES.values() if f.supported)
+
+
+def is_local(source: str) -> bool:
+    """A path (absolute, ./, ../, ~ or an existing folder) rather than a hub id."""
+    text = str(source)
+    return text.startswith(("/", ".", "~")) or Path(text).expanduser().is_dir()
+
+
+def read_config(source: str) -> dict:
+    """The checkpoint's config.json as a dict, or CheckpointError with one sentence: a folder without (or with
+    an unreadable) config.json, a hub id that does not exist or cannot be reached."""
+    if is_local(source):
+        folder = Path(str(source)).expanduser()
+        if not folder.is_dir():
+            raise CheckpointError(f"No such folder: {folder}.")
+        path = folder / "config.json"
+        if not path.is_file():
+            raise CheckpointError(f"The folder {folder} has no config.json, so it is not a transformers checkpoint.")
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"The config.json in {folder} cannot be read ({type(err).__name__}).") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(f"The config.json in {folder} is not a JSON object.")
+        return config
+    from transformers import PretrainedConfig
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(str(source))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"The model {source!r} is neither a local folder nor a hub model that can be reached "
+                              f"(no such repository, no network, or HF_HUB_OFFLINE set: {_first_line(err)}).") from None
+    return config
+
+
+def family_of(config: dict, source: str) -> Family:
+    """The family of a config dict (model_type first, then architectures), or CheckpointError naming it."""
+    model_type = config.get("model_type")
+    family = FAMILIES.get(model_type) if isinstance(model_type, str) else None
+    if family is None:
+        for arch in config.get("architectures") or ():
+            family = BY_ARCHITECTURE.get(arch)
+            if family is not None:
+                break
+    if family is None:
+        named = model_type or ", ".join(config.get("architectures") or ()) or "no model_type"
+        raise CheckpointError(f"{source} is a {named!r} checkpoint, an architecture this explorer does not support "
+                              f"(supported: {supported_titles()}).")
+    if not family.supported:
+        raise CheckpointError(f"{source} is a {family.title} checkpoint ({family.architecture}), which this explorer "
+                              f"does not support yet: {family.reason}.")
+    return family
+
+
+def resolve(source: str) -> Family:
+    """The supported family of `source` (folder or hub id), or CheckpointError with one sentence."""
+    return family_of(read_config(source), source)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__).rstrip(".")[:200]
