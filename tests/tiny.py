@@ -187,3 +187,53 @@ def save_tiny_llava(folder, seed: int = 0, processor: bool = True):
     else:
         tok.save_pretrained(folder)
     return folder
+
+
+# ------------------------------------------------------------------------------------------------
+# LLaVA-NeXT (anyres): the tiny LLaVA's tower and LM, tiles of IMAGE_SIZE on 1×2, 2×1 and 2×2 grids
+# ------------------------------------------------------------------------------------------------
+NEXT_PINPOINTS = [[IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE], [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]
+
+
+def tiny_llava_next_config():
+    from transformers import LlavaNextConfig
+
+    base = tiny_llava_config()
+    return LlavaNextConfig(vision_config=base.vision_config, text_config=base.text_config,
+                           image_token_id=IMAGE_TOKEN_ID, projector_hidden_act="gelu", vision_feature_layer=-2,
+                           vision_feature_select_strategy="default", image_grid_pinpoints=NEXT_PINPOINTS)
+
+
+def tiny_llava_next_model(seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    from transformers import LlavaNextForConditionalGeneration
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaNextForConditionalGeneration(tiny_llava_next_config()).eval()
+    return model.to(device=device, dtype=dtype)
+
+
+def tiny_next_image_processor():
+    from transformers import LlavaNextImageProcessor
+
+    return LlavaNextImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                   crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                   image_grid_pinpoints=NEXT_PINPOINTS)
+
+
+def tiny_next_processor():
+    from transformers import LlavaNextProcessor
+
+    return LlavaNextProcessor(image_processor=tiny_next_image_processor(), tokenizer=tiny_tokenizer(), patch_size=PATCH,
+                              vision_feature_select_strategy="default", image_token="<image>",
+                              num_additional_image_tokens=1)
+
+
+def tiny_llava_next_backend(device: str = "cpu", seed: int = 0, **kwargs):
+    from explorer.backend import llava_next
+
+    dtype = dtype_for(device)
+    model = tiny_llava_next_model(seed, device, dtype)
+    return llava_next._backend_class()(model, tiny_tokenizer(), tiny_text_side(seed, device, dtype),
+                                       tiny_next_image_processor(), name="tiny-llava-next",
+                                       notice="tiny seeded model", **kwargs)

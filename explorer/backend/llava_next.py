@@ -147,3 +147,101 @@ def visual_embeddings(projected: Tensor, newline: Tensor, layout: AnyresLayout, 
         start = i + 1
     pieces.append(projected[start:])
     return torch.cat(pieces)
+
+
+# --------------------------------------------------------------------------------------------------
+# The backend
+# --------------------------------------------------------------------------------------------------
+def _backend_class():
+    """`LlavaNextBackend`, defined on first use (models.py imports transformers-heavy code lazily too)."""
+    import time
+
+    from reducers import Reduction, VisualTokens
+
+    from ..errors import InputError
+    from .geometry import thumbnail
+    from .models import LlavaBackend, gpu
+    from .protocol import Encoded
+    from .tower import vision_forward
+
+    class LlavaNextBackend(LlavaBackend):
+        """`LlavaBackend` for `LlavaNextForConditionalGeneration`: encode runs every crop of the anyres input
+        through the tower (hooks per crop, as LLaVA-1.5's one crop) and gathers the per-crop outputs into the LM's
+        order (`AnyresLayout`); the LM's visual input re-inserts the row newlines (`visual_embeddings`).
+
+        Per-token scores: a patch's CLS attention and keys are those of its own crop (each crop has its own CLS
+        and softmax); `cls_feature` / `cls_joint` are the base crop's CLS row (the whole picture's summary).
+        FastV is refused: the LM's image span holds the newline embeddings, which are not patches, and no
+        official FastV port says whether they compete with the patches."""
+
+        family = "llava_next"
+
+        def __init__(self, model, tokenizer, text, image_processor, *, newlines: str = "rows", **kwargs):
+            from .geometry import Geometry
+
+            super().__init__(model, tokenizer, text, Geometry.from_processor(image_processor, model.config.vision_config),
+                             **kwargs)
+            if newlines not in NEWLINE_RULES:
+                raise ValueError(f"newlines must be one of {NEWLINE_RULES}, got {newlines!r}")
+            self.image_processor = image_processor
+            self.newlines = newlines
+
+        @gpu
+        def _encode(self, image, key: str) -> Encoded:
+            t0 = time.perf_counter()
+            batch = self.image_processor(image, return_tensors="pt")
+            image_hw = tuple(int(v) for v in batch["image_sizes"][0])
+            layout = anyres_layout(image_hw, self.model.config)
+            pixel_values = batch["pixel_values"][0, :layout.n_crops]
+            crops = []
+            with self._lock:
+                for crop in pixel_values:
+                    crops.append(vision_forward(self.vision_tower, crop[None].to(self.device, self.dtype), self.spec,
+                                                self._joint_map))
+                with torch.inference_mode():
+                    stacked = torch.stack([c["features"] for c in crops])
+                    projected = self.projector(stacked.to(self.device, self.dtype)).float().cpu()
+            rows = {name: gather(torch.stack([c[name] for c in crops]), layout)
+                    for name in ("features", "keys", "cls_attn", "attn_head_mean", "joint", "joint_last")}
+            optional = {name: gather(torch.stack([c[name] for c in crops]), layout)
+                        for name in ("feature_layer_attn", "feature_layer_keys") if name in crops[0]}
+            base = crops[0]
+            try:
+                tokens = VisualTokens(features=rows["features"], keys=rows["keys"], cls_attn=rows["cls_attn"],
+                                      joint=rows["joint"], cls_feature=base["cls_feature"],
+                                      projected=gather(projected, layout), **optional)
+            except ValueError as err:
+                raise InputError(f"The vision tower of {self.name} produced unusable features ({err}); "
+                                 "the checkpoint may be broken.") from None
+            view = self.geometry.view(image)
+            return Encoded(key, tokens, rows["attn_head_mean"], view, (0.0, 0.0, *map(float, image.size)), image.size,
+                           time.perf_counter() - t0, thumbnail=thumbnail(image), joint_last=rows["joint_last"],
+                           cls_joint=base["cls_joint"], cls_joint_last=base["cls_joint_last"], layout=layout)
+
+        def _visual_input(self, enc: Encoded, reduction: Reduction | None):
+            layout = enc.layout
+            kept = None if reduction is None else reduction.kept
+            n_extra = 0 if reduction is None else int(reduction.n_extra)
+            newline = self.model.model.image_newline
+            if kept is not None:
+                try:
+                    layout.newline_after(kept, self.newlines)
+                except ValueError as err:
+                    raise InputError(str(err)) from None
+
+            def project(tokens: Tensor) -> Tensor:
+                return visual_embeddings(self.projector(tokens), newline, layout, kept, n_extra, self.newlines)
+
+            return project
+
+        def _fastv_plan(self, enc: Encoded, reduction: Reduction):
+            raise InputError(FASTV_REASON)
+
+        def lm_attention(self, enc: Encoded, prompt: str) -> Tensor:
+            raise InputError(FASTV_REASON)
+
+    return LlavaNextBackend
+
+
+FASTV_REASON = ("FastV is off on LLaVA-NeXT: its image span holds row-newline embeddings that are not patches, and "
+                "no official FastV port says whether they compete with the patches.")

@@ -257,6 +257,11 @@ class LlavaBackend:
         return self.chat(prompt).n_text
 
     # --- answers ------------------------------------------------------------------------------------
+    def _visual_input(self, enc: Encoded, reduction: Reduction | None):
+        """tokens [M', d] → the LM's visual embeddings [M'', H] for this reduction: the projector (LLaVA-1.5:
+        one embedding per token); a family that adds its own embeddings (LLaVA-NeXT's row newlines) overrides."""
+        return self.projector
+
     def _lm_input(self, enc: Encoded, prompt: str,
                   reduction: Reduction | None) -> tuple[ans.ChatPrompt, Tensor, dict | None]:
         """(chat prompt, visual features fed at the LM's input, FastV pruning or None) for a reduction: all patch
@@ -285,7 +290,7 @@ class LlavaBackend:
         in_lm = {} if pruning is None else dict(generate=functools.partial(fastv.greedy_stream, **pruning),
                                                 n_visual_kept=int(pruning["keep"].numel()), layer=pruning["layer"])
         yield from ans.answer_stream(
-            self.model, self.embed_tokens, self.projector, chat, feats,
+            self.model, self.embed_tokens, self._visual_input(enc, reduction), chat, feats,
             decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
             max_new_tokens=max_new_tokens or self.max_new_tokens, stop_ids=self.stop_ids, step_lock=self._lock,
             **in_lm,
@@ -307,7 +312,7 @@ class LlavaBackend:
         target = tuple(int(t) for t in target_ids)
         forward = None if pruning is None else functools.partial(fastv.forward_logits, self.model, **pruning)
         with self._lock, torch.inference_mode():
-            embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, feats)
+            embeds = ans.build_inputs_embeds(self.embed_tokens, self._visual_input(enc, reduction), chat, feats)
             ans.sync(self.device)
             t0 = time.perf_counter()
             logits = fid.continuation_logits(self.model, self.embed_tokens, embeds, target, forward)
@@ -329,7 +334,8 @@ class LlavaBackend:
     def _lm_attention(self, enc: Encoded, prompt: str) -> Tensor:
         chat = self.chat(prompt)
         with self._lock, torch.inference_mode():
-            embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, enc.tokens.features)
+            embeds = ans.build_inputs_embeds(self.embed_tokens, self._visual_input(enc, None), chat,
+                                             enc.tokens.features)
             return fastv.image_attention(self.model, embeds, len(chat.before), enc.tokens.n)
 
     def _fastv_plan(self, enc: Encoded, reduction: Reduction) -> tuple[int, Tensor]:
