@@ -150,3 +150,23 @@ def test_app_keeps_serving_after_a_refused_folder(tmp_path, llava_folder):
         assert good.encode(tiny.image(2)).tokens.n == tiny.N_PATCHES
     finally:
         explorer.close()
+
+
+def test_llava_with_a_tower_without_cls_is_refused(tmp_path):
+    """A LlavaForConditionalGeneration around a SigLIP tower (no CLS) would lose a real patch as CLS."""
+    folder = write_config(tmp_path / "siglip", model_type="llava", architectures=["LlavaForConditionalGeneration"],
+                          vision_config={"model_type": "siglip_vision_model"})
+    with pytest.raises(families.CheckpointError, match="no CLS") as info:
+        load(folder)
+    one_sentence(str(info.value))
+
+
+def test_method_rules_cover_every_method_with_one_sentence_reasons():
+    from reducers import REDUCERS
+
+    for family, rules in families.METHOD_RULES.items():
+        assert set(rules) == set(REDUCERS), family
+        for method, rule in rules.items():
+            assert rule.text, (family, method)
+            if not rule.enabled:
+                assert rule.text.endswith(".") and rule.text.count(". ") == 0, (family, method)

@@ -52,6 +52,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            "adapter here yet"),
 )}
 BY_ARCHITECTURE = {f.architecture: f for f in FAMILIES.values()}
+# vision towers whose hidden states start with a CLS row (what LLaVA-1.5's "default" strategy drops): CLIP, and
+# the offline default's DINOv2; SigLIP (LLaVA-Interleave, OneVision) has none
+CLS_TOWERS = ("clip_vision_model", "dinov2")
 
 
 def supported_titles() -> str:
@@ -107,6 +110,10 @@ def family_of(config: dict, source: str) -> Family:
     if not family.supported:
         raise CheckpointError(f"{source} is a {family.title} checkpoint ({family.architecture}), which this explorer "
                               f"does not support yet: {family.reason}.")
+    tower = (config.get("vision_config") or {}).get("model_type", "clip_vision_model")
+    if tower not in CLS_TOWERS:
+        raise CheckpointError(f"{source} is a {family.title} checkpoint with a {tower!r} vision tower, which has no "
+                              "CLS token: the explorer would drop a real patch as CLS, so it is not supported yet.")
     return family
 
 
@@ -118,3 +125,46 @@ def resolve(source: str) -> Family:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return (text[0] if text else type(err).__name__).rstrip(".")[:200]
+
+
+# --------------------------------------------------------------------------------------------------
+# Which method runs on which family, and by which rule (docs/methods.md, "Families"; README's table)
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MethodRule:
+    enabled: bool
+    text: str  # the rule used (enabled), or one sentence saying why the method is off on this family
+
+
+ON = "as on LLaVA-1.5"
+METHOD_RULES: dict[str, dict[str, MethodRule]] = {
+    "llava": {m: MethodRule(True, ON if m != "fastv" else "official (pkunlp-icler/FastV targets LLaVA-1.5)")
+              for m in ("par", "prumerge", "prumerge+", "visionzip", "divprune", "all", "random", "uniform",
+                        "top-attention", "tome", "pool", "none", "fastv")},
+    # The LLaVA-NeXT adapter core (llava_next.py) is tested but not enabled in the app: its pictures (base
+    # image + tiles) are not drawn yet. These are the rules it implements or would need.
+    "llava_next": {
+        "all": MethodRule(True, "the base crop's patches, then the unpadded tile grid with a newline after each row "
+                                "(exactly pack_image_features)"),
+        "none": MethodRule(True, "text only"),
+        "random": MethodRule(True, "uniform over the N patch tokens the LM receives (newlines are not patches)"),
+        "divprune": MethodRule(True, "on the projected patch tokens the LM receives (its rule needs no CLS or grid)"),
+        "par": MethodRule(True, "relevance in the CLIP joint space per patch token; the spatial-cluster option "
+                                "needs one grid and is off"),
+        "top-attention": MethodRule(False, "each crop has its own CLS softmax, and no official port says how "
+                                           "crops share one budget."),
+        "prumerge": MethodRule(False, "the official code (42Shawn/LLaVA-PruMerge) has no LLaVA-NeXT port, and the "
+                                      "IQR fence over several crops' softmaxes has no faithful rule."),
+        "prumerge+": MethodRule(False, "as PruMerge: no official LLaVA-NeXT port."),
+        "visionzip": MethodRule(False, "the official LLaVA-NeXT port reduces each crop on its own and feeds the "
+                                       "tiles without unpadding or newlines, a token set this adapter does not "
+                                       "build yet."),
+        "uniform": MethodRule(False, "the base image and the tile grid are two grids; one spacing rule for both is "
+                                     "not written yet."),
+        "pool": MethodRule(False, "pooling needs one grid; per-part pooling is not written yet."),
+        "tome": MethodRule(False, "its A/B split alternates over raster order, which crosses from the base image into "
+                                  "the tile grid; a per-part rule is not written yet."),
+        "fastv": MethodRule(False, "the LM's image span holds newline embeddings that are not patches, and no "
+                                   "official FastV port says whether they compete."),
+    },
+}
