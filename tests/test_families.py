@@ -131,7 +131,7 @@ def test_hub_id_that_cannot_be_reached():
     with pytest.raises(families.CheckpointError) as info:
         load("nobody-here/no-such-model-xyz")
     one_sentence(str(info.value))
-    assert "nobody-here/no-such-model-xyz" in str(info.value)
+    assert "nobody-here/no-such-model-xyz" in str(info.value) and "hub" in str(info.value)
 
 
 def test_app_keeps_serving_after_a_refused_folder(tmp_path, llava_folder):

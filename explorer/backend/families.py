@@ -40,16 +40,14 @@ class Family:
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llava", "LlavaForConditionalGeneration", "LLaVA-1.5", True),
     Family("llava_next", "LlavaNextForConditionalGeneration", "LLaVA-NeXT", False,
-           "its anyres input (a base image plus tiles, with image-newline tokens) has no adapter here yet, and "
-           "running it as LLaVA-1.5 would show only the base tile's tokens"),
+           "its anyres tiles and row newlines have no adapter here yet (as LLaVA-1.5 it would see the base crop "
+           "only)"),
     Family("llava_onevision", "LlavaOnevisionForConditionalGeneration", "LLaVA-OneVision", False,
-           "its SigLIP tower has no CLS token and its anyres-max input has no adapter here yet, and running it as "
-           "LLaVA-1.5 would drop a real patch as if it were CLS"),
+           "its SigLIP tower (no CLS) and anyres-max tiles have no adapter here yet"),
     Family("qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2-VL", False,
-           "its dynamic-resolution tower with a 2×2 patch merger and M-RoPE positions has no adapter here yet"),
+           "its dynamic resolution, 2×2 merger and M-RoPE have no adapter here yet"),
     Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2.5-VL", False,
-           "its dynamic-resolution tower with window attention, a 2×2 patch merger and M-RoPE positions has no "
-           "adapter here yet"),
+           "its dynamic resolution, window attention, 2×2 merger and M-RoPE have no adapter here yet"),
 )}
 BY_ARCHITECTURE = {f.architecture: f for f in FAMILIES.values()}
 # vision towers whose hidden states start with a CLS row (what LLaVA-1.5's "default" strategy drops): CLIP, and
@@ -73,24 +71,24 @@ def read_config(source: str) -> dict:
     if is_local(source):
         folder = Path(str(source)).expanduser()
         if not folder.is_dir():
-            raise CheckpointError(f"No such folder: {folder}.")
+            raise CheckpointError(f"no such folder: {folder}")
         path = folder / "config.json"
         if not path.is_file():
-            raise CheckpointError(f"The folder {folder} has no config.json, so it is not a transformers checkpoint.")
+            raise CheckpointError("the folder has no config.json, so it is not a transformers checkpoint")
         try:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"The config.json in {folder} cannot be read ({type(err).__name__}).") from None
+            raise CheckpointError(f"its config.json cannot be read ({type(err).__name__})") from None
         if not isinstance(config, dict):
-            raise CheckpointError(f"The config.json in {folder} is not a JSON object.")
+            raise CheckpointError("its config.json is not a JSON object")
         return config
     from transformers import PretrainedConfig
 
     try:
         config, _ = PretrainedConfig.get_config_dict(str(source))
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"The model {source!r} is neither a local folder nor a hub model that can be reached "
-                              f"(no such repository, no network, or HF_HUB_OFFLINE set: {_first_line(err)}).") from None
+        raise CheckpointError(f"{source} is neither a local folder nor a hub model that can be reached (no such "
+                              "repository, no network, or HF_HUB_OFFLINE set)") from None
     return config
 
 
@@ -105,15 +103,15 @@ def family_of(config: dict, source: str) -> Family:
                 break
     if family is None:
         named = model_type or ", ".join(config.get("architectures") or ()) or "no model_type"
-        raise CheckpointError(f"{source} is a {named!r} checkpoint, an architecture this explorer does not support "
-                              f"(supported: {supported_titles()}).")
+        raise CheckpointError(f"a {named!r} checkpoint, an architecture this explorer does not support (supported: "
+                              f"{supported_titles()})")
     if not family.supported:
-        raise CheckpointError(f"{source} is a {family.title} checkpoint ({family.architecture}), which this explorer "
-                              f"does not support yet: {family.reason}.")
+        raise CheckpointError(f"a {family.title} checkpoint, which this explorer does not support yet: "
+                              f"{family.reason}")
     tower = (config.get("vision_config") or {}).get("model_type", "clip_vision_model")
     if tower not in CLS_TOWERS:
-        raise CheckpointError(f"{source} is a {family.title} checkpoint with a {tower!r} vision tower, which has no "
-                              "CLS token: the explorer would drop a real patch as CLS, so it is not supported yet.")
+        raise CheckpointError(f"a {family.title} checkpoint with a {tower!r} vision tower, which has no CLS token: "
+                              "LLaVA-1.5's rule would drop a real patch as CLS, so it is not supported yet")
     return family
 
 

@@ -386,8 +386,8 @@ def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_proce
     try:
         model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
-        raise families.CheckpointError(f"The weights of {source} cannot be loaded (missing, truncated or corrupt "
-                                       f"files: {families._first_line(err)}).") from None
+        raise families.CheckpointError(f"its weights cannot be loaded (missing, truncated or corrupt files: "
+                                       f"{families._first_line(err)[:120]})") from None
     model = model.to(device).eval()
     processor = None
     if with_processor:
@@ -396,13 +396,12 @@ def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_proce
         except (OSError, ValueError, TypeError, KeyError):
             processor = None
         if getattr(processor, "image_processor", None) is None:
-            raise families.CheckpointError(
-                f"{source} has no image processor (preprocessor_config.json), so how it resizes and crops an "
-                "image is unknown.")
+            raise families.CheckpointError("it has no image processor (preprocessor_config.json), so how it resizes "
+                                           "and crops an image is unknown")
     try:
         tokenizer = getattr(processor, "tokenizer", None) or AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError, KeyError):
-        raise families.CheckpointError(f"{source} has no tokenizer the explorer can load.") from None
+        raise families.CheckpointError("it has no tokenizer the explorer can load") from None
     return model, tokenizer, processor
 
 
