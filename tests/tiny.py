@@ -237,3 +237,33 @@ def tiny_llava_next_backend(device: str = "cpu", seed: int = 0, **kwargs):
     return llava_next._backend_class()(model, tiny_tokenizer(), tiny_text_side(seed, device, dtype),
                                        tiny_next_image_processor(), name="tiny-llava-next",
                                        notice="tiny seeded model", **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Qwen2.5-VL: 4 vision blocks (the last with full attention), 14-px patches, 2×2 merger, windows of 2×2 units
+# ------------------------------------------------------------------------------------------------
+QWEN_IMAGE_TOKEN_ID = 150
+
+
+def tiny_qwen2_5_vl_model(seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    vision = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=PATCH, spatial_merge_size=2,
+                  temporal_patch_size=2, window_size=4 * PATCH, fullatt_block_indexes=[3], out_hidden_size=TEXT_WIDTH,
+                  in_channels=3)
+    text = dict(vocab_size=160, hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=EOS_ID,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]})
+    config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=QWEN_IMAGE_TOKEN_ID,
+                              video_token_id=151, vision_start_token_id=152, vision_end_token_id=153)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    return model.to(device=device, dtype=dtype)
+
+
+def tiny_qwen_image_processor():
+    from transformers import Qwen2VLImageProcessor
+
+    return Qwen2VLImageProcessor(min_pixels=(4 * PATCH) ** 2, max_pixels=(8 * PATCH) * (12 * PATCH), patch_size=PATCH,
+                                 merge_size=2, temporal_patch_size=2)
