@@ -170,3 +170,21 @@ def test_method_rules_cover_every_method_with_one_sentence_reasons():
             assert rule.text, (family, method)
             if not rule.enabled:
                 assert rule.text.endswith(".") and rule.text.count(". ") == 0, (family, method)
+
+
+def test_hub_ids_are_classified_from_their_config_without_loading(monkeypatch):
+    """A hub id's family comes from its config.json (here a fake hub answer; tests never touch the network)."""
+    from transformers import PretrainedConfig
+
+    asked = []
+
+    def fake(source, **kwargs):
+        asked.append(source)
+        return {"model_type": "qwen2_5_vl", "architectures": ["Qwen2_5_VLForConditionalGeneration"]}, kwargs
+
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", staticmethod(fake))
+    assert not families.is_local("Qwen/Qwen2.5-VL-3B-Instruct")
+    with pytest.raises(families.CheckpointError, match="Qwen2.5-VL") as info:
+        load("Qwen/Qwen2.5-VL-3B-Instruct")
+    one_sentence(str(info.value))
+    assert asked == ["Qwen/Qwen2.5-VL-3B-Instruct"]

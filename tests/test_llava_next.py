@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.backend import answer as ans
 from explorer.backend import llava_next as nx
 from explorer.errors import InputError
 from reducers import REDUCERS
