@@ -4,9 +4,12 @@ outputs, and the language model receives exactly the reduced tokens (with the ro
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
+from explorer.backend import families
 from explorer.backend import llava_next as nx
 from explorer.errors import InputError
 from reducers import REDUCERS
@@ -112,12 +115,13 @@ def test_lm_receives_exactly_the_reduced_tokens(rule, device="cpu"):
     vt = enc.tokens.derive(query=backend.encode_query(PROMPT).embedding)
     lm = backend.model.model.language_model
     seen = set()
+    rules = families.METHOD_RULES["llava_next"]
     for name, entry in REDUCERS.items():
         if name == "fastv" or not all(getattr(vt, need) is not None for need in entry.needs):
             continue
         red = entry(vt, entry.params(budget=9) if entry.budgeted else entry.params())
-        if red.kept.numel() > 1 and not bool((red.kept[1:] > red.kept[:-1]).all()):
-            with pytest.raises(InputError):
+        if not rules[name].enabled:  # no faithful rule: refused with its reason, never fed
+            with pytest.raises(InputError, match=re.escape(f"{name} is off on LLaVA-NeXT")):
                 backend.answer(enc, PROMPT, red, max_new_tokens=1)
             continue
         with capture_inputs(lm) as calls:
@@ -133,8 +137,9 @@ def test_lm_receives_exactly_the_reduced_tokens(rule, device="cpu"):
             logits = backend.model(inputs_embeds=expected[None]).logits[0, -1]
         first = int(logits.argmax())
         assert answer.token_ids[0] == first, name
+        assert answer.n_visual_tokens == visual.shape[0] and answer.n_prompt_tokens == expected.shape[0], name
         seen.add(name)
-    assert {"prumerge", "visionzip", "divprune", "random", "all"} <= seen, seen
+    assert seen == {name for name, rule in rules.items() if rule.enabled}, seen
 
 
 def test_fastv_is_refused_with_its_reason(backend):
@@ -147,3 +152,34 @@ def test_square_image_sees_base_and_tiles(backend):
     """The issue's symptom: a LLaVA-NeXT checkpoint run as LLaVA-1.5 saw only the base crop's 16 tokens."""
     enc = backend.encode(tiny.image(8, (80, 64)))
     assert enc.layout.n_lm == 70 and enc.tokens.n == 64 and enc.layout.n_base == tiny.N_PATCHES
+
+
+def test_folder_loads_from_python_and_enforces_the_family_rules(tmp_path):
+    """llava_next.load on a saved folder (no hub): the same weights; enabled methods reduce and answer, a disabled
+    one is refused with its one-sentence reason, whether asked by name or handed in as a reduction."""
+    folder = tiny.save_tiny_llava_next(tmp_path / "next")
+    backend = nx.load(str(folder), "cpu")
+    ref = tiny.tiny_llava_next_model(0)
+    for a, b in zip(backend.model.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not backend.has_text_tower and "PAR" in backend.notice  # the default CLIP is on the hub, which is off
+    enc = backend.encode(tiny.image(9, (80, 64)))
+    red = backend.reduce(enc, "divprune", REDUCERS["divprune"].params(budget=10))
+    assert red.kept.numel() == 10
+    answer = backend.answer(enc, PROMPT, red, max_new_tokens=2)
+    assert answer.n_visual_tokens == 10 + len({int(r) for r in enc.layout.row_of(red.kept) if r >= 0})
+    with pytest.raises(InputError, match="prumerge is off on LLaVA-NeXT"):
+        backend.reduce(enc, "prumerge")
+    direct = REDUCERS["prumerge"](enc.tokens)
+    with pytest.raises(InputError, match="prumerge is off on LLaVA-NeXT"):
+        backend.answer(enc, PROMPT, direct, max_new_tokens=1)
+    with pytest.raises(InputError, match="spatial"):
+        backend.reduce(enc, "par", REDUCERS["par"].params(spatial=True), query=enc.cls_joint)
+
+
+def test_other_folders_are_refused_by_the_python_loader(tmp_path):
+    from explorer.backend import families
+
+    folder = tiny.save_tiny_llava(tmp_path / "llava")
+    with pytest.raises(families.CheckpointError, match="not a LLaVA-NeXT checkpoint"):
+        nx.load(str(folder), "cpu")

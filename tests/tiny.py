@@ -267,3 +267,13 @@ def tiny_qwen_image_processor():
 
     return Qwen2VLImageProcessor(min_pixels=(4 * PATCH) ** 2, max_pixels=(8 * PATCH) * (12 * PATCH), patch_size=PATCH,
                                  merge_size=2, temporal_patch_size=2)
+
+
+def save_tiny_llava_next(folder, seed: int = 0):
+    """A tiny LLaVA-NeXT checkpoint folder: config + safetensors weights + LlavaNextProcessor (local tokenizer)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    tiny_llava_next_model(seed).save_pretrained(folder)
+    tiny_next_processor().save_pretrained(folder)
+    return folder

@@ -153,7 +153,7 @@ METHOD_RULES: dict[str, dict[str, MethodRule]] = {
                                            "crops share one budget."),
         "prumerge": MethodRule(False, "the official code (42Shawn/LLaVA-PruMerge) has no LLaVA-NeXT port, and the "
                                       "IQR fence over several crops' softmaxes has no faithful rule."),
-        "prumerge+": MethodRule(False, "as PruMerge: no official LLaVA-NeXT port."),
+        "prumerge+": MethodRule(False, "the official code has no LLaVA-NeXT port (as for PruMerge)."),
         "visionzip": MethodRule(False, "the official LLaVA-NeXT port reduces each crop on its own and feeds the "
                                        "tiles without unpadding or newlines, a token set this adapter does not "
                                        "build yet."),

@@ -218,7 +218,23 @@ def _backend_class():
                            time.perf_counter() - t0, thumbnail=thumbnail(image), joint_last=rows["joint_last"],
                            cls_joint=base["cls_joint"], cls_joint_last=base["cls_joint_last"], layout=layout)
 
+        def reduce(self, enc: Encoded, method: str, params=None, query: Tensor | None = None) -> Reduction:
+            """`method` (a registry name) on this image's patch tokens, or InputError with the one-sentence reason
+            when the method has no faithful rule on LLaVA-NeXT (`families.METHOD_RULES`). PAR runs with its
+            spatial graph off (the base image and the tile grid are two grids)."""
+            from reducers import REDUCERS
+
+            check_method(method)
+            entry = REDUCERS[method]
+            if method == "par" and params is not None and getattr(params, "spatial", False):
+                raise InputError("PAR's spatial graph is off on LLaVA-NeXT: the base image and the tile grid are two "
+                                 "grids, and one 4-neighbour graph over both has no faithful rule.")
+            vt = enc.tokens if query is None else enc.tokens.derive(query=query)
+            return entry(vt, params)
+
         def _visual_input(self, enc: Encoded, reduction: Reduction | None):
+            if reduction is not None:
+                check_method(reduction.method)
             layout = enc.layout
             kept = None if reduction is None else reduction.kept
             n_extra = 0 if reduction is None else int(reduction.n_extra)
@@ -234,6 +250,32 @@ def _backend_class():
 
             return project
 
+        def n_fed(self, enc: Encoded, reduction: Reduction | None) -> int:
+            """Visual embeddings the LM receives for this reduction: its tokens plus the row newlines fed."""
+            layout = enc.layout
+            if reduction is None:
+                return layout.n_lm
+            return int(reduction.tokens.shape[0]) + int(layout.newline_after(reduction.kept, self.newlines).sum())
+
+        def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
+                          max_new_tokens: int | None = None):
+            """`LlavaBackend.answer_stream`, its `Answer` counting every visual embedding fed (newlines too)."""
+            import dataclasses
+
+            from .protocol import Answer
+
+            for item in super().answer_stream(enc, prompt, reduction, max_new_tokens):
+                if isinstance(item, Answer):
+                    n = self.n_fed(enc, reduction)
+                    item = dataclasses.replace(item, n_visual_tokens=n, n_visual_tokens_in=n)
+                yield item
+
+        def score(self, enc: Encoded, prompt: str, reduction: Reduction | None, target_ids):
+            import dataclasses
+
+            result = super().score(enc, prompt, reduction, target_ids)
+            return dataclasses.replace(result, n_visual_tokens=self.n_fed(enc, reduction))
+
         def _fastv_plan(self, enc: Encoded, reduction: Reduction):
             raise InputError(FASTV_REASON)
 
@@ -241,6 +283,54 @@ def _backend_class():
             raise InputError(FASTV_REASON)
 
     return LlavaNextBackend
+
+
+def check_method(method: str) -> None:
+    """InputError with the method's one-sentence reason when it is off on LLaVA-NeXT (unknown names too)."""
+    from ..errors import InputError
+    from .families import METHOD_RULES
+
+    rule = METHOD_RULES["llava_next"].get(method)
+    if rule is None:
+        raise InputError(f"Unknown method {method!r}.")
+    if not rule.enabled:
+        raise InputError(f"{method} is off on LLaVA-NeXT: {rule.text}")
+
+
+def load(source: str, device: str = "auto", *, clip: str | None = None, newlines: str = "rows",
+         max_new_tokens: int = 64):
+    """A `LlavaNextBackend` from a LLaVA-NeXT hub id or local folder, for use from Python (the app refuses the
+    family until its pictures of the base image and the tiles exist). One sentence (`families.CheckpointError`)
+    for a checkpoint of another family, without processor or tokenizer, or with unreadable weights. PAR's text
+    side: `clip` when given, else the default CLIP where it can be loaded, else none (PAR's offline query)."""
+    from safetensors import SafetensorError
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+    from . import families, models
+
+    source = models.check_source(source)
+    config = families.read_config(source)
+    if config.get("model_type") != "llava_next":
+        raise families.CheckpointError(f"not a LLaVA-NeXT checkpoint (model_type {config.get('model_type')!r})")
+    dev, dtype = models.pick_device(device)
+    try:
+        model = LlavaNextForConditionalGeneration.from_pretrained(source, dtype=dtype).to(dev).eval()
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
+        raise families.CheckpointError(f"its weights cannot be loaded (missing, truncated or corrupt files: "
+                                       f"{families._first_line(err)[:120]})") from None
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError, TypeError, KeyError):
+        processor = None
+    if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
+        raise families.CheckpointError("it has no LLaVA-NeXT processor (image processor and tokenizer)")
+    width = model.config.vision_config.hidden_size
+    if clip:
+        text, notice = models.real_text_side(clip, dev, dtype, width), ""
+    else:
+        text, notice = models.default_text_side(source, dev, dtype, width)
+    return _backend_class()(model, processor.tokenizer, text, processor.image_processor, name=source, notice=notice,
+                            processor=processor, newlines=newlines, max_new_tokens=max_new_tokens)
 
 
 FASTV_REASON = ("FastV is off on LLaVA-NeXT: its image span holds row-newline embeddings that are not patches, and "
