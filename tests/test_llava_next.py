@@ -183,3 +183,54 @@ def test_other_folders_are_refused_by_the_python_loader(tmp_path):
     folder = tiny.save_tiny_llava(tmp_path / "llava")
     with pytest.raises(families.CheckpointError, match="not a LLaVA-NeXT checkpoint"):
         nx.load(str(folder), "cpu")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_views_show_the_base_crop_and_the_unpadded_tiles(backend, size):
+    """What the model sees: the base crop at S×S, the padded canvas of nph×npw tiles (both the processor's own
+    pixels), and its unpadded window of exactly H'×W' patches."""
+    import numpy as np
+
+    img = tiny.image(12, size)
+    enc = backend.encode(img)
+    layout, views = enc.layout, backend.views(img)
+    s, p, k = tiny.IMAGE_SIZE, tiny.PATCH, 2
+    (nph, npw), (gh, gw) = layout.tiles, layout.tile_grid
+    assert views.base.size == (s * k, s * k)
+    assert views.canvas.size == (npw * s * k, nph * s * k)
+    assert views.tiles.size == (gw * p * k, gh * p * k)
+    # the same pixels as the processor's own crops (denormalised), up to the resampling filters' differences
+    ip = tiny.tiny_next_image_processor()
+    pv = ip(img, return_tensors="pt")["pixel_values"][0, :layout.n_crops].float()
+    mean, std = torch.tensor(ip.image_mean).view(3, 1, 1), torch.tensor(ip.image_std).view(3, 1, 1)
+    crops = ((pv * std + mean) * 255).clamp(0, 255)  # [crops, 3, S, S]
+    own_canvas = crops[1:].view(nph, npw, 3, s, s).permute(2, 0, 3, 1, 4).reshape(3, nph * s, npw * s)
+    one = nx.anyres_views(img, layout, backend.model.config, scale=1)
+    mine_canvas = torch.from_numpy(np.asarray(one.canvas, dtype=np.float32)).permute(2, 0, 1)
+    mine_base = torch.from_numpy(np.asarray(one.base, dtype=np.float32)).permute(2, 0, 1)
+    assert (mine_canvas - own_canvas).abs().mean() < 12
+    assert (mine_base - crops[0]).abs().mean() < 12
+
+
+def test_pictures_per_part(backend):
+    """Kept patches drawn on each part's own grid: the base crop's and the tile grid's (non-square) pictures."""
+    import numpy as np
+
+    from explorer.pictures import parts
+
+    img = tiny.image(13, (64, 120))
+    enc = backend.encode(img)
+    views = backend.views(img)
+    canvases = parts.part_canvases([views.base, views.tiles], enc.layout.parts())
+    red = backend.reduce(enc, "random", REDUCERS["random"].params(budget=12))
+    pictures = parts.kept_parts(canvases, red.kept)
+    assert [name for name, _ in pictures] == ["base", "tiles"]
+    for (name, picture), view in zip(pictures, (views.base, views.tiles)):
+        assert picture.shape == (view.size[1], view.size[0], 3), name
+    kept = red.kept.numpy()
+    nb = enc.layout.n_base
+    base_canvas, tile_canvas = canvases[0][1], canvases[1][1]
+    np.testing.assert_array_equal(pictures[0][1], base_canvas.kept(kept[kept < nb]))
+    np.testing.assert_array_equal(pictures[1][1], tile_canvas.kept(kept[kept >= nb] - nb))
+    heat = parts.heat_parts(canvases, enc.tokens.cls_attn / enc.tokens.cls_attn.max())
+    assert [h.shape for _, h in heat] == [p.shape for _, p in pictures]

@@ -121,6 +121,49 @@ def anyres_layout(image_hw: tuple[int, int], config) -> AnyresLayout:
     return AnyresLayout((h, w), (int(nph), int(npw)), (r0, r0 + kept.shape[0], c0, c0 + kept.shape[1]))
 
 
+@dataclass(frozen=True, eq=False)
+class AnyresViews:
+    """What the model sees of one image, for display (each part at DISPLAY_SCALE × its pixel size):
+
+    base:   the whole image resized to S×S (the base crop; the processor does not keep the aspect ratio)
+    tiles:  the part of the padded best-resolution canvas that survives unpadding, H'×W' patches exactly
+            (`unpad_image` works in whole patches from the aspect ratio, so it may keep a sliver of padding or
+            drop a sliver of the image — e.g. 3 px rows of an 80×64 image at 112 px: the model's own behaviour)
+    canvas: the whole padded canvas (nph·S × npw·S: the image resized keeping its aspect, centred, black padding)
+            — what the tiles cut, before unpadding (`window` in patches says what is kept)
+    """
+
+    base: object  # PIL.Image
+    tiles: object
+    canvas: object
+
+
+def anyres_views(image, layout: AnyresLayout, config, scale: int = 2) -> AnyresViews:
+    """The base view, the unpadded tile region and the padded canvas of `image` as the processor builds them
+    (best resolution, aspect-preserving resize with transformers' `get_patch_output_size`, centred padding)."""
+    import numpy as np
+    from PIL import Image
+    from transformers.image_processing_utils import get_patch_output_size
+    from transformers.image_utils import ChannelDimension
+
+    vc = config.vision_config
+    size, patch = vc.image_size, vc.patch_size
+    nph, npw = layout.tiles
+    target = (nph * size, npw * size)  # (H, W) of the best resolution
+    new_h, new_w = get_patch_output_size(np.asarray(image), target, ChannelDimension.LAST)
+    canvas = Image.new("RGB", (target[1], target[0]), (0, 0, 0))
+    canvas.paste(image.convert("RGB").resize((new_w, new_h), Image.BICUBIC),
+                 ((target[1] - new_w) // 2, (target[0] - new_h) // 2))
+    r0, r1, c0, c1 = layout.window
+    tiles = canvas.crop((c0 * patch, r0 * patch, c1 * patch, r1 * patch))
+    base = image.convert("RGB").resize((size, size), Image.BICUBIC)
+
+    def up(im):
+        return im.resize((im.size[0] * scale, im.size[1] * scale), Image.BICUBIC)
+
+    return AnyresViews(up(base), up(tiles), up(canvas))
+
+
 def gather(per_crop: Tensor, layout: AnyresLayout) -> Tensor:
     """[N, …] rows of a per-crop quantity [n_crops, h·w, …] in the LM's order."""
     src = layout.source()
@@ -231,6 +274,12 @@ def _backend_class():
                                  "grids, and one 4-neighbour graph over both has no faithful rule.")
             vt = enc.tokens if query is None else enc.tokens.derive(query=query)
             return entry(vt, params)
+
+        def views(self, image) -> AnyresViews:
+            """What the model sees of `image`: base crop, unpadded tile region, padded canvas (`AnyresViews`)."""
+            batch = self.image_processor(image, return_tensors="pt")
+            layout = anyres_layout(tuple(int(v) for v in batch["image_sizes"][0]), self.model.config)
+            return anyres_views(image, layout, self.model.config)
 
         def _visual_input(self, enc: Encoded, reduction: Reduction | None):
             if reduction is not None:
