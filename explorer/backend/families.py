@@ -120,7 +120,7 @@ def resolve(source: str) -> Family:
     return family_of(read_config(source), source)
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return (text[0] if text else type(err).__name__).rstrip(".")[:200]
 

@@ -256,7 +256,7 @@ def _backend_class():
             except ValueError as err:
                 raise InputError(f"The vision tower of {self.name} produced unusable features ({err}); "
                                  "the checkpoint may be broken.") from None
-            view = self.geometry.view(image)
+            view = anyres_views(image, layout, self.model.config).base  # the base crop: the whole image, squashed
             return Encoded(key, tokens, rows["attn_head_mean"], view, (0.0, 0.0, *map(float, image.size)), image.size,
                            time.perf_counter() - t0, thumbnail=thumbnail(image), joint_last=rows["joint_last"],
                            cls_joint=base["cls_joint"], cls_joint_last=base["cls_joint_last"], layout=layout)
@@ -366,7 +366,7 @@ def load(source: str, device: str = "auto", *, clip: str | None = None, newlines
         model = LlavaNextForConditionalGeneration.from_pretrained(source, dtype=dtype).to(dev).eval()
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
         raise families.CheckpointError(f"its weights cannot be loaded (missing, truncated or corrupt files: "
-                                       f"{families._first_line(err)[:120]})") from None
+                                       f"{families.first_line(err)[:120]})") from None
     try:
         processor = AutoProcessor.from_pretrained(source)
     except (OSError, ValueError, TypeError, KeyError):
@@ -377,7 +377,7 @@ def load(source: str, device: str = "auto", *, clip: str | None = None, newlines
     if clip:
         text, notice = models.real_text_side(clip, dev, dtype, width), ""
     else:
-        text, notice = models.default_text_side(source, dev, dtype, width)
+        text, notice = models.default_text_side(dev, dtype, width)
     return _backend_class()(model, processor.tokenizer, text, processor.image_processor, name=source, notice=notice,
                             processor=processor, newlines=newlines, max_new_tokens=max_new_tokens)
 

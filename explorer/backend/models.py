@@ -2,10 +2,12 @@
 
 Two ways to get a backend, one code path after loading:
 
-* Real (`--model llava-hf/llava-1.5-7b-hf` or a local folder of any LLaVA-1.5-style checkpoint):
+* Real (`--model llava-hf/llava-1.5-7b-hf` or a local folder of any LLaVA-1.5-style checkpoint; the family is
+  read from the config first and any other family is refused with one sentence — `families.py`):
   `LlavaForConditionalGeneration` + its processor; PAR's text side is `CLIPTextModelWithProjection` and the
   `visual_projection` of `--clip` (default `openai/clip-vit-large-patch14-336`, the tower LLaVA-1.5 froze), as
-  TRIM does. Memory: the 7B model needs ≈ 14 GB of GPU memory in fp16 (≈ 28 GB of RAM in fp32 on a CPU, where
+  TRIM does (where that CLIP cannot be loaded and --clip is not given — a local folder without the hub — PAR has
+  no text tower, the notice says so, and PAR queries the CLS token or the pointed patches). Memory: the 7B model needs ≈ 14 GB of GPU memory in fp16 (≈ 28 GB of RAM in fp32 on a CPU, where
   an answer takes minutes); the CLIP text tower + projection adds ≈ 0.5 GB (fp16). CUDA → fp16, MPS → fp16,
   CPU → fp32.
 * Offline default (`--model offline`, no hub): the same `LlavaForConditionalGeneration` class, built from
@@ -387,7 +389,7 @@ def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_proce
         model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
         raise families.CheckpointError(f"its weights cannot be loaded (missing, truncated or corrupt files: "
-                                       f"{families._first_line(err)[:120]})") from None
+                                       f"{families.first_line(err)[:120]})") from None
     model = model.to(device).eval()
     processor = None
     if with_processor:
@@ -405,15 +407,14 @@ def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_proce
     return model, tokenizer, processor
 
 
-def default_text_side(model: str, device: torch.device, dtype: torch.dtype, vision_width: int
-                      ) -> tuple[TextSide | None, str]:
+def default_text_side(device: torch.device, dtype: torch.dtype, vision_width: int) -> tuple[TextSide | None, str]:
     """(PAR's text side, notice) when --clip is not given for a real checkpoint: the CLIP tower LLaVA-1.5 froze
     (`DEFAULT_CLIP`) when it can be loaded (hub or local cache); where it cannot (a local folder used without
     the hub), none — PAR then says so and uses its offline query rule (the CLS token, or the pointed patches)."""
     try:
         return real_text_side(DEFAULT_CLIP, device, dtype, vision_width), ""
     except (OSError, ValueError) as err:
-        reason = families._first_line(err)
+        reason = families.first_line(err)
         return None, (f"PAR's CLIP text tower ({DEFAULT_CLIP}) cannot be used here ({reason[:120]}): PAR ranks "
                       "patches by the CLS token or the patches you point at, not by the prompt; pass --clip "
                       "FOLDER for a local copy.")
@@ -448,7 +449,7 @@ def load_backend(config: ExplorerConfig, progress=None) -> LlavaBackend:
     if clip is None:
         text = None
     elif clip == DEFAULT_CLIP and not config.clip and not config.is_offline:
-        text, notice = default_text_side(config.model, device, dtype, vision_width)
+        text, notice = default_text_side(device, dtype, vision_width)
     elif clip == offline.CLIP:
         text = offline_text_side(vision_width, config.seed)
         text.text_model.to(device, dtype)
