@@ -161,3 +161,119 @@ def capture_inputs(module: nn.Module, names: tuple[str, ...] = ("input_ids", "in
         yield calls
     finally:
         handle.remove()
+
+
+def tiny_image_processor():
+    """CLIP's preprocessing at the tiny tower's size: shortest edge → IMAGE_SIZE, centre crop IMAGE_SIZE²."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+def save_tiny_llava(folder, seed: int = 0, processor: bool = True):
+    """A tiny LLaVA-1.5 checkpoint folder as the hub holds one: config + safetensors weights, the locally built
+    tokenizer and (unless `processor=False`) a LlavaProcessor with a CLIP image processor. Returns the folder."""
+    from pathlib import Path
+
+    from transformers import LlavaProcessor
+
+    folder = Path(folder)
+    tiny_model(seed).save_pretrained(folder)
+    tok = tiny_tokenizer()
+    if processor:
+        LlavaProcessor(image_processor=tiny_image_processor(), tokenizer=tok, patch_size=PATCH,
+                       vision_feature_select_strategy="default", image_token="<image>",
+                       num_additional_image_tokens=1).save_pretrained(folder)
+    else:
+        tok.save_pretrained(folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------
+# LLaVA-NeXT (anyres): the tiny LLaVA's tower and LM, tiles of IMAGE_SIZE on 1×2, 2×1 and 2×2 grids
+# ------------------------------------------------------------------------------------------------
+NEXT_PINPOINTS = [[IMAGE_SIZE, 2 * IMAGE_SIZE], [2 * IMAGE_SIZE, IMAGE_SIZE], [2 * IMAGE_SIZE, 2 * IMAGE_SIZE]]
+
+
+def tiny_llava_next_config():
+    from transformers import LlavaNextConfig
+
+    base = tiny_llava_config()
+    return LlavaNextConfig(vision_config=base.vision_config, text_config=base.text_config,
+                           image_token_id=IMAGE_TOKEN_ID, projector_hidden_act="gelu", vision_feature_layer=-2,
+                           vision_feature_select_strategy="default", image_grid_pinpoints=NEXT_PINPOINTS)
+
+
+def tiny_llava_next_model(seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    from transformers import LlavaNextForConditionalGeneration
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaNextForConditionalGeneration(tiny_llava_next_config()).eval()
+    return model.to(device=device, dtype=dtype)
+
+
+def tiny_next_image_processor():
+    from transformers import LlavaNextImageProcessor
+
+    return LlavaNextImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                   crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                   image_grid_pinpoints=NEXT_PINPOINTS)
+
+
+def tiny_next_processor():
+    from transformers import LlavaNextProcessor
+
+    return LlavaNextProcessor(image_processor=tiny_next_image_processor(), tokenizer=tiny_tokenizer(), patch_size=PATCH,
+                              vision_feature_select_strategy="default", image_token="<image>",
+                              num_additional_image_tokens=1)
+
+
+def tiny_llava_next_backend(device: str = "cpu", seed: int = 0, **kwargs):
+    from explorer.backend import llava_next
+
+    dtype = dtype_for(device)
+    model = tiny_llava_next_model(seed, device, dtype)
+    return llava_next._backend_class()(model, tiny_tokenizer(), tiny_text_side(seed, device, dtype),
+                                       tiny_next_image_processor(), name="tiny-llava-next",
+                                       notice="tiny seeded model", **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Qwen2.5-VL: 4 vision blocks (the last with full attention), 14-px patches, 2×2 merger, windows of 2×2 units
+# ------------------------------------------------------------------------------------------------
+QWEN_IMAGE_TOKEN_ID = 150
+
+
+def tiny_qwen2_5_vl_model(seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    vision = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=PATCH, spatial_merge_size=2,
+                  temporal_patch_size=2, window_size=4 * PATCH, fullatt_block_indexes=[3], out_hidden_size=TEXT_WIDTH,
+                  in_channels=3)
+    text = dict(vocab_size=160, hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=EOS_ID,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]})
+    config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=QWEN_IMAGE_TOKEN_ID,
+                              video_token_id=151, vision_start_token_id=152, vision_end_token_id=153)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    return model.to(device=device, dtype=dtype)
+
+
+def tiny_qwen_image_processor():
+    from transformers import Qwen2VLImageProcessor
+
+    return Qwen2VLImageProcessor(min_pixels=(4 * PATCH) ** 2, max_pixels=(8 * PATCH) * (12 * PATCH), patch_size=PATCH,
+                                 merge_size=2, temporal_patch_size=2)
+
+
+def save_tiny_llava_next(folder, seed: int = 0):
+    """A tiny LLaVA-NeXT checkpoint folder: config + safetensors weights + LlavaNextProcessor (local tokenizer)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    tiny_llava_next_model(seed).save_pretrained(folder)
+    tiny_next_processor().save_pretrained(folder)
+    return folder

@@ -2,10 +2,12 @@
 
 Two ways to get a backend, one code path after loading:
 
-* Real (`--model llava-hf/llava-1.5-7b-hf` or a local folder of any LLaVA-1.5-style checkpoint):
+* Real (`--model llava-hf/llava-1.5-7b-hf` or a local folder of any LLaVA-1.5-style checkpoint; the family is
+  read from the config first and any other family is refused with one sentence — `families.py`):
   `LlavaForConditionalGeneration` + its processor; PAR's text side is `CLIPTextModelWithProjection` and the
   `visual_projection` of `--clip` (default `openai/clip-vit-large-patch14-336`, the tower LLaVA-1.5 froze), as
-  TRIM does. Memory: the 7B model needs ≈ 14 GB of GPU memory in fp16 (≈ 28 GB of RAM in fp32 on a CPU, where
+  TRIM does (where that CLIP cannot be loaded and --clip is not given — a local folder without the hub — PAR has
+  no text tower, the notice says so, and PAR queries the CLS token or the pointed patches). Memory: the 7B model needs ≈ 14 GB of GPU memory in fp16 (≈ 28 GB of RAM in fp32 on a CPU, where
   an answer takes minutes); the CLIP text tower + projection adds ≈ 0.5 GB (fp16). CUDA → fp16, MPS → fp16,
   CPU → fp32.
 * Offline, no hub (`explorer.backend.offline` assembles the checkpoint once and caches it as safetensors in
@@ -42,7 +44,7 @@ from reducers.cache import LRU
 from ..config import SYNTHETIC, ExplorerConfig
 from ..errors import InputError
 from . import answer as ans
-from . import lm_pruning, offline
+from . import families, lm_pruning, offline
 from . import fidelity as fid
 from .geometry import Geometry, consuming_layer, content_key, patch_grid, producing_layer, thumbnail
 from .prompts import embed_query
@@ -262,6 +264,11 @@ class LlavaBackend:
         return self.chat(prompt).n_text
 
     # --- answers ------------------------------------------------------------------------------------
+    def _visual_input(self, enc: Encoded, reduction: Reduction | None):
+        """tokens [M', d] → the LM's visual embeddings [M'', H] for this reduction: the projector (LLaVA-1.5:
+        one embedding per token); a family that adds its own embeddings (LLaVA-NeXT's row newlines) overrides."""
+        return self.projector
+
     def _lm_input(self, enc: Encoded, prompt: str,
                   reduction: Reduction | None) -> tuple[ans.ChatPrompt, Tensor, dict | None]:
         """(chat prompt, visual features fed at the LM's input, FastV pruning or None) for a reduction: all patch
@@ -290,7 +297,7 @@ class LlavaBackend:
         in_lm = {} if pruning is None else dict(generate=functools.partial(lm_pruning.greedy_stream, **pruning),
                                                 n_visual_kept=int(pruning["keep"].numel()), layer=pruning["layer"])
         yield from ans.answer_stream(
-            self.model, self.embed_tokens, self.projector, chat, feats,
+            self.model, self.embed_tokens, self._visual_input(enc, reduction), chat, feats,
             decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
             max_new_tokens=max_new_tokens or self.max_new_tokens, stop_ids=self.stop_ids, step_lock=self._lock,
             **in_lm,
@@ -312,7 +319,7 @@ class LlavaBackend:
         target = tuple(int(t) for t in target_ids)
         forward = None if pruning is None else functools.partial(lm_pruning.forward_logits, self.model, **pruning)
         with self._lock, torch.inference_mode():
-            embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, feats)
+            embeds = ans.build_inputs_embeds(self.embed_tokens, self._visual_input(enc, reduction), chat, feats)
             ans.sync(self.device)
             t0 = time.perf_counter()
             logits = fid.continuation_logits(self.model, self.embed_tokens, embeds, target, forward)
@@ -334,7 +341,8 @@ class LlavaBackend:
     def _lm_attention(self, enc: Encoded, prompt: str) -> Tensor:
         chat = self.chat(prompt)
         with self._lock, torch.inference_mode():
-            embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, enc.tokens.features)
+            embeds = ans.build_inputs_embeds(self.embed_tokens, self._visual_input(enc, None), chat,
+                                             enc.tokens.features)
             return lm_pruning.image_attention(self.model, embeds, len(chat.before), enc.tokens.n)
 
     def _fastv_plan(self, enc: Encoded, reduction: Reduction) -> tuple[int, Tensor]:
@@ -370,12 +378,23 @@ def check_source(source: str) -> str:
 def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_processor: bool = True):
     """(model, tokenizer, processor or None) from a hub id or local folder.
 
+    The family is decided from the checkpoint's config first (`families.resolve`): a checkpoint of another
+    family is refused with one sentence instead of being loaded as LLaVA-1.5 (transformers would only warn).
+    A missing processor (when `with_processor`), a missing tokenizer or unreadable weights each raise
+    `families.CheckpointError` with one sentence naming what is wrong.
+
     Weights load from safetensors when the checkpoint has them, otherwise through transformers' torch.load
     with weights_only=True: never arbitrary pickles."""
+    from safetensors import SafetensorError
     from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
     source = check_source(source)
-    model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
+    families.resolve(source)  # only the LLaVA-1.5 family is supported here; others fail with their reason
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
+        raise families.CheckpointError(f"its weights cannot be loaded (missing, truncated or corrupt files: "
+                                       f"{families.first_line(err)[:120]})") from None
     model = model.to(device).eval()
     processor = None
     if with_processor:
@@ -383,10 +402,27 @@ def load_llava(source: str, device: torch.device, dtype: torch.dtype, with_proce
             processor = AutoProcessor.from_pretrained(source)
         except (OSError, ValueError, TypeError, KeyError):
             processor = None
-    tokenizer = getattr(processor, "tokenizer", None) or AutoTokenizer.from_pretrained(source)
-    if processor is not None and getattr(processor, "image_processor", None) is None:
-        processor = None
+        if getattr(processor, "image_processor", None) is None:
+            raise families.CheckpointError("it has no image processor (preprocessor_config.json), so how it resizes "
+                                           "and crops an image is unknown")
+    try:
+        tokenizer = getattr(processor, "tokenizer", None) or AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError, KeyError):
+        raise families.CheckpointError("it has no tokenizer the explorer can load") from None
     return model, tokenizer, processor
+
+
+def default_text_side(device: torch.device, dtype: torch.dtype, vision_width: int) -> tuple[TextSide | None, str]:
+    """(PAR's text side, notice) when --clip is not given for a real checkpoint: the CLIP tower LLaVA-1.5 froze
+    (`DEFAULT_CLIP`) when it can be loaded (hub or local cache); where it cannot (a local folder used without
+    the hub), none — PAR then says so and uses its offline query rule (the CLS token, or the pointed patches)."""
+    try:
+        return real_text_side(DEFAULT_CLIP, device, dtype, vision_width), ""
+    except (OSError, ValueError) as err:
+        reason = families.first_line(err)
+        return None, (f"PAR's CLIP text tower ({DEFAULT_CLIP}) cannot be used here ({reason[:120]}): PAR ranks "
+                      "patches by the CLS token or the patches you point at, not by the prompt; pass --clip "
+                      "FOLDER for a local copy.")
 
 
 def load_backend(config: ExplorerConfig, progress=None) -> LlavaBackend:
@@ -417,6 +453,8 @@ def load_backend(config: ExplorerConfig, progress=None) -> LlavaBackend:
                          "(a LLaVA checkpoint or --model offline-clip)")
     if clip is None:
         text = None
+    elif clip == DEFAULT_CLIP and not config.clip and not config.is_offline:
+        text, notice = default_text_side(device, dtype, vision_width)
     elif clip == offline.CLIP:
         text = offline_text_side(vision_width, config.seed)
         text.text_model.to(device, dtype)

@@ -40,6 +40,7 @@ class Encoded:
     cls_joint: Tensor | None = None
     cls_joint_last: Tensor | None = None
     view_array: np.ndarray = field(repr=False, default=None)
+    layout: object | None = None  # a family's token layout (LLaVA-NeXT: `llava_next.AnyresLayout`), else None
 
     def __post_init__(self) -> None:
         if self.view_array is None:
