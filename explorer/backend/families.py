@@ -136,9 +136,9 @@ class MethodRule:
 
 ON = "as on LLaVA-1.5"
 METHOD_RULES: dict[str, dict[str, MethodRule]] = {
-    "llava": {m: MethodRule(True, ON if m != "fastv" else "official (pkunlp-icler/FastV targets LLaVA-1.5)")
-              for m in ("par", "prumerge", "prumerge+", "visionzip", "divprune", "all", "random", "uniform",
-                        "top-attention", "tome", "pool", "none", "fastv")},
+    "llava": {**{m: MethodRule(True, ON) for m in ("par", "prumerge", "prumerge+", "visionzip", "divprune", "all",
+                                                   "random", "uniform", "top-attention", "tome", "pool", "none")},
+              "fastv": MethodRule(True, "official (pkunlp-icler/FastV targets LLaVA-1.5)")},
     # The LLaVA-NeXT adapter core (llava_next.py) is tested but not enabled in the app: its pictures (base
     # image + tiles) are not drawn yet. These are the rules it implements or would need.
     "llava_next": {
@@ -165,4 +165,11 @@ METHOD_RULES: dict[str, dict[str, MethodRule]] = {
         "fastv": MethodRule(False, "the LM's image span holds newline embeddings that are not patches, and no "
                                    "official FastV port says whether they compete."),
     },
+}
+
+
+# A control that must stay off where a method is enabled on a family: {family: {method: (field, sentence)}}
+METHOD_PARAMS_OFF: dict[str, dict[str, tuple[str, str]]] = {
+    "llava_next": {"par": ("spatial", "PAR's spatial graph is off on LLaVA-NeXT: the base image and the tile grid are "
+                                      "two grids, and one 4-neighbour graph over both has no faithful rule.")},
 }

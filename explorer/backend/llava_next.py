@@ -19,17 +19,28 @@ which crop and which (row, column) of that crop it comes from, so per-crop tower
 attention of that crop) can be gathered into the LM's order; `inputs` rebuilds the LM's visual embeddings
 for all tokens or for a kept subset (kept patches in the LM's order; each tile-grid row that keeps at least
 one patch keeps its newline after its last kept patch — `newlines="rows"` — or no newline at all —
-`newlines="none"`, VisionZip's LLaVA-NeXT port); extra tokens a method adds (merged aggregates) follow.
+`newlines="off"`, VisionZip's LLaVA-NeXT port); extra tokens a method adds (merged aggregates) follow.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-NEWLINE_RULES = ("rows", "none")
+from reducers import Reduction, VisualTokens
+
+from ..errors import InputError
+from .geometry import thumbnail
+from .families import METHOD_PARAMS_OFF
+from .models import LlavaBackend, gpu, joint_map
+from .protocol import Encoded
+from .tower import vision_forward
+
+NEWLINE_RULES = ("rows", "off")
 
 
 @dataclass(frozen=True)
@@ -100,7 +111,7 @@ class AnyresLayout:
         kept = torch.as_tensor(kept, dtype=torch.long).reshape(-1)
         if kept.numel() > 1 and not bool((kept[1:] > kept[:-1]).all()):
             raise ValueError("LLaVA-NeXT feeds kept patches in the LM's order: kept must be strictly increasing")
-        if rule == "none" or kept.numel() == 0:
+        if rule == "off" or kept.numel() == 0:
             return torch.zeros(kept.numel(), dtype=torch.bool)
         rows = self.row_of(kept)
         following = torch.cat([rows[1:], torch.tensor([-2])])
@@ -195,142 +206,134 @@ def visual_embeddings(projected: Tensor, newline: Tensor, layout: AnyresLayout, 
 # --------------------------------------------------------------------------------------------------
 # The backend
 # --------------------------------------------------------------------------------------------------
-def _backend_class():
-    """`LlavaNextBackend`, defined on first use (models.py imports transformers-heavy code lazily too)."""
-    import time
+class LlavaNextBackend(LlavaBackend):
+    """`LlavaBackend` for `LlavaNextForConditionalGeneration`: encode runs every crop of the anyres input
+    through the tower (hooks per crop, as LLaVA-1.5's one crop) and gathers the per-crop outputs into the LM's
+    order (`AnyresLayout`); the LM's visual input re-inserts the row newlines (`visual_embeddings`).
 
-    from reducers import Reduction, VisualTokens
+    Per-token scores: a patch's CLS attention and keys are those of its own crop (each crop has its own CLS
+    and softmax); `cls_feature` / `cls_joint` are the base crop's CLS row (the whole picture's summary).
+    FastV is refused: the LM's image span holds the newline embeddings, which are not patches, and no
+    official FastV port says whether they compete with the patches."""
 
-    from ..errors import InputError
-    from .geometry import thumbnail
-    from .models import LlavaBackend, gpu
-    from .protocol import Encoded
-    from .tower import vision_forward
+    family = "llava_next"
 
-    class LlavaNextBackend(LlavaBackend):
-        """`LlavaBackend` for `LlavaNextForConditionalGeneration`: encode runs every crop of the anyres input
-        through the tower (hooks per crop, as LLaVA-1.5's one crop) and gathers the per-crop outputs into the LM's
-        order (`AnyresLayout`); the LM's visual input re-inserts the row newlines (`visual_embeddings`).
+    def __init__(self, model, tokenizer, text, image_processor, *, newlines: str = "rows", **kwargs):
+        from .geometry import Geometry
 
-        Per-token scores: a patch's CLS attention and keys are those of its own crop (each crop has its own CLS
-        and softmax); `cls_feature` / `cls_joint` are the base crop's CLS row (the whole picture's summary).
-        FastV is refused: the LM's image span holds the newline embeddings, which are not patches, and no
-        official FastV port says whether they compete with the patches."""
+        super().__init__(model, tokenizer, text, Geometry.from_processor(image_processor, model.config.vision_config),
+                         **kwargs)
+        if newlines not in NEWLINE_RULES:
+            raise ValueError(f"newlines must be one of {NEWLINE_RULES}, got {newlines!r}")
+        self.image_processor = image_processor
+        self.newlines = newlines
 
-        family = "llava_next"
+    @gpu
+    def _encode(self, image, key: str) -> Encoded:
+        t0 = time.perf_counter()
+        batch = self.image_processor(image, return_tensors="pt")
+        image_hw = tuple(int(v) for v in batch["image_sizes"][0])
+        layout = anyres_layout(image_hw, self.model.config)
+        pixel_values = batch["pixel_values"][0, :layout.n_crops]
+        crops = []
+        with self._lock:
+            for crop in pixel_values:
+                crops.append(vision_forward(self.vision_tower, crop[None].to(self.device, self.dtype), self.spec,
+                                            functools.partial(joint_map, self.vision_tower, self.text)))
+            with torch.inference_mode():
+                stacked = torch.stack([c["features"] for c in crops])
+                projected = self.projector(stacked.to(self.device, self.dtype)).float().cpu()
+        rows = {name: gather(torch.stack([c[name] for c in crops]), layout)
+                for name in ("features", "keys", "cls_attn", "attn_head_mean", "joint", "joint_last")}
+        optional = {name: gather(torch.stack([c[name] for c in crops]), layout)
+                    for name in ("feature_layer_attn", "feature_layer_keys") if name in crops[0]}
+        base = crops[0]
+        try:
+            tokens = VisualTokens(features=rows["features"], keys=rows["keys"], cls_attn=rows["cls_attn"],
+                                  joint=rows["joint"], cls_feature=base["cls_feature"],
+                                  projected=gather(projected, layout), **optional)
+        except ValueError as err:
+            raise InputError(f"The vision tower of {self.name} produced unusable features ({err}); "
+                             "the checkpoint may be broken.") from None
+        view = anyres_views(image, layout, self.model.config).base  # the base crop: the whole image, squashed
+        return Encoded(key, tokens, rows["attn_head_mean"], view, (0.0, 0.0, *map(float, image.size)), image.size,
+                       time.perf_counter() - t0, thumbnail=thumbnail(image), joint_last=rows["joint_last"],
+                       cls_joint=base["cls_joint"], cls_joint_last=base["cls_joint_last"], layout=layout)
 
-        def __init__(self, model, tokenizer, text, image_processor, *, newlines: str = "rows", **kwargs):
-            from .geometry import Geometry
+    def reduce(self, enc: Encoded, method: str, params=None, query: Tensor | None = None) -> Reduction:
+        """`method` (a registry name) on this image's patch tokens, or InputError with the one-sentence reason
+        when the method has no faithful rule on LLaVA-NeXT (`families.METHOD_RULES`). PAR runs with its
+        spatial graph off (the base image and the tile grid are two grids)."""
+        from reducers import REDUCERS
 
-            super().__init__(model, tokenizer, text, Geometry.from_processor(image_processor, model.config.vision_config),
-                             **kwargs)
-            if newlines not in NEWLINE_RULES:
-                raise ValueError(f"newlines must be one of {NEWLINE_RULES}, got {newlines!r}")
-            self.image_processor = image_processor
-            self.newlines = newlines
+        check_method(method)
+        entry = REDUCERS[method]
+        refused = METHOD_PARAMS_OFF["llava_next"].get(method)
+        if refused is not None and params is not None and getattr(params, refused[0], False):
+            raise InputError(refused[1])
+        vt = enc.tokens if query is None else enc.tokens.derive(query=query)
+        return entry(vt, params)
 
-        @gpu
-        def _encode(self, image, key: str) -> Encoded:
-            t0 = time.perf_counter()
-            batch = self.image_processor(image, return_tensors="pt")
-            image_hw = tuple(int(v) for v in batch["image_sizes"][0])
-            layout = anyres_layout(image_hw, self.model.config)
-            pixel_values = batch["pixel_values"][0, :layout.n_crops]
-            crops = []
-            with self._lock:
-                for crop in pixel_values:
-                    crops.append(vision_forward(self.vision_tower, crop[None].to(self.device, self.dtype), self.spec,
-                                                self._joint_map))
-                with torch.inference_mode():
-                    stacked = torch.stack([c["features"] for c in crops])
-                    projected = self.projector(stacked.to(self.device, self.dtype)).float().cpu()
-            rows = {name: gather(torch.stack([c[name] for c in crops]), layout)
-                    for name in ("features", "keys", "cls_attn", "attn_head_mean", "joint", "joint_last")}
-            optional = {name: gather(torch.stack([c[name] for c in crops]), layout)
-                        for name in ("feature_layer_attn", "feature_layer_keys") if name in crops[0]}
-            base = crops[0]
+    def views(self, image) -> AnyresViews:
+        """What the model sees of `image`: base crop, unpadded tile region, padded canvas (`AnyresViews`)."""
+        batch = self.image_processor(image, return_tensors="pt")
+        layout = anyres_layout(tuple(int(v) for v in batch["image_sizes"][0]), self.model.config)
+        return anyres_views(image, layout, self.model.config)
+
+    def _visual_input(self, enc: Encoded, reduction: Reduction | None):
+        if reduction is not None:
+            check_method(reduction.method)
+        layout = enc.layout
+        kept = None if reduction is None else reduction.kept
+        n_extra = 0 if reduction is None else int(reduction.n_extra)
+        newline = self.model.model.image_newline
+        if kept is not None:
             try:
-                tokens = VisualTokens(features=rows["features"], keys=rows["keys"], cls_attn=rows["cls_attn"],
-                                      joint=rows["joint"], cls_feature=base["cls_feature"],
-                                      projected=gather(projected, layout), **optional)
+                layout.newline_after(kept, self.newlines)
             except ValueError as err:
-                raise InputError(f"The vision tower of {self.name} produced unusable features ({err}); "
-                                 "the checkpoint may be broken.") from None
-            view = anyres_views(image, layout, self.model.config).base  # the base crop: the whole image, squashed
-            return Encoded(key, tokens, rows["attn_head_mean"], view, (0.0, 0.0, *map(float, image.size)), image.size,
-                           time.perf_counter() - t0, thumbnail=thumbnail(image), joint_last=rows["joint_last"],
-                           cls_joint=base["cls_joint"], cls_joint_last=base["cls_joint_last"], layout=layout)
+                raise InputError(str(err)) from None
 
-        def reduce(self, enc: Encoded, method: str, params=None, query: Tensor | None = None) -> Reduction:
-            """`method` (a registry name) on this image's patch tokens, or InputError with the one-sentence reason
-            when the method has no faithful rule on LLaVA-NeXT (`families.METHOD_RULES`). PAR runs with its
-            spatial graph off (the base image and the tile grid are two grids)."""
-            from reducers import REDUCERS
+        def project(tokens: Tensor) -> Tensor:
+            return visual_embeddings(self.projector(tokens), newline, layout, kept, n_extra, self.newlines)
 
-            check_method(method)
-            entry = REDUCERS[method]
-            if method == "par" and params is not None and getattr(params, "spatial", False):
-                raise InputError("PAR's spatial graph is off on LLaVA-NeXT: the base image and the tile grid are two "
-                                 "grids, and one 4-neighbour graph over both has no faithful rule.")
-            vt = enc.tokens if query is None else enc.tokens.derive(query=query)
-            return entry(vt, params)
+        return project
 
-        def views(self, image) -> AnyresViews:
-            """What the model sees of `image`: base crop, unpadded tile region, padded canvas (`AnyresViews`)."""
-            batch = self.image_processor(image, return_tensors="pt")
-            layout = anyres_layout(tuple(int(v) for v in batch["image_sizes"][0]), self.model.config)
-            return anyres_views(image, layout, self.model.config)
+    def n_fed(self, enc: Encoded, reduction: Reduction | None) -> int:
+        """Visual embeddings the LM receives for this reduction: its tokens plus the row newlines fed."""
+        layout = enc.layout
+        if reduction is None:
+            return layout.n_lm
+        return int(reduction.tokens.shape[0]) + int(layout.newline_after(reduction.kept, self.newlines).sum())
 
-        def _visual_input(self, enc: Encoded, reduction: Reduction | None):
-            if reduction is not None:
-                check_method(reduction.method)
-            layout = enc.layout
-            kept = None if reduction is None else reduction.kept
-            n_extra = 0 if reduction is None else int(reduction.n_extra)
-            newline = self.model.model.image_newline
-            if kept is not None:
-                try:
-                    layout.newline_after(kept, self.newlines)
-                except ValueError as err:
-                    raise InputError(str(err)) from None
+    def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
+                      max_new_tokens: int | None = None):
+        """`LlavaBackend.answer_stream`, its `Answer` counting every visual embedding fed (newlines too)."""
+        import dataclasses
 
-            def project(tokens: Tensor) -> Tensor:
-                return visual_embeddings(self.projector(tokens), newline, layout, kept, n_extra, self.newlines)
+        from .protocol import Answer
 
-            return project
+        for item in super().answer_stream(enc, prompt, reduction, max_new_tokens):
+            if isinstance(item, Answer):
+                n = self.n_fed(enc, reduction)
+                item = dataclasses.replace(item, n_visual_tokens=n, n_visual_tokens_in=n)
+            yield item
 
-        def n_fed(self, enc: Encoded, reduction: Reduction | None) -> int:
-            """Visual embeddings the LM receives for this reduction: its tokens plus the row newlines fed."""
-            layout = enc.layout
-            if reduction is None:
-                return layout.n_lm
-            return int(reduction.tokens.shape[0]) + int(layout.newline_after(reduction.kept, self.newlines).sum())
+    def score(self, enc: Encoded, prompt: str, reduction: Reduction | None, target_ids):
+        import dataclasses
 
-        def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
-                          max_new_tokens: int | None = None):
-            """`LlavaBackend.answer_stream`, its `Answer` counting every visual embedding fed (newlines too)."""
-            import dataclasses
+        result = super().score(enc, prompt, reduction, target_ids)
+        return dataclasses.replace(result, n_visual_tokens=self.n_fed(enc, reduction))
 
-            from .protocol import Answer
+    def _fastv_plan(self, enc: Encoded, reduction: Reduction):
+        raise InputError(FASTV_REASON)
 
-            for item in super().answer_stream(enc, prompt, reduction, max_new_tokens):
-                if isinstance(item, Answer):
-                    n = self.n_fed(enc, reduction)
-                    item = dataclasses.replace(item, n_visual_tokens=n, n_visual_tokens_in=n)
-                yield item
+    def lm_attention(self, enc: Encoded, prompt: str) -> Tensor:
+        raise InputError(FASTV_REASON)
 
-        def score(self, enc: Encoded, prompt: str, reduction: Reduction | None, target_ids):
-            import dataclasses
 
-            result = super().score(enc, prompt, reduction, target_ids)
-            return dataclasses.replace(result, n_visual_tokens=self.n_fed(enc, reduction))
 
-        def _fastv_plan(self, enc: Encoded, reduction: Reduction):
-            raise InputError(FASTV_REASON)
-
-        def lm_attention(self, enc: Encoded, prompt: str) -> Tensor:
-            raise InputError(FASTV_REASON)
-
+def _backend_class():
+    """`LlavaNextBackend` (kept for callers that ask for the class by function)."""
     return LlavaNextBackend
 
 

@@ -157,6 +157,23 @@ def joint_map(vision_tower, text: "TextSide | None", hidden: Tensor) -> Tensor:
     return text.visual_projection(x) if text is not None else x
 
 
+def tower_spec(config, grid: tuple[int, int]) -> TowerSpec:
+    """Where the hooks read a LLaVA-style tower: the feature layer(s) from the config, the layer consuming it."""
+    vc, feature_layer = config.vision_config, config.vision_feature_layer
+    return TowerSpec(feature_layer=feature_layer if isinstance(feature_layer, int) else tuple(feature_layer),
+                     attn_layer=consuming_layer(feature_layer, vc.num_hidden_layers),
+                     source_layer=producing_layer(feature_layer, vc.num_hidden_layers),
+                     num_heads=vc.num_attention_heads, grid=grid)
+
+
+def stop_ids(model, tokenizer) -> set[int]:
+    """The token ids that end an answer: the tokenizer's EOS and the generation config's."""
+    stop = {getattr(tokenizer, "eos_token_id", None)}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stop.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+    return {int(s) for s in stop if s is not None}
+
+
 class LlavaBackend:
     """A LLaVA-style model (real or the offline default) as a `protocol.Backend`. Thread-safe (one lock per
     model: a slow load or forward of another model never waits for this one); bounded caches; no global state."""
@@ -175,20 +192,11 @@ class LlavaBackend:
         self.max_new_tokens = max_new_tokens
         config = model.config
         self.lm_config = config.text_config
-        vc = config.vision_config
-        self.grid = patch_grid(vc)
-        feature_layer = config.vision_feature_layer
-        self.spec = TowerSpec(
-            feature_layer=feature_layer if isinstance(feature_layer, int) else tuple(feature_layer),
-            attn_layer=consuming_layer(feature_layer, vc.num_hidden_layers),
-            source_layer=producing_layer(feature_layer, vc.num_hidden_layers),
-            num_heads=vc.num_attention_heads,
-            grid=self.grid,
-        )
+        self.grid = patch_grid(config.vision_config)
+        self.spec = tower_spec(config, self.grid)
         self.image_token = getattr(processor, "image_token", None) or offline.IMAGE_TOKEN
-        self.image_token_id = int(getattr(config, "image_token_id", None)
-                                  if getattr(config, "image_token_id", None) is not None
-                                  else tokenizer.convert_tokens_to_ids(self.image_token))
+        token_id = getattr(config, "image_token_id", None)
+        self.image_token_id = int(token_id if token_id is not None else tokenizer.convert_tokens_to_ids(self.image_token))
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self._lock = threading.RLock()  # one forward at a time on this model
@@ -196,10 +204,7 @@ class LlavaBackend:
         self._queries = LRU(query_cache_size)  # (prompt, rewrite) → Query
         self._chats = LRU(query_cache_size)  # prompt → ChatPrompt
         self._lm_attn = LRU(query_cache_size)  # (image key, prompt) → FastV's lm_attn [L, 2, N]
-        stop = {getattr(tokenizer, "eos_token_id", None)}
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        stop.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
-        self.stop_ids = {int(s) for s in stop if s is not None}
+        self.stop_ids = stop_ids(model, tokenizer)
 
     # --- parts of the model ------------------------------------------------------------------------
     @property
