@@ -110,7 +110,7 @@ def floor_call(method: str, inp: dict, red):
         return lambda: score.topk(m)
     if method == "visionzip":  # the merged patches (in a contextual group, not its target) against the targets
         kn = F.normalize(inp["feature_layer_keys"], dim=-1)
-        merged = (red.groups >= red.kept.numel()) & ~torch.isin(torch.arange(red.n_tokens), red.targets)
+        merged = (red.groups >= 0) & ~red.kept_mask & ~torch.isin(torch.arange(red.n_tokens), red.targets)
         km, kt = kn[merged].contiguous(), kn[red.targets].contiguous()
         return lambda: km @ kt.T
     if method == "divprune":

@@ -247,7 +247,7 @@ def inspect_patch(vt: VisualTokens, red: Reduction, index: int) -> dict:
     kept = red.kept.tolist()
     out = {"patch": int(index), "row": r, "column": c, "kept": index in kept}
     if index in kept:
-        out["position_in_llm_input"] = kept.index(index)
+        out["position_in_llm_input"] = red.n_lead + kept.index(index)
     if vt.cls_attn is not None:
         a = vt.cls_attn.float()
         out["attention"] = float(a[index])

@@ -407,16 +407,46 @@ class VisualTokens:
         return F.normalize(self.keys.float(), dim=-1)
 
 
+@dataclass(frozen=True)
+class Trace:
+    """A method's own diagnostics (subclassed, frozen, in the method's file); drawing and text code ask these
+    methods and never test method names or method-specific fields. Defaults: nothing to show."""
+
+    def heat(self) -> tuple[str, Tensor] | None:
+        """(label, [N] float score per patch): the heatmap and the histogram."""
+        return None
+
+    def lines(self) -> list[tuple[str, float]]:
+        """Threshold lines for the histogram, in the heat's units."""
+        return []
+
+    def per_patch(self) -> dict[str, Tensor]:
+        """Extra per-patch export columns, each [N]."""
+        return {}
+
+    def inspect(self, i: int) -> list[str]:
+        """Inspector lines (markdown) for patch i."""
+        return []
+
+    def readout(self) -> list[str]:
+        """Short facts for the readout text."""
+        return []
+
+
 @dataclass(frozen=True, eq=False)
 class Reduction:
     """What a reducer did, with every stage the UI draws.
 
     kept:   [M]  LongTensor of patch indices (0..N-1), unique, in the order their tokens appear (M = 0 only
             for the text-only floor "none")
-    tokens: [M', d] what the projector / LLM receives; tokens[i] belongs to kept[i] for i < M; a PruMerge
-            merge appends one aggregate token of the pruned patches last (M' = M + 1, `n_extra=1`)
-            when at least one patch was pruned; VisionZip appends the CLS token (when handed over) and then
-            its C contextual tokens after the dominant patches (M' = M + cls + C, `n_extra = cls + C`)
+    tokens: [M', d] what the projector / LLM receives, in the LLM's order: `n_lead` leading tokens that belong
+            to no patch, then tokens[n_lead + i] belongs to kept[i] for i < M, then the appended tokens.
+            Invariant: M' = n_lead + M + (appended) and `n_extra` = n_lead + appended (every token that is not
+            a kept patch's own). A PruMerge merge appends one aggregate token of the pruned patches last
+            (M' = M + 1, `n_extra=1`) when at least one patch was pruned; VisionZip leads with the CLS token
+            (when handed over, `n_lead=1`, as the official LLaVA-1.5 code) and appends its C contextual tokens
+            after the dominant patches (M' = cls + M + C, `n_extra = cls + C`). `patch_tokens` is tokens[n_lead:
+            n_lead + M].
     stages: ordered funnel of counts, e.g. {"tokens": 576, "outliers": 31, "merged": 32}
     layer:  the LLM layer from which on only `tokens` remain (FastV: all N patch features enter the LLM and
             layers 0…layer−1 see them all); 0 for every method that reduces before the LLM
@@ -428,8 +458,8 @@ class Reduction:
     tokens: Tensor
     grid: tuple[int, int]
     stages: dict[str, int]
-    n_extra: int = 0  # tokens appended after the kept patches' own tokens (PruMerge: 1 aggregate; VisionZip:
-    # the CLS token when handed over, then its C contextual tokens)
+    n_extra: int = 0  # tokens that are no kept patch's own (PruMerge: 1 aggregate, appended; VisionZip: the CLS
+    # token when handed over, leading, and its C contextual tokens, appended)
     layer: int = 0
     # merging methods whose groups partition the patches (ToMe, VisionZip's contexts, pooling): for every patch
     # the position in `tokens` of the token that holds it (−1: in no token), and its weight in that token
@@ -445,7 +475,7 @@ class Reduction:
     merge_index: Tensor | None = None  # [M, k] neighbour patch indices merged into kept[i]
     merge_weight: Tensor | None = None  # [M, k] their weights (CLS attention)
     # VisionZip: the patch each contextual token is anchored on (its merge target), in token order; the
-    # contextual token j is tokens[M + cls + j] and holds the patches i with groups[i] == M + cls + j
+    # contextual token j is tokens[cls + M + j] and holds the patches i with groups[i] == cls + M + j
     targets: Tensor | None = None  # [C]
     # PAR
     relevance: Tensor | None = None  # [N] r in [0, 1]
@@ -454,6 +484,13 @@ class Reduction:
     n_clusters: int | None = None
     retrieved: Tensor | None = None  # [N] bool
     routed: Tensor | None = None  # [N] bool
+    n_lead: int = 0  # tokens handed BEFORE the kept patches' own (VisionZip's CLS); counted in n_extra too
+    trace: Trace | None = None  # the method's own diagnostics (see `Trace`)
+
+    @property
+    def patch_tokens(self) -> Tensor:
+        """[M, d] the kept patches' own tokens: tokens[n_lead + i] belongs to kept[i]."""
+        return self.tokens[self.n_lead : self.n_lead + self.kept.numel()]
 
     @property
     def n_tokens(self) -> int:
@@ -484,6 +521,7 @@ class Reduction:
             "n_kept": m,
             "n_patches_kept": int(self.kept.numel()),
             "n_extra": self.n_extra,
+            "n_lead": self.n_lead,
             "llm_layer": self.layer,
             "compression": 1.0 - m / n,
             "stages": dict(self.stages),

@@ -28,10 +28,11 @@ Steps (remaining = patches that are not dominant, in raster order, R of them):
    first, i.e. lowest target, on ties);
 4. contextual token j = x_{t_j} + mean of the x_i that joined t_j (just x_{t_j} if none joined): the target's own
    feature with weight 1, each member with weight 1/|members| — NOT a mean over target and members.
-Token order handed to the LLM: dominant patches (raster), the CLS token, then the contextual tokens in target
-order. The official LLaVA-1.5 path puts the CLS token first ([CLS, patches, contextual]); its LLaVA-NeXT path
-(`restore_image_features_sorted`) puts it after the patches, as here. Here kept patches must come first (the
-`Reduction` contract: tokens[i] belongs to kept[i]), so the CLS token is the first appended token.
+Token order handed to the LLM, as the official LLaVA-1.5 path hands it (`clip_encoder.py`: the dominant tokens
+are `hidden_states` masked by `all_indices` = [0 (CLS)] + topk + 1 in sequence order, then the contextual tokens
+are concatenated after them): the CLS token first, the dominant patches in ascending index, then the contextual
+tokens in target order. The CLS token is a leading token of the `Reduction` (`n_lead = 1`): tokens[1 + i]
+belongs to kept[i]. (The official LLaVA-NeXT path, `restore_image_features_sorted`, puts it after the patches.)
 
 Deliberate differences (bugs or undefined cases of the official code, fixed):
 - C = 0 (official: ⌊R / 0⌋ raises): no contextual tokens; remaining patches reach no token;
@@ -118,11 +119,11 @@ def visionzip(vt: VisualTokens, params: VisionZipParams | None = None) -> Reduct
 
     groups = torch.full((n,), -1, dtype=torch.long, device=dev)
     weight = torch.zeros(n, dtype=torch.float32, device=dev)
-    groups[kept] = torch.arange(m, device=dev)
+    groups[kept] = with_cls + torch.arange(m, device=dev)  # the CLS token leads: kept[i] is token cls + i
     weight[kept] = 1.0
     parts = [x[kept]]
     if with_cls:
-        parts.append(vt.cls_feature.to(x.dtype).unsqueeze(0))
+        parts.insert(0, vt.cls_feature.to(x.dtype).unsqueeze(0))
     targets = remaining[:0]
     if c:
         targets = contextual_targets(remaining, c)  # [C]
@@ -141,5 +142,5 @@ def visionzip(vt: VisualTokens, params: VisionZipParams | None = None) -> Reduct
     stages = {"tokens": n, "dominant": dominant, "contextual": c, "to LLM": tokens.shape[0]}
     return Reduction(
         method="visionzip", kept=kept, tokens=tokens, grid=vt.grid, stages=stages, n_extra=with_cls + c,
-        groups=groups, group_weight=weight, attn=vt.feature_layer_attn, targets=targets,
+        n_lead=with_cls, groups=groups, group_weight=weight, attn=vt.feature_layer_attn, targets=targets,
     )

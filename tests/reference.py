@@ -213,8 +213,8 @@ def visionzip(features, attn, keys, cls_feature=None, budget=64, share=54 / 64, 
     kept = sorted(by_attention[: dominant - with_cls])
     remaining = [i for i in range(n) if i not in kept]
     tokens = [x[i] for i in kept]
-    if with_cls:
-        tokens.append(as_f64(cls_feature))
+    if with_cls:  # the CLS token leads, as the official LLaVA-1.5 code hands it: [CLS, patches, contextual]
+        tokens.insert(0, as_f64(cls_feature))
     targets, members, joined, margins = [], [], [], []
     if c > 0:
         step = max(1, len(remaining) // c)
