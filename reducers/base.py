@@ -400,6 +400,13 @@ class VisualTokens:
         dist.fill_diagonal_(torch.inf)
         return dist
 
+    @memo("projected")
+    def projected_similarity(self) -> Tensor:
+        """[N, N] float32 cosine similarity x̂ x̂ᵀ of the projected rows (CDPruner's DPP kernel)."""
+        self.require("projected", method="projected similarity")
+        xn = F.normalize(self.projected.float(), dim=-1)
+        return xn @ xn.T
+
     @memo("keys")
     def normalised_keys(self) -> Tensor:
         """[N, dk] float32 unit-length key rows (PruMerge merging: M×N similarity, M kept)."""
