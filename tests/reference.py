@@ -560,5 +560,47 @@ def cdpruner(projected, joint, query, budget: int, negate: bool = True, exp_thet
             if prefer is not None and prefer[step] in free and diag[prefer[step]] >= diag[best] - slack:
                 best = prefer[step]
             chosen.append(best)
-    return dict(order=chosen, kept=sorted(chosen), gains=gains, exhausted=exhausted, relevance=r,
-                tokens=None)
+    return dict(order=chosen, kept=sorted(chosen), gains=gains, exhausted=exhausted, relevance=r)
+
+
+# --------------------------------------------------------------------------------------------- DART
+def dart(projected, budget: int, pivots: int = 8, official_count: bool = False, prefer=None, tie: float = 0.0
+         ) -> dict:
+    """DART's selection (reducers/dart.py: the official rule before the LLM), in float64 one token at a time:
+    pivots = the k largest L1 norms (lowest index on ties), processed in that order; each pivot takes its share of
+    the free non-pivot tokens with the smallest cosine to it (lowest index on ties). Shares: exact — (T − k) shared
+    out, the first pivots one more; official — ⌊T / k⌋ each. Near-ties: where `prefer` (the reducer's owner
+    array) chose a set whose scores lie within `tie` of this loop's cut, that set is taken."""
+    x = as_f64(projected)
+    n = x.shape[0]
+    t = min(budget, n)
+    k = min(pivots, t)
+    score = [float(sum(abs(v) for v in row)) for row in x]
+    by_score = sorted(range(n), key=lambda i: (-score[i], i))
+    piv = by_score[:k]
+    if prefer is not None:
+        theirs = [i for i in range(n) if int(prefer[i]) == i]
+        cut = score[by_score[k - 1]]
+        if len(theirs) == k and all(score[i] >= cut - tie for i in theirs):
+            piv = sorted(theirs, key=lambda i: (-score[i], i))
+    counts = [budget // k] * k if official_count else [(t - k) // k + (1 if i < (t - k) % k else 0) for i in range(k)]
+    rows = [unit(row) for row in x]
+    owner = [-1] * n
+    for p in piv:
+        owner[p] = p
+    for p, want in zip(piv, counts):
+        free = [j for j in range(n) if owner[j] < 0]
+        take = min(want, len(free))
+        if take <= 0:
+            continue
+        cos = {j: float(rows[p] @ rows[j]) for j in free}
+        ordered = sorted(free, key=lambda j: (cos[j], j))
+        chosen = ordered[:take]
+        if prefer is not None:
+            theirs = [j for j in free if int(prefer[j]) == p]
+            if len(theirs) == take and all(cos[j] <= cos[ordered[take - 1]] + tie for j in theirs):
+                chosen = theirs
+        for j in chosen:
+            owner[j] = p
+    kept = [i for i in range(n) if owner[i] >= 0]
+    return dict(kept=kept, pivots=piv, owner=owner, counts=counts, score=score)

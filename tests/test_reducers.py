@@ -117,7 +117,17 @@ def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> Non
         check_groups(vt, red, tol)
     if method in ("random", "top-attention", "visionzip", "divprune"):  # exact budget, capped at N
         assert red.n_kept == min(params.budget, n)
-    if method in ("visionzip", "divprune"):
+    if method in ("cdpruner", "vispruner") or (method == "dart" and not params.official_count):
+        assert red.n_kept == kept.numel() == min(params.budget, n), "exactly the budget (capped at N)"
+    if method == "vispruner" and params.official_count:
+        assert min(params.budget, n) - red.n_kept in (0, 1), "the official rounds drop at most one token too many"
+    if method in ("cdpruner", "dart", "vispruner"):
+        assert red.n_extra == 0 and red.trace is not None
+        label, heat = red.trace.heat()
+        assert label and heat.shape == (n,)
+        assert all(v.shape == (n,) for v in red.trace.per_patch().values())
+        assert red.trace.inspect(int(kept[0])) and red.trace.readout()
+    if method in ("visionzip", "divprune", "cdpruner", "dart", "vispruner"):
         assert torch.equal(kept, kept.sort().values), "raster order, as the official code hands them over"
     if method == "visionzip":
         check_visionzip(vt, red, params)
@@ -319,7 +329,8 @@ def test_random_is_seeded():
 # ----------------------------------------------------------------------------------------- edge cases
 # Budget methods that hand every token unchanged, in raster order, once the budget covers the image (VisionZip
 # does not: its contextual tokens are still merges).
-IDENTITY_AT_FULL_BUDGET = ["divprune", "fastv", "pool", "random", "tome", "top-attention", "uniform"]
+IDENTITY_AT_FULL_BUDGET = ["cdpruner", "dart", "divprune", "fastv", "pool", "random", "tome", "top-attention",
+                           "uniform", "vispruner"]
 
 
 @pytest.mark.parametrize("method", IDENTITY_AT_FULL_BUDGET)
