@@ -37,7 +37,10 @@ class Pictures:
 
 def heat_values(vt: VisualTokens, red: Reduction, attention: str) -> tuple[np.ndarray | None, str]:
     """The per-patch score a method reads, for the heatmap: PAR's relevance r, FastV's LLM attention, or the
-    CLS→patch attention (of the chosen mode)."""
+    CLS→patch attention (of the chosen mode); a method with a `Trace` heat shows that."""
+    heat = red.trace.heat() if red.trace is not None else None
+    if heat is not None:
+        return heat[1].float().cpu().numpy(), heat[0]
     if red.relevance is not None:
         return red.relevance.float().cpu().numpy(), "PAR relevance r (min–max cos(patch, query) per image)"
     if red.layer and red.attn is not None:
@@ -108,6 +111,10 @@ def histogram(vt: VisualTokens, red: Reduction, settings: Settings):
     score: the cut at the lowest kept value)."""
     kept = red.kept_mask.cpu().numpy()
     attention = settings.inputs.attention
+    heat = red.trace.heat() if red.trace is not None else None
+    if heat is not None:  # a method's own score and threshold lines (`Trace`)
+        return plots.score_histogram(heat[1].float().cpu().numpy(), kept, heat[0], heat[0],
+                                     [(value, name, "cut") for name, value in red.trace.lines()])
     if red.fence is not None:  # PruMerge
         lines = [(red.q1, "Q1", "quartile"), (red.q3, "Q3", "quartile"), (red.fence, "fence", "fence")]
         return plots.score_histogram(red.attn.float().cpu().numpy(), kept, "CLS → patch attention: outliers above "
@@ -171,6 +178,10 @@ def per_patch(vt: VisualTokens, red: Reduction) -> dict:
         out["group_weight"] = _rounded(red.group_weight, 6)
     if red.layer and red.attn is not None:
         out["llm_attention"] = _rounded(red.attn, 8)
+    if red.trace is not None:  # a method's own columns; NaN (no value for that patch) → null
+        for name, col in red.trace.per_patch().items():
+            out[name] = ([None if v != v else v for v in _rounded(col, 6)] if col.is_floating_point()
+                         else col.tolist())
     return out
 
 
@@ -185,6 +196,8 @@ def summary(red: Reduction, vt: VisualTokens, settings: Settings, flops: dict, e
     out["flops"] = flops
     if entry.headline:
         out["paper"] = {"citation": entry.paper, "headline": entry.headline}
+    if red.trace is not None and red.trace.readout():
+        out["method_notes"] = list(red.trace.readout())
     if with_per_patch:
         out["per_patch"] = per_patch(vt, red)
     out.update(extra or {})
@@ -204,6 +217,7 @@ def readout_markdown(s: dict) -> str:
         details.append(f"{s['n_clusters']} clusters")
     if "fence" in s:
         details.append(f"Q1 {s['q1']:.3g} · Q3 {s['q3']:.3g} · fence {s['fence']:.3g}")
+    details.extend(s.get("method_notes", []))
     if s.get("query"):
         cut = " (the prompt was truncated to the text tower's context)" if s["query"].get("truncated") else ""
         details.append(f"Query: {s['query']['description']}{cut}")
@@ -273,6 +287,8 @@ def inspect_patch(vt: VisualTokens, red: Reduction, index: int) -> dict:
         out["weight_in_token"] = float(red.group_weight[index])
     if red.layer and red.attn is not None:
         out["llm_attention"] = float(red.attn[index])
+    if red.trace is not None and red.trace.inspect(index):
+        out["method_notes"] = red.trace.inspect(index)
     return out
 
 

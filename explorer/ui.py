@@ -689,6 +689,7 @@ def patch_markdown(info: dict) -> str:
                      f"{info['weight_in_token']:.3g})")
     if "llm_attention" in info:
         parts.append(f"LLM attention {info['llm_attention']:.4g}")
+    parts.extend(info.get("method_notes", []))  # the method's own lines (`Trace.inspect`)
     return " · ".join(parts)
 
 
