@@ -34,7 +34,7 @@ Where the official code surprises (followed, or where it cannot run, written dow
   reducer's rule is used.
 - Ties (attention or similarity): the lowest index / earliest position first (official: `argsort`, not stable).
 - The cosine similarity is read off the per-image memoised [N, N] float32 product
-  `VisualTokens.feature_similarity` (shared with PAR), not recomputed per round.
+  `VisualTokens.feature_similarity` (shared with PAR), not recomputed per round; the rounds run in numpy.
 
 Deliberate deviations, all listed: the exact-count rule above (default); stable tie order; float32 arithmetic
 (official: float16 features normalised in float16); rows normalised with an epsilon (official: NaN for a zero
@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -137,40 +138,48 @@ def remove_duplicates(sim: Tensor | None, n: int, residual: Tensor, diverse: int
                       ) -> tuple[Tensor, Tensor, Tensor, int, list[str]]:
     """The official duplicate-removal rounds over `residual` [R] (current order) down to `diverse` tokens, on the
     cosine similarity `sim` [N, N] of the feature rows (None when no round runs: |R| ≤ T_div or T_div = 0).
-    Returns (residual left, removed_round [N], duplicate similarity [N], rounds, notes)."""
-    removed_round = torch.full((n,), -1, dtype=torch.long, device=residual.device)
-    dup = torch.full((n,), math.nan, dtype=torch.float32, device=residual.device)
+    Returns (residual left, removed_round [N], duplicate similarity [N], rounds, notes).
+
+    The rounds are sequential and small (|a|×|b| reads each), so they run in numpy on one host copy of `sim`:
+    per-op dispatch, not arithmetic, is their cost."""
+    dev = residual.device
+    removed_round = np.full(n, -1, dtype=np.int64)
+    dup = np.full(n, np.nan, dtype=np.float32)
+    res = residual.cpu().numpy()
     notes: list[str] = []
-    if diverse == 0:
-        removed_round[residual] = 0
-        notes = ["T_div = 0: no diverse token (the official loop crashes at |R| = 1)"] if residual.numel() else []
-        return residual[:0], removed_round, dup, 0, notes
     rounds = 0
-    crashed = False
-    while True:
-        count = residual.numel()
-        r = min(ROUND, count - diverse)
-        if r <= 0:
-            break
-        a, b = residual[0::2], residual[1::2]
-        score = sim.index_select(0, a).index_select(1, b).max(dim=1).values  # [|a|] largest cosine to any b
-        order = torch.sort(score, descending=True, stable=True).indices
-        keep_a = max(0, a.numel() - r)
-        if official and not crashed:
-            off, note = official_round(count, r)
-            if off is None:
-                crashed = True
-                notes.append(f"the official code crashes in round {rounds + 1} ({note}); this reducer's rule is "
-                             "used from there on")
-            elif off != keep_a:
-                notes.append(f"round {rounds + 1}: {note} (official count)")
-                keep_a = off
-        gone = a[order[: a.numel() - keep_a]]
-        removed_round[gone] = rounds
-        dup[gone] = score[order[: a.numel() - keep_a]]
-        residual = torch.cat([a[order[a.numel() - keep_a:]], b])
-        rounds += 1
-    return residual, removed_round, dup, rounds, notes
+    if diverse == 0:
+        removed_round[res] = 0
+        notes = ["T_div = 0: no diverse token (the official loop crashes at |R| = 1)"] if res.size else []
+        res = res[:0]
+    else:
+        s = sim.detach().cpu().numpy() if sim is not None else None
+        crashed = False
+        while True:
+            count = res.size
+            r = min(ROUND, count - diverse)
+            if r <= 0:
+                break
+            a, b = res[0::2], res[1::2]
+            score = s[np.ix_(a, b)].max(axis=1)  # [|a|] largest cosine to any b
+            order = np.argsort(-score, kind="stable")  # descending, earliest position first on ties
+            keep_a = max(0, a.size - r)
+            if official and not crashed:
+                off, note = official_round(count, r)
+                if off is None:
+                    crashed = True
+                    notes.append(f"the official code crashes in round {rounds + 1} ({note}); this reducer's rule "
+                                 "is used from there on")
+                elif off != keep_a:
+                    notes.append(f"round {rounds + 1}: {note} (official count)")
+                    keep_a = off
+            cut = a.size - keep_a
+            removed_round[a[order[:cut]]] = rounds
+            dup[a[order[:cut]]] = score[order[:cut]]
+            res = np.concatenate([a[order[cut:]], b])
+            rounds += 1
+    as_tensor = lambda v: torch.from_numpy(v).to(dev)  # noqa: E731
+    return as_tensor(res), as_tensor(removed_round), as_tensor(dup), rounds, notes
 
 
 def vispruner(vt: VisualTokens, params: VisPrunerParams | None = None) -> Reduction:
