@@ -14,10 +14,11 @@ What the official code computes, and what this reducer reads instead:
 
 The split. `visionzip(model, dominant=D, contextual=C)` hands D + C tokens: the CLS token plus the D − 1 patches
 with the largest summed attention (`apply_info(dominant_num=dominant - 1)`, then `topk(dominant_num) + 1` and the
-CLS index 0 prepended), then C contextual tokens. The official settings are D + C = 54 + 10 (README, 64 tokens),
-108 + 20 (128) and 162 + 30 (192). For a budget M (capped at N) this reducer uses
+CLS index 0 prepended), then C contextual tokens. The official README gives D + C = 54 + 10 (64 tokens); 108 + 20
+(128) and 162 + 30 (192) are the common splits at the official ratio (not in the README). For a budget M (capped
+at N) this reducer uses
     D = ⌊M · share + ½⌋ clamped to [1, M],  C = M − D,  share = 54/64 by default,
-which gives exactly 54 + 10, 108 + 20 and 162 + 30 at M = 64, 128, 192.
+which gives exactly 54 + 10 at M = 64 and the common splits 108 + 20 and 162 + 30 at M = 128, 192.
 
 Steps (remaining = patches that are not dominant, in raster order, R of them):
 1. dominant patches = the D − 1 (CLS handed) or D (not) patches with the largest attention; ties → lowest index
@@ -66,8 +67,8 @@ class VisionZipParams:
     dominant_share: float = slider(
         OFFICIAL_SHARE, 0.0, 1.0, 1 / 64,
         "Share of the budget that are dominant tokens (the top CLS-attention patches, plus the CLS token); the "
-        "rest are contextual merges. D = ⌊M·share + ½⌋ (official: 54/64 = 0.84375, i.e. 54 + 10, 108 + 20, "
-        "162 + 30)", "Dominant share")
+        "rest are contextual merges. D = ⌊M·share + ½⌋ (official: 54/64 = 0.84375, i.e. 54 + 10 at 64; the "
+        "common splits at the official ratio 108 + 20 and 162 + 30 at 128 and 192)", "Dominant share")
     cls_token: bool = toggle(
         True, "Hand the CLS token to the LLM as one of the dominant tokens, as the official code does (off: that "
         "slot goes to one more dominant patch)", "CLS token")

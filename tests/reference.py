@@ -570,7 +570,8 @@ def dart(projected, budget: int, pivots: int = 8, official_count: bool = False, 
     pivots = the k largest L1 norms (lowest index on ties), processed in that order; each pivot takes its share of
     the free non-pivot tokens with the smallest cosine to it (lowest index on ties). Shares: exact — (T − k) shared
     out, the first pivots one more; official — ⌊T / k⌋ each. Near-ties: where `prefer` (the reducer's owner
-    array) chose a set whose scores lie within `tie` of this loop's cut, that set is taken."""
+    array) chose a set whose scores lie within `tie` of this loop's cut (relative for the L1 norms, which are
+    sums of many float32 terms), that set is taken."""
     x = as_f64(projected)
     n = x.shape[0]
     t = min(budget, n)
@@ -581,7 +582,7 @@ def dart(projected, budget: int, pivots: int = 8, official_count: bool = False, 
     if prefer is not None:
         theirs = [i for i in range(n) if int(prefer[i]) == i]
         cut = score[by_score[k - 1]]
-        if len(theirs) == k and all(score[i] >= cut - tie for i in theirs):
+        if len(theirs) == k and all(score[i] >= cut - tie * max(1.0, abs(cut)) for i in theirs):  # relative
             piv = sorted(theirs, key=lambda i: (-score[i], i))
     counts = [budget // k] * k if official_count else [(t - k) // k + (1 if i < (t - k) % k else 0) for i in range(k)]
     rows = [unit(row) for row in x]

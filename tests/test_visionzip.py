@@ -67,7 +67,8 @@ def test_equals_reference_with_ties_in_attention():
 
 
 def test_official_splits():
-    """README: 54 + 10 at 64 tokens; 108 + 20 and 162 + 30 at 128 and 192; the CLS token is one dominant token."""
+    """Official README: 54 + 10 at 64 tokens; the common splits at the official ratio, 108 + 20 and 162 + 30 at 128
+    and 192; the CLS token is one dominant token."""
     for budget, dominant, contextual in [(64, 54, 10), (128, 108, 20), (192, 162, 30)]:
         assert split(budget, 576, OFFICIAL_SHARE, True) == (dominant, 1, contextual)
         assert ref.visionzip_split(budget, 576) == (dominant, 1, contextual)
