@@ -38,8 +38,8 @@ Where the official code surprises (followed, or where it cannot run, written dow
 
 Deliberate deviations, all listed: the exact-count rule above (default); stable tie order; float32 arithmetic
 (official: float16 features normalised in float16); rows normalised with an epsilon (official: NaN for a zero
-row); T capped at N (official: T > N crashes in `topk`-free indexing only at the diverse step, R < 0 → r ≤ 0, so
-it keeps all N — the same).
+row); T capped at N before the split (official with T ≥ N: no round runs and every patch is kept — the same
+tokens).
 """
 
 from __future__ import annotations
