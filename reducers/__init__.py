@@ -15,6 +15,8 @@ from types import MappingProxyType
 from .base import (Control, Reduction, RegistryEntry, TopScoreTrace, Trace, VisualTokens, choice, controls, number,
                    params_or_default, slider, toggle)
 from .baselines import BudgetParams, NoParams, RandomParams, identity, random_tokens, top_attention, uniform_grid
+from .cdpruner import CDPrunerParams, cdpruner
+from .dart import DARTParams, dart
 from .fastv import FastVParams, fastv
 from .divprune import DivPruneParams, divprune
 from .graph import ClusterSweep, components
@@ -24,6 +26,7 @@ from .pool import PoolParams, pool
 from .prumerge import PruMergeParams, prumerge
 from .tome import ToMeParams, tome
 from .visionzip import VisionZipParams, visionzip
+from .vispruner import VisPrunerParams, vispruner
 
 PRUMERGE_PAPER = "Shang et al., LLaVA-PruMerge, arXiv 2403.15388"
 PRUMERGE_NOTE = ("paper's numbers, from its LoRA-fine-tuned checkpoints (the official README evaluates those); "
@@ -71,6 +74,34 @@ REDUCERS = MappingProxyType(
             "d = 1 − cos of the projector's outputs",
             "paper: state-of-the-art accuracy over 16 image- and video-language datasets without fine-tuning; "
             "lower end-to-end latency and GPU memory use (abstract)"),
+        "cdpruner": RegistryEntry(
+            cdpruner, CDPrunerParams, "CDPruner",
+            "Instruction-conditioned diversity: greedy DPP over the projected tokens' similarity, weighted by "
+            "each patch's relevance to the prompt", ("projected", "joint", "query"),
+            "Zhang et al., Beyond Attention or Similarity: Maximizing Conditional Diversity for Token Pruning in "
+            "MLLMs (CDPruner), arXiv 2506.10967 (NeurIPS 2025)",
+            "L = diag(r)·S·diag(r), S = cos of the projector's outputs, r = minmax(−cos(J_i, q)) (official sign); "
+            "greedy MAP: j = argmax d²_j, e = (L_j − Σ c_t[j] c_t)/d_j, d² −= e², M times",
+            "official README: it ensures both the diversity and quality of the selected token subset, significantly "
+            "reducing computational cost while maintaining considerable performance"),
+        "dart": RegistryEntry(
+            dart, DARTParams, "DART (before the LLM)",
+            "Duplication-aware: a few pivot tokens (largest L1 norm), each keeping the tokens least similar to it; "
+            "no attention map", ("projected",),
+            "Wen et al., Stop Looking for Important Tokens in Multimodal Language Models: Duplication Matters More "
+            "(DART), arXiv 2502.11494 (EMNLP 2025; official: inside the LLM at layer 2)",
+            "P = top-k ‖p_i‖₁; for each pivot in turn: keep its ⌊(M − k)/k⌋ (+1) free tokens with the smallest "
+            "cos(p_pivot, p_j); kept = P ∪ chosen"),
+        "vispruner": RegistryEntry(
+            vispruner, VisPrunerParams, "VisPruner",
+            "Important tokens by the feature layer's CLS attention, then diverse tokens left after removing "
+            "duplicates round by round", ("feature_layer_attn",),
+            "Zhang et al., Beyond Text-Visual Attention: Exploiting Visual Cues for Effective Token Pruning in "
+            "VLMs (VisPruner), arXiv 2412.01818 (ICCV 2025)",
+            "important = top ⌊M·ρ⌋ by a_CLS→i; residual by descending a: rounds of a = R[0::2], b = R[1::2], drop "
+            "the min(8, |R| − M_div) a's with the largest max_b cos(x_a, x_b), until |R| = M − ⌊M·ρ⌋",
+            "official README: retaining diverse tokens alongside the important ones maximally preserves the visual "
+            "information of the input image"),
         "all": RegistryEntry(identity, NoParams, "All tokens", "No reduction: every patch token reaches the LLM",
                              formula="keep all N"),
         "random": RegistryEntry(random_tokens, RandomParams, "Random",
@@ -123,8 +154,8 @@ __all__ = [
     "VisualTokens", "Reduction", "Trace", "TopScoreTrace", "Control", "RegistryEntry", "REDUCERS",
     "slider", "toggle", "choice", "number", "controls", "params_or_default",
     "PruMergeParams", "PARParams", "BudgetParams", "RandomParams", "NoParams", "ToMeParams", "PoolParams",
-    "FastVParams", "VisionZipParams", "DivPruneParams",
+    "FastVParams", "VisionZipParams", "DivPruneParams", "CDPrunerParams", "DARTParams", "VisPrunerParams",
     "prumerge", "par", "identity", "random_tokens", "uniform_grid", "top_attention", "tome", "pool", "no_image",
-    "fastv", "visionzip", "divprune",
+    "fastv", "visionzip", "divprune", "cdpruner", "dart", "vispruner",
     "components", "ClusterSweep",
 ]

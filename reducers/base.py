@@ -400,6 +400,13 @@ class VisualTokens:
         dist.fill_diagonal_(torch.inf)
         return dist
 
+    @memo("projected")
+    def projected_similarity(self) -> Tensor:
+        """[N, N] float32 cosine similarity x̂ x̂ᵀ of the projected rows (CDPruner's DPP kernel)."""
+        self.require("projected", method="projected similarity")
+        xn = F.normalize(self.projected.float(), dim=-1)
+        return xn @ xn.T
+
     @memo("keys")
     def normalised_keys(self) -> Tensor:
         """[N, dk] float32 unit-length key rows (PruMerge merging: M×N similarity, M kept)."""
@@ -496,9 +503,14 @@ class Reduction:
 
     kept:   [M]  LongTensor of patch indices (0..N-1), unique, in the order their tokens appear (M = 0 only
             for the text-only floor "none")
-    tokens: [M', d] what the projector / LLM receives; tokens[i] belongs to kept[i] for i < M; a method may
-            append `n_extra` tokens after them (PruMerge: one aggregate token of the pruned patches; VisionZip:
-            the CLS token when handed over, then its C contextual tokens)
+    tokens: [M', d] what the projector / LLM receives, in the LLM's order: `n_lead` leading tokens that belong
+            to no patch, then tokens[n_lead + i] belongs to kept[i] for i < M, then the appended tokens.
+            Invariant: M' = n_lead + M + (appended) and `n_extra` = n_lead + appended (every token that is not
+            a kept patch's own). A PruMerge merge appends one aggregate token of the pruned patches last
+            (M' = M + 1, `n_extra=1`) when at least one patch was pruned; VisionZip leads with the CLS token
+            (when handed over, `n_lead=1`, as the official LLaVA-1.5 code) and appends its C contextual tokens
+            after the dominant patches (M' = cls + M + C, `n_extra = cls + C`). `patch_tokens` is tokens[n_lead:
+            n_lead + M].
     stages: ordered funnel of counts, e.g. {"tokens": 576, "outliers": 31, "merged": 32}
     layer:  the LLM layer from which on only `tokens` remain (FastV: all N patch features enter the LLM and
             layers 0…layer−1 see them all); 0 for every method that reduces before the LLM
@@ -512,11 +524,18 @@ class Reduction:
     tokens: Tensor
     grid: tuple[int, int]
     stages: dict[str, int]
-    n_extra: int = 0
+    n_extra: int = 0  # tokens that are no kept patch's own (PruMerge: 1 aggregate, appended; VisionZip: the CLS
+    # token when handed over, leading, and its C contextual tokens, appended)
     layer: int = 0
     groups: Tensor | None = None  # [N] long
     group_weight: Tensor | None = None  # [N] float
     trace: Trace = field(default_factory=Trace)
+    n_lead: int = 0  # tokens handed BEFORE the kept patches' own (VisionZip's CLS); counted in n_extra too
+
+    @property
+    def patch_tokens(self) -> Tensor:
+        """[M, d] the kept patches' own tokens: tokens[n_lead + i] belongs to kept[i]."""
+        return self.tokens[self.n_lead : self.n_lead + self.kept.numel()]
 
     @property
     def n_tokens(self) -> int:
@@ -547,6 +566,7 @@ class Reduction:
             "n_kept": m,
             "n_patches_kept": int(self.kept.numel()),
             "n_extra": self.n_extra,
+            "n_lead": self.n_lead,
             "llm_layer": self.layer,
             "compression": 1.0 - m / n,
             "stages": dict(self.stages),

@@ -14,10 +14,11 @@ What the official code computes, and what this reducer reads instead:
 
 The split. `visionzip(model, dominant=D, contextual=C)` hands D + C tokens: the CLS token plus the D − 1 patches
 with the largest summed attention (`apply_info(dominant_num=dominant - 1)`, then `topk(dominant_num) + 1` and the
-CLS index 0 prepended), then C contextual tokens. The official settings are D + C = 54 + 10 (README, 64 tokens),
-108 + 20 (128) and 162 + 30 (192). For a budget M (capped at N) this reducer uses
+CLS index 0 prepended), then C contextual tokens. The official README gives D + C = 54 + 10 (64 tokens); 108 + 20
+(128) and 162 + 30 (192) are the common splits at the official ratio (not in the README). For a budget M (capped
+at N) this reducer uses
     D = ⌊M · share + ½⌋ clamped to [1, M],  C = M − D,  share = 54/64 by default,
-which gives exactly 54 + 10, 108 + 20 and 162 + 30 at M = 64, 128, 192.
+which gives exactly 54 + 10 at M = 64 and the common splits 108 + 20 and 162 + 30 at M = 128, 192.
 
 Steps (remaining = patches that are not dominant, in raster order, R of them):
 1. dominant patches = the D − 1 (CLS handed) or D (not) patches with the largest attention; ties → lowest index
@@ -28,10 +29,11 @@ Steps (remaining = patches that are not dominant, in raster order, R of them):
    first, i.e. lowest target, on ties);
 4. contextual token j = x_{t_j} + mean of the x_i that joined t_j (just x_{t_j} if none joined): the target's own
    feature with weight 1, each member with weight 1/|members| — NOT a mean over target and members.
-Token order handed to the LLM: dominant patches (raster), the CLS token, then the contextual tokens in target
-order. The official LLaVA-1.5 path puts the CLS token first ([CLS, patches, contextual]); its LLaVA-NeXT path
-(`restore_image_features_sorted`) puts it after the patches, as here. Here kept patches must come first (the
-`Reduction` contract: tokens[i] belongs to kept[i]), so the CLS token is the first appended token.
+Token order handed to the LLM, as the official LLaVA-1.5 path hands it (`clip_encoder.py`: the dominant tokens
+are `hidden_states` masked by `all_indices` = [0 (CLS)] + topk + 1 in sequence order, then the contextual tokens
+are concatenated after them): the CLS token first, the dominant patches in ascending index, then the contextual
+tokens in target order. The CLS token is a leading token of the `Reduction` (`n_lead = 1`): tokens[1 + i]
+belongs to kept[i]. (The official LLaVA-NeXT path, `restore_image_features_sorted`, puts it after the patches.)
 
 Deliberate differences (bugs or undefined cases of the official code, fixed):
 - C = 0 (official: ⌊R / 0⌋ raises): no contextual tokens; remaining patches reach no token;
@@ -65,8 +67,8 @@ class VisionZipParams:
     dominant_share: float = slider(
         OFFICIAL_SHARE, 0.0, 1.0, 1 / 64,
         "Share of the budget that are dominant tokens (the top CLS-attention patches, plus the CLS token); the "
-        "rest are contextual merges. D = ⌊M·share + ½⌋ (official: 54/64 = 0.84375, i.e. 54 + 10, 108 + 20, "
-        "162 + 30)", "Dominant share")
+        "rest are contextual merges. D = ⌊M·share + ½⌋ (official: 54/64 = 0.84375, i.e. 54 + 10 at 64; the "
+        "common splits at the official ratio 108 + 20 and 162 + 30 at 128 and 192)", "Dominant share")
     cls_token: bool = toggle(
         True, "Hand the CLS token to the LLM as one of the dominant tokens, as the official code does (off: that "
         "slot goes to one more dominant patch)", "CLS token")
@@ -118,11 +120,11 @@ def visionzip(vt: VisualTokens, params: VisionZipParams | None = None) -> Reduct
 
     groups = torch.full((n,), -1, dtype=torch.long, device=dev)
     weight = torch.zeros(n, dtype=torch.float32, device=dev)
-    groups[kept] = torch.arange(m, device=dev)
+    groups[kept] = with_cls + torch.arange(m, device=dev)  # the CLS token leads: kept[i] is token cls + i
     weight[kept] = 1.0
     parts = [x[kept]]
     if with_cls:
-        parts.append(vt.cls_feature.to(x.dtype).unsqueeze(0))
+        parts.insert(0, vt.cls_feature.to(x.dtype).unsqueeze(0))
     targets = remaining[:0]
     if c:
         targets = contextual_targets(remaining, c)  # [C]
@@ -141,7 +143,7 @@ def visionzip(vt: VisualTokens, params: VisionZipParams | None = None) -> Reduct
     stages = {"tokens": n, "dominant": dominant, "contextual": c, "to LLM": tokens.shape[0]}
     return Reduction(
         method="visionzip", kept=kept, tokens=tokens, grid=vt.grid, stages=stages, n_extra=with_cls + c,
-        groups=groups, group_weight=weight, trace=VisionZipTrace(
+        n_lead=with_cls, groups=groups, group_weight=weight, trace=VisionZipTrace(
             "CLS attention summed over heads (VisionZip's dominance score): the highest are kept",
             vt.feature_layer_attn, kept, targets=targets),
     )
@@ -150,7 +152,7 @@ def visionzip(vt: VisualTokens, params: VisionZipParams | None = None) -> Reduct
 @dataclass(frozen=True, eq=False)
 class VisionZipTrace(TopScoreTrace):
     """VisionZip's dominance score (the top kept, a cut line) and the patches its contextual tokens are anchored
-    on: the contextual token j is tokens[M + cls + j] and holds the patches i with groups[i] == M + cls + j."""
+    on: the contextual token j is tokens[cls + M + j] and holds the patches i with groups[i] == cls + M + j."""
 
     targets: Tensor | None = None  # [C] in token order
 

@@ -213,8 +213,8 @@ def visionzip(features, attn, keys, cls_feature=None, budget=64, share=54 / 64, 
     kept = sorted(by_attention[: dominant - with_cls])
     remaining = [i for i in range(n) if i not in kept]
     tokens = [x[i] for i in kept]
-    if with_cls:
-        tokens.append(as_f64(cls_feature))
+    if with_cls:  # the CLS token leads, as the official LLaVA-1.5 code hands it: [CLS, patches, contextual]
+        tokens.insert(0, as_f64(cls_feature))
     targets, members, joined, margins = [], [], [], []
     if c > 0:
         step = max(1, len(remaining) // c)
@@ -449,3 +449,159 @@ def fastv(features, lm_attn, layer: int, budget: int, rank: str = "last") -> dic
     a = [float(v) for v in as_f64(lm_attn[layer - 1, ("last", "mean").index(rank)])]
     kept = sorted(sorted(range(len(a)), key=lambda i: (-a[i], i))[: min(budget, len(a))])
     return dict(kept=kept, tokens=as_f64(features)[kept], score=a)
+
+
+# --------------------------------------------------------------------------------------------- VisPruner
+def vispruner(features, attn, budget: int, important_ratio: float = 0.5, official_count: bool = False,
+              sim=None) -> dict:
+    """VisPruner as its official `encode_images` computes it (see reducers/vispruner.py), one token at a time:
+    the int(T·ρ) most attended patches, then rounds over the residual list (descending attention): a = even
+    positions, b = odd; each a's largest cosine to any b (float64); the min(8, |R| − T_div) a's with the largest
+    one leave (ties: earliest position); residual = remaining a's by descending score, then the b's. The official
+    gather's odd-count quirk is modelled by `official_count` (one a too many leaves where ⌊|R|/2⌋ − r = 0 with
+    |R| odd); crashes are not modelled (the exact rule continues). The cosine is the shared float32 product
+    (module docstring): an independent float64 one would reorder near-ties, and the order decides later rounds."""
+    a_ = [float(v) for v in as_f64(attn)]
+    n = len(a_)
+    t = min(budget, n)
+    t_imp = int(t * important_ratio)
+    t_div = t - t_imp
+    order = sorted(range(n), key=lambda i: (-a_[i], i))
+    important, residual = order[:t_imp], order[t_imp:]
+    S = feature_similarity(features) if sim is None else sim
+    rounds = 0
+    if t_div == 0:
+        residual = []
+    crashed = False
+    while residual:
+        r = min(8, len(residual) - t_div)
+        if r <= 0:
+            break
+        a_side, b_side = residual[0::2], residual[1::2]
+        scores = [max(float(S[i, j]) for j in b_side) for i in a_side]
+        by_score = sorted(range(len(a_side)), key=lambda k: (-scores[k], k))
+        keep = max(0, len(a_side) - r)
+        if official_count and not crashed:
+            expand = len(residual) // 2 - r
+            width = 1 if expand == -1 else expand
+            if expand < -1 or (width not in (keep, 1) and not (keep == 1 and width == 0)):
+                crashed = True
+            elif keep == 1 and width == 0:
+                keep = 0
+        residual = [a_side[k] for k in by_score[len(a_side) - keep:]] + b_side
+        rounds += 1
+    kept = sorted(important + residual)
+    return dict(kept=kept, tokens=as_f64(features)[kept], important=important, rounds=rounds)
+
+
+# --------------------------------------------------------------------------------------------- CDPruner
+def projected_similarity(projected) -> np.ndarray:
+    """The float32 cosine product of the projected rows (as reducers computes it), as float64 numpy."""
+    xn = F.normalize(projected.float(), dim=-1)
+    return (xn @ xn.T).double().cpu().numpy()
+
+
+def cdpruner_relevance(joint, query, negate: bool = True, exp_theta: float | None = None) -> list[float]:
+    """The official relevance, one patch at a time: (±cos(J_i, q) − min + 1e−6) / (max − min) (1 when constant),
+    then exp(θ/(2(1−θ))·r) when `exp_theta` is given."""
+    q = unit(as_f64(query))
+    s = [float(unit(row) @ q) for row in as_f64(joint)]
+    rel = [-v for v in s] if negate else s
+    lo, hi = min(rel), max(rel)
+    rel = [(v - lo + 1e-6) / (hi - lo) if hi > lo else 1.0 for v in rel]
+    if exp_theta is not None:
+        rel = [math.exp(exp_theta / (2 * (1 - exp_theta)) * v) for v in rel]
+    return rel
+
+
+def cdpruner(projected, joint, query, budget: int, negate: bool = True, exp_theta: float | None = None, sim=None,
+             prefer=None, tie: float = 0.0, hint=None, rank_eps: float = 1e-5) -> dict:
+    """CDPruner's greedy conditional DPP as its official `encode_images` computes it, in float64: kernel
+    L_ij = r_i S_ij r_j; d²_i = L_ii; each step the unchosen j with the largest d²_j (the first on ties),
+    e = (L_j − Σ_t c_t[j] c_t) / √d²_j, d² −= e². Past the numerical rank (best d² ≤ rank_eps · max L_ii) the rest
+    by descending L_ii. Near-ties: float32 rounding can decide a choice within `tie` · max L_ii either way, so where
+    `prefer` (the reducer's order) names a token within that of the best, it is taken; likewise `hint` (the
+    reducer's first pick past the rank) decides a best gain within that of the rank threshold."""
+    S = projected_similarity(projected) if sim is None else sim
+    r = cdpruner_relevance(joint, query, negate, exp_theta)
+    n = len(r)
+    m = min(budget, n)
+    L = np.array([[r[i] * S[i, j] * r[j] for j in range(n)] for i in range(n)])
+    diag = [float(L[i, i]) for i in range(n)]
+    scale = max(diag)
+    floor, slack = rank_eps * scale, tie * scale
+    d2 = list(diag)
+    cis = []
+    chosen, gains = [], []
+    exhausted = None
+    while len(chosen) < m:
+        step = len(chosen)
+        free = [j for j in range(n) if j not in chosen]
+        best = max(free, key=lambda j: (d2[j], -j))
+        if prefer is not None and d2[prefer[step]] >= d2[best] - slack and prefer[step] in free:
+            best = prefer[step]
+        past = d2[best] <= floor
+        if hint is not None and abs(d2[best] - floor) <= slack:
+            past = step >= hint
+        if past:
+            exhausted = step
+            break
+        g = max(d2[best], 0.0)
+        e = (L[best] - sum((c[best] * c for c in cis), np.zeros(n))) / math.sqrt(g)
+        cis.append(e)
+        d2 = [d2[k] - e[k] * e[k] for k in range(n)]
+        chosen.append(best)
+        gains.append(g)
+    if exhausted is not None:
+        while len(chosen) < m:
+            step = len(chosen)
+            free = [j for j in range(n) if j not in chosen]
+            best = max(free, key=lambda j: (diag[j], -j))
+            if prefer is not None and prefer[step] in free and diag[prefer[step]] >= diag[best] - slack:
+                best = prefer[step]
+            chosen.append(best)
+    return dict(order=chosen, kept=sorted(chosen), gains=gains, exhausted=exhausted, relevance=r)
+
+
+# --------------------------------------------------------------------------------------------- DART
+def dart(projected, budget: int, pivots: int = 8, official_count: bool = False, prefer=None, tie: float = 0.0
+         ) -> dict:
+    """DART's selection (reducers/dart.py: the official rule before the LLM), in float64 one token at a time:
+    pivots = the k largest L1 norms (lowest index on ties), processed in that order; each pivot takes its share of
+    the free non-pivot tokens with the smallest cosine to it (lowest index on ties). Shares: exact — (T − k) shared
+    out, the first pivots one more; official — ⌊T / k⌋ each. Near-ties: where `prefer` (the reducer's owner
+    array) chose a set whose scores lie within `tie` of this loop's cut (relative for the L1 norms, which are
+    sums of many float32 terms), that set is taken."""
+    x = as_f64(projected)
+    n = x.shape[0]
+    t = min(budget, n)
+    k = min(pivots, t)
+    score = [float(sum(abs(v) for v in row)) for row in x]
+    by_score = sorted(range(n), key=lambda i: (-score[i], i))
+    piv = by_score[:k]
+    if prefer is not None:
+        theirs = [i for i in range(n) if int(prefer[i]) == i]
+        cut = score[by_score[k - 1]]
+        if len(theirs) == k and all(score[i] >= cut - tie * max(1.0, abs(cut)) for i in theirs):  # relative
+            piv = sorted(theirs, key=lambda i: (-score[i], i))
+    counts = [budget // k] * k if official_count else [(t - k) // k + (1 if i < (t - k) % k else 0) for i in range(k)]
+    rows = [unit(row) for row in x]
+    owner = [-1] * n
+    for p in piv:
+        owner[p] = p
+    for p, want in zip(piv, counts):
+        free = [j for j in range(n) if owner[j] < 0]
+        take = min(want, len(free))
+        if take <= 0:
+            continue
+        cos = {j: float(rows[p] @ rows[j]) for j in free}
+        ordered = sorted(free, key=lambda j: (cos[j], j))
+        chosen = ordered[:take]
+        if prefer is not None:
+            theirs = [j for j in free if int(prefer[j]) == p]
+            if len(theirs) == take and all(cos[j] <= cos[ordered[take - 1]] + tie for j in theirs):
+                chosen = theirs
+        for j in chosen:
+            owner[j] = p
+    kept = [i for i in range(n) if owner[i] >= 0]
+    return dict(kept=kept, pivots=piv, owner=owner, counts=counts, score=score)

@@ -83,6 +83,8 @@ def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> Non
     assert red.tokens.dtype == vt.features.dtype and red.tokens.device == vt.features.device
     assert red.tokens.shape[1] == vt.features.shape[1]
     assert red.n_kept == red.tokens.shape[0] == kept.numel() + red.n_extra
+    assert 0 <= red.n_lead <= red.n_extra, "leading tokens are counted among the extra tokens"
+    assert red.patch_tokens.shape[0] == kept.numel()
     assert red.extra_token == (red.n_extra > 0)
     assert red.n_kept <= n, "never more tokens than no reduction at all"
     stages = list(red.stages.items())
@@ -105,8 +107,8 @@ def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> Non
             torch.testing.assert_close(red.tokens[i].double(), merged_token(vt, red, i), **tol)
     elif red.groups is not None and not red.n_extra:  # merged groups that partition the patches (ToMe, pooling)
         check_partition(vt, red, tol)
-    else:  # tokens[i] is the kept patch's own feature row
-        assert torch.equal(red.tokens[:m], vt.features[kept])
+    else:  # tokens[n_lead + i] is the kept patch's own feature row
+        assert torch.equal(red.patch_tokens, vt.features[kept])
     if method.startswith("prumerge") and red.extra_token:  # PruMerge: Σ_{j pruned} a_j X_j, last
         assert red.n_extra == 1
         extra = (vt.cls_attn.double()[pruned, None] * vt.features.double()[pruned]).sum(0)
@@ -115,7 +117,17 @@ def check_contract(vt: VisualTokens, red: Reduction, method: str, params) -> Non
         check_groups(vt, red, tol)
     if method in ("random", "top-attention", "visionzip", "divprune"):  # exact budget, capped at N
         assert red.n_kept == min(params.budget, n)
-    if method in ("visionzip", "divprune"):
+    if method in ("cdpruner", "vispruner") or (method == "dart" and not params.official_count):
+        assert red.n_kept == kept.numel() == min(params.budget, n), "exactly the budget (capped at N)"
+    if method == "vispruner" and params.official_count:
+        assert min(params.budget, n) - red.n_kept in (0, 1), "the official rounds drop at most one token too many"
+    if method in ("cdpruner", "dart", "vispruner"):
+        assert red.n_extra == 0 and red.trace is not None
+        label, heat = red.trace.heat()
+        assert label and heat.shape == (n,)
+        assert all(v.shape == (n,) for v in red.trace.per_patch().values())
+        assert red.trace.inspect(int(kept[0])) and red.trace.readout()
+    if method in ("visionzip", "divprune", "cdpruner", "dart", "vispruner"):
         assert torch.equal(kept, kept.sort().values), "raster order, as the official code hands them over"
     if method == "visionzip":
         check_visionzip(vt, red, params)
@@ -182,10 +194,12 @@ def check_groups(vt: VisualTokens, red: Reduction, tol: dict) -> None:
     assert groups.shape == (n,) and groups.dtype == torch.long and weight.shape == (n,) and weight.is_floating_point()
     assert int(groups.min()) >= -1 and int(groups.max()) < red.n_kept
     assert (weight[groups < 0] == 0).all() and (weight[groups >= 0] > 0).all()
-    assert torch.equal(groups[red.kept], torch.arange(m)) and (weight[red.kept] == 1).all()
-    assert not ((groups < m) & (groups >= 0) & ~red.kept_mask).any(), "a kept patch's token holds it alone"
+    lead = red.n_lead
+    assert torch.equal(groups[red.kept], lead + torch.arange(m)) and (weight[red.kept] == 1).all()
+    assert not ((groups < lead + m) & (groups >= 0) & ~red.kept_mask).any(), "a kept patch's token holds it alone"
+    assert not (groups[groups >= 0] < lead).any(), "a leading token holds no patch"
     x = vt.features.double()
-    for pos in sorted(set(groups[groups >= m].tolist())):
+    for pos in sorted(set(groups[groups >= lead + m].tolist())):
         members = groups == pos
         want = (weight[members].double()[:, None] * x[members]).sum(0)
         torch.testing.assert_close(red.tokens[pos].double(), want, **tol)
@@ -198,9 +212,10 @@ def check_visionzip(vt: VisualTokens, red: Reduction, params) -> None:
     dominant, cls, c = ref.visionzip_split(params.budget, n, params.dominant_share, params.cls_token)
     assert red.stages == {"tokens": n, "dominant": dominant, "contextual": c, "to LLM": dominant + c}
     assert m == dominant - cls and red.n_extra == cls + c and red.trace.targets.numel() == c
+    assert red.n_lead == cls
     if cls:
-        assert torch.equal(red.tokens[m], vt.cls_feature), "the CLS token comes right after the dominant patches"
-    first = m + cls
+        assert torch.equal(red.tokens[0], vt.cls_feature), "the CLS token leads, as in the official LLaVA-1.5 code"
+    first = cls + m
     assert torch.equal(red.groups[red.trace.targets], first + torch.arange(c)) and (red.group_weight[red.trace.targets] == 1).all()
     assert not (red.kept_mask[red.trace.targets]).any()
     if c:
@@ -314,7 +329,8 @@ def test_random_is_seeded():
 # ----------------------------------------------------------------------------------------- edge cases
 # Budget methods that hand every token unchanged, in raster order, once the budget covers the image (VisionZip
 # does not: its contextual tokens are still merges).
-IDENTITY_AT_FULL_BUDGET = ["divprune", "fastv", "pool", "random", "tome", "top-attention", "uniform"]
+IDENTITY_AT_FULL_BUDGET = ["cdpruner", "dart", "divprune", "fastv", "pool", "random", "tome", "top-attention",
+                           "uniform", "vispruner"]
 
 
 @pytest.mark.parametrize("method", IDENTITY_AT_FULL_BUDGET)

@@ -166,8 +166,9 @@ def per_patch(vt: VisualTokens, red: Reduction) -> dict:
         out["groups"] = red.groups.tolist()
         out["group_weight"] = _rounded(red.group_weight, 6)
     for name, value in red.trace.per_patch().items():
-        if isinstance(value, torch.Tensor):
-            value = _rounded(value, 8) if value.is_floating_point() else value.tolist()
+        if isinstance(value, torch.Tensor):  # NaN (no value for that patch) → null
+            value = ([None if v != v else v for v in _rounded(value, 8)] if value.is_floating_point()
+                     else value.tolist())
         out[name] = value
     return out
 
@@ -183,6 +184,8 @@ def summary(red: Reduction, vt: VisualTokens, settings: Settings, flops: dict, e
     out["flops"] = flops
     if entry.headline:
         out["paper"] = {"citation": entry.paper, "headline": entry.headline}
+    if red.trace is not None and red.trace.readout():
+        out["method_notes"] = list(red.trace.readout())
     if with_per_patch:
         out["per_patch"] = per_patch(vt, red)
     out.update(extra or {})
@@ -245,7 +248,7 @@ def inspect_patch(vt: VisualTokens, red: Reduction, index: int) -> dict:
     kept = red.kept.tolist()
     out = {"patch": int(index), "row": r, "column": c, "kept": index in kept}
     if index in kept:
-        out["position_in_llm_input"] = kept.index(index)
+        out["position_in_llm_input"] = red.n_lead + kept.index(index)
     if vt.cls_attn is not None:
         a = vt.cls_attn.float()
         out["attention"] = float(a[index])
