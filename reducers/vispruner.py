@@ -73,7 +73,7 @@ class VisPrunerParams:
 
 @dataclass(frozen=True)
 class VisPrunerTrace(Trace):
-    attention: Tensor  # [N] the feature layer's CLS attention (Σ heads; official: mean — same ranking)
+    cls_attention: Tensor  # [N] the feature layer's CLS attention (Σ heads; official: mean — same ranking)
     important: Tensor  # [T_imp] patch indices, descending attention
     removed_round: Tensor  # [N] long: the round in which a residual patch was removed as a duplicate, −1 never
     duplicate_similarity: Tensor  # [N] its largest cosine to a b token when removed (NaN otherwise)
@@ -81,12 +81,12 @@ class VisPrunerTrace(Trace):
     notes: tuple[str, ...] = ()
 
     def heat(self):
-        return "CLS attention of the feature layer (Σ heads): the top T_imp are important", self.attention.float()
+        return "CLS attention of the feature layer (Σ heads): the top T_imp are important", self.cls_attention.float()
 
     def lines(self):
         if self.important.numel() == 0:
             return []
-        return [("important cut", float(self.attention[self.important].float().min()))]
+        return [("important cut", float(self.cls_attention[self.important].float().min()))]
 
     def per_patch(self):
         important = torch.zeros_like(self.removed_round, dtype=torch.bool)
@@ -95,7 +95,7 @@ class VisPrunerTrace(Trace):
                 "vispruner_duplicate_similarity": self.duplicate_similarity}
 
     def inspect(self, i: int):
-        a = self.attention.float()
+        a = self.cls_attention.float()
         out = [f"feature-layer CLS attention {float(a[i]):.4g} (rank {int((a > a[i]).sum()) + 1})"]
         if bool((self.important == i).any()):
             out.append("**important** (top T_imp by attention)")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer import evaluate, explore as ex
+from explorer import evaluate
+from explorer.service import view as ex
 from explorer.backend.synthetic import SyntheticBackend
 from explorer.config import ExplorerConfig
 from explorer.service import Explorer
@@ -42,12 +43,12 @@ def test_explore_shows_the_methods_own_trace(session, method):
     summary = ex.summary(red, vt, settings, flops)
     assert summary["method_notes"] == red.trace.readout()
     for line in summary["method_notes"]:
-        assert line in ex.readout_markdown(summary)
+        assert line in ex.readout_markdown(summary, red)
     columns = red.trace.per_patch()
     assert set(columns) <= set(summary["per_patch"]) and all(len(summary["per_patch"][c]) == vt.n for c in columns)
     json.dumps(summary["per_patch"], allow_nan=False)  # NaN (no value for a patch) goes out as null
     info = ex.inspect_patch(vt, red, int(red.kept[0]))
-    assert info["method_notes"] == red.trace.inspect(int(red.kept[0])) and info["position_in_llm_input"] == 0
+    assert info["lines"] == red.trace.inspect(int(red.kept[0])) and info["position_in_llm_input"] == 0
 
 
 def test_comparison_sweep_fidelity_and_batch_include_them(session):
@@ -69,7 +70,7 @@ def test_comparison_sweep_fidelity_and_batch_include_them(session):
 
 
 def test_explain_gives_formula_and_paper(session):
-    from explorer.ui import explain_markdown
+    from explorer.ui.tabs.explain import explain_markdown
     from reducers import REDUCERS
 
     text = explain_markdown(session[0], None)
