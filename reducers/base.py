@@ -209,6 +209,9 @@ class VisualTokens:
               the LLM as a token by VisionZip; optional
     projected: [N, p] the patch tokens after the multimodal projector, i.e. the LLM input embeddings of the
               image (LLaVA: mm_projector(features)); DivPrune selects on these; optional
+    lm_probe: a function `plan -> StagedRecord` that runs the LLM's staged forward for this image and prompt
+              (SparseVLM, PyramidDrop: the attention at each stage's layer over the tokens still present) —
+              the backend computes it once per image + prompt + plan and caches it; optional
 
     Derived per-image quantities (similarity matrices, neighbour lists) are computed lazily and memoised on
     the instance, so a caller that keeps one `VisualTokens` per image pays for them once.
@@ -225,6 +228,7 @@ class VisualTokens:
     feature_layer_keys: Tensor | None = None
     cls_feature: Tensor | None = None
     projected: Tensor | None = None
+    lm_probe: Callable | None = None
 
     def __post_init__(self) -> None:
         self._validate(None)
@@ -261,6 +265,8 @@ class VisualTokens:
                 raise ValueError(f"lm_attn must have shape [L ≥ 1, 2, N={n}], got {getattr(a, 'shape', type(a).__name__)}")
             if not a.is_floating_point() or not _all_finite(a):
                 raise ValueError("lm_attn must be a finite floating-point tensor")
+        if self.lm_probe is not None and check("lm_probe") and not callable(self.lm_probe):
+            raise ValueError(f"lm_probe must be callable (plan -> StagedRecord), got {type(self.lm_probe).__name__}")
         if self.query is not None and (check("query") or check("joint")):
             q = self.query
             if not isinstance(q, Tensor) or q.ndim != 1 or q.shape[0] < 1:
@@ -407,6 +413,32 @@ class VisualTokens:
         return F.normalize(self.keys.float(), dim=-1)
 
 
+@dataclass(frozen=True)
+class Trace:
+    """A method's own diagnostics (the trace contract): each method defines a frozen subclass in its own file.
+    Drawing and text code ask these methods; they never test method names or method-specific fields."""
+
+    def heat(self) -> tuple[str, Tensor] | None:
+        """(label, [N] float score per patch): the heatmap and the histogram."""
+        return None
+
+    def lines(self) -> list[tuple[str, float]]:
+        """Threshold lines for the histogram, in the heat's units."""
+        return []
+
+    def per_patch(self) -> dict[str, Tensor]:
+        """Extra per-patch export columns, each [N]."""
+        return {}
+
+    def inspect(self, i: int) -> list[str]:
+        """Inspector lines (markdown) for patch i."""
+        return []
+
+    def readout(self) -> list[str]:
+        """Short facts for the readout text."""
+        return []
+
+
 @dataclass(frozen=True, eq=False)
 class Reduction:
     """What a reducer did, with every stage the UI draws.
@@ -454,6 +486,7 @@ class Reduction:
     n_clusters: int | None = None
     retrieved: Tensor | None = None  # [N] bool
     routed: Tensor | None = None  # [N] bool
+    trace: Trace | None = None  # the method's own diagnostics (see `Trace`)
 
     @property
     def n_tokens(self) -> int:
