@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -244,9 +245,10 @@ class Explorer:
         needs = set(needs)
         inputs = settings.inputs
         q = self.query(backend, enc, prompt, settings) if "query" in needs else None
-        lm = "lm_attn" in needs
+        lm, probe = "lm_attn" in needs, "lm_probe" in needs
         qkey = (q.kind, q.patches, prompt if q.kind == "prompt" else None, inputs.rewrite) if q else None
-        key = (backend.name, enc.key, inputs.attention, inputs.joint_layer, qkey, prompt if lm else None)
+        key = (backend.name, enc.key, inputs.attention, inputs.joint_layer, qkey, prompt if lm or probe else None,
+               lm, probe)
 
         def build() -> VisualTokens:
             changes = {}
@@ -258,6 +260,8 @@ class Explorer:
                 changes["query"] = q.embedding
             if lm:
                 changes["lm_attn"] = backend.lm_attention(enc, prompt)
+            if probe:  # SparseVLM, PyramidDrop: the backend runs (and caches) each plan's staged forward
+                changes["lm_probe"] = functools.partial(backend.lm_stages, enc, prompt)
             try:
                 return enc.tokens.derive(**changes) if changes else enc.tokens
             except ValueError as err:
@@ -270,7 +274,7 @@ class Explorer:
         """The settings' method on this image (and prompt, for methods that read it), cached by settings."""
         entry = settings.entry
         vt, q = self.tokens(backend, enc, prompt, settings, entry.needs)
-        reads_prompt = "lm_attn" in entry.needs or (q is not None and q.kind == "prompt")
+        reads_prompt = bool({"lm_attn", "lm_probe"} & set(entry.needs)) or (q is not None and q.kind == "prompt")
         key = (backend.name, enc.key, prompt if reads_prompt else None, settings.key())
 
         def run() -> Reduction:

@@ -34,11 +34,12 @@ from torch import Tensor, nn
 
 from reducers import Reduction, VisualTokens
 from reducers.cache import LRU
+from reducers.inllm import StagedRecord, StagedTrace, StagePlan
 
 from ..config import SYNTHETIC, ExplorerConfig
 from ..errors import InputError
 from . import answer as ans
-from . import fastv, offline
+from . import fastv, inllm, offline
 from . import fidelity as fid
 from .geometry import Geometry, consuming_layer, content_key, patch_grid, producing_layer, thumbnail
 from .prompts import embed_query
@@ -182,6 +183,7 @@ class LlavaBackend:
         self._queries = LRU(query_cache_size)  # (prompt, rewrite) → Query
         self._chats = LRU(query_cache_size)  # prompt → ChatPrompt
         self._lm_attn = LRU(query_cache_size)  # (image key, prompt) → FastV's lm_attn [L, 2, N]
+        self._lm_stages = LRU(query_cache_size)  # (image key, prompt, plan) → staged in-LLM record
         stop = {getattr(tokenizer, "eos_token_id", None)}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         stop.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
@@ -259,15 +261,25 @@ class LlavaBackend:
     # --- answers ------------------------------------------------------------------------------------
     def _lm_input(self, enc: Encoded, prompt: str,
                   reduction: Reduction | None) -> tuple[ans.ChatPrompt, Tensor, dict | None]:
-        """(chat prompt, visual features fed at the LM's input, FastV pruning or None) for a reduction: all patch
-        features (`reduction=None`) or exactly `reduction.tokens`; a reduction that prunes inside the LM
-        (`layer > 0`, FastV) feeds all patch features and prunes to `kept` from layer `layer` on — the pruning
-        is the keyword arguments of `fastv.greedy_stream` / `fastv.forward_logits`."""
+        """(chat prompt, visual features fed at the LM's input, pruning inside the LM or None) for a reduction: all
+        patch features (`reduction=None`) or exactly `reduction.tokens`. A reduction that prunes inside the LM feeds
+        all patch features; the pruning is {"module": the pruned forward's module (`fastv` or `inllm`), "kwargs":
+        its keyword arguments, "n_kept": visual tokens left at the end, "layer": the layer from which on only
+        they remain}: FastV (`layer > 0`) keeps `kept` from `layer` on; a staged method (its trace a
+        `StagedTrace`: SparseVLM, PyramidDrop) replays its recorded stages."""
         chat = self.chat(prompt)
+        start = dict(image_start=len(chat.before), n_image=enc.tokens.n)
+        if reduction is not None and isinstance(reduction.trace, StagedTrace):
+            record = reduction.trace.record
+            if record is None or record.n != enc.tokens.n:
+                raise InputError("This in-LLM reduction was made for another image; run the method again.")
+            kwargs = dict(start, plan=reduction.trace.plan, record=record)
+            return chat, enc.tokens.features, dict(module=inllm, kwargs=kwargs, n_kept=reduction.n_kept,
+                                                   layer=reduction.layer)
         if reduction is not None and reduction.layer > 0:
             layer, keep = self._fastv_plan(enc, reduction)
-            pruning = dict(image_start=len(chat.before), n_image=enc.tokens.n, layer=layer, keep=keep)
-            return chat, enc.tokens.features, pruning
+            kwargs = dict(start, layer=layer, keep=keep)
+            return chat, enc.tokens.features, dict(module=fastv, kwargs=kwargs, n_kept=int(keep.numel()), layer=layer)
         feats = enc.tokens.features if reduction is None else reduction.tokens
         width = enc.tokens.features.shape[1]
         if feats.ndim != 2 or feats.shape[1] != width:
@@ -278,12 +290,13 @@ class LlavaBackend:
     def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                       max_new_tokens: int | None = None) -> Iterator[str | Answer]:
         """Greedy answer from all patch features (`reduction=None`) or exactly `reduction.tokens`: yields the
-        growing text, then the final `Answer`. With `reduction.layer > 0` (FastV) all N patch features enter the
-        LM and from layer `reduction.layer` on only the patches `reduction.kept` remain (in raster order, at
-        their original positions; the KV cache of layers ≥ K holds only them)."""
+        growing text, then the final `Answer`. With pruning inside the LM (FastV: `reduction.layer > 0`; SparseVLM,
+        PyramidDrop: a staged trace) all N patch features enter the LM and the pruned forward runs (see
+        `_lm_input`); the KV cache of each layer holds only the tokens that layer saw."""
         chat, feats, pruning = self._lm_input(enc, prompt, reduction)
-        in_lm = {} if pruning is None else dict(generate=functools.partial(fastv.greedy_stream, **pruning),
-                                                n_visual_kept=int(pruning["keep"].numel()), layer=pruning["layer"])
+        in_lm = {} if pruning is None else dict(
+            generate=functools.partial(pruning["module"].greedy_stream, **pruning["kwargs"]),
+            n_visual_kept=pruning["n_kept"], layer=pruning["layer"])
         yield from ans.answer_stream(
             self.model, self.embed_tokens, self.projector, chat, feats,
             decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
@@ -305,7 +318,8 @@ class LlavaBackend:
         pruned forward its answer runs: all patch features in, only `kept` from layer `layer` on."""
         chat, feats, pruning = self._lm_input(enc, prompt, reduction)
         target = tuple(int(t) for t in target_ids)
-        forward = None if pruning is None else functools.partial(fastv.forward_logits, self.model, **pruning)
+        forward = None if pruning is None else functools.partial(pruning["module"].forward_logits, self.model,
+                                                                  **pruning["kwargs"])
         with self._lock, torch.inference_mode():
             embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, feats)
             ans.sync(self.device)
@@ -314,7 +328,7 @@ class LlavaBackend:
             ans.sync(self.device)
             seconds = time.perf_counter() - t0
             logprobs = fid.token_logprobs(logits, target)
-        n_visual = int(feats.shape[0] if pruning is None else pruning["keep"].numel())
+        n_visual = int(feats.shape[0] if pruning is None else pruning["n_kept"])
         return Score(target_ids=target, logprobs=logprobs.cpu(), first_logits=logits[0].cpu(),
                      n_visual_tokens=n_visual, n_prompt_tokens=int(embeds.shape[1]), prefill_s=seconds)
 
@@ -331,6 +345,21 @@ class LlavaBackend:
         with self._lock, torch.inference_mode():
             embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, enc.tokens.features)
             return fastv.image_attention(self.model, embeds, len(chat.before), enc.tokens.n)
+
+    # --- SparseVLM, PyramidDrop: staged pruning inside the language model (inllm.py) -----------------
+    def lm_stages(self, enc: Encoded, prompt: str, plan: StagePlan) -> StagedRecord:
+        """The staged plan's decisions on this image and prompt (the attention at each stage's layer over the
+        tokens still present): one staged forward over all N patch tokens, cached per (image, prompt, plan).
+        ValueError when the plan does not fit this LM (a layer beyond its last)."""
+        plan.check(int(self.lm_config.num_hidden_layers))
+        return self._lm_stages.get_or_compute((enc.key, prompt, plan), lambda: self._lm_stages_run(enc, prompt, plan))
+
+    @gpu
+    def _lm_stages_run(self, enc: Encoded, prompt: str, plan: StagePlan) -> StagedRecord:
+        chat = self.chat(prompt)
+        with self._lock, torch.inference_mode():
+            embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, enc.tokens.features)
+            return inllm.probe(self.model, embeds, len(chat.before), enc.tokens.n, plan)
 
     def _fastv_plan(self, enc: Encoded, reduction: Reduction) -> tuple[int, Tensor]:
         """(layer K, sorted kept patch indices on the model's device) of a reduction that prunes inside the LM,
