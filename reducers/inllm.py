@@ -245,7 +245,8 @@ def staged_reduction(method: str, vt: VisualTokens, record: StagedRecord, trace:
     tokens = their features, then one row per recycled token present — the plain mean of the patch features
     it holds, a stand-in in feature space for drawing and export (the LLM receives the real recycled hidden
     states, which exist only inside its forward); n_extra = the recycled tokens present; layer = the first
-    layer of the last reduced segment; groups: each patch's token position (recycled: the token holding it)."""
+    layer of the last reduced segment; groups (only when recycled tokens are present): each patch's token
+    position (recycled: the token holding it, weight 1/size), −1 for a dropped patch."""
     n = vt.n
     final = record.present_after(len(record.stages) - 1) if record.stages else torch.arange(n)
     patches = final[final < n]
@@ -272,9 +273,11 @@ def staged_reduction(method: str, vt: VisualTokens, record: StagedRecord, trace:
         stages[f"LLM layers {start}–{nxt - 1}"] = count
     stages["to LLM"] = int(final.numel())
     last = schedule[-1][0] if len(schedule) > 1 else 0
+    merging = bool(recycled.numel())  # groups only when recycled tokens reach the LLM
     return Reduction(method=method, kept=kept, tokens=tokens, grid=vt.grid, stages=stages,
-                     n_extra=int(recycled.numel()), layer=int(last), groups=groups.to(feats.device),
-                     group_weight=weight.to(feats.device), trace=trace)
+                     n_extra=int(recycled.numel()), layer=int(last),
+                     groups=groups.to(feats.device) if merging else None,
+                     group_weight=weight.to(feats.device) if merging else None, trace=trace)
 
 
 def schedule_of(record: StagedRecord) -> tuple[tuple[int, int], ...]:
@@ -311,14 +314,14 @@ class ToyLLM:
 
     def rows(self, layer: int, x: Tensor) -> Tensor:
         """[n_text, n] the toy attention of every text row to the visual vectors x [n, d]."""
-        logits = self.queries[layer] @ x.float().T / math.sqrt(x.shape[1])
+        logits = self.queries[layer] @ x.float().cpu().T / math.sqrt(x.shape[1])
         full = torch.cat([logits, torch.zeros(self.n_text, self.n_text)], dim=1)
         return torch.softmax(full, dim=1)[:, : x.shape[0]]
 
     def run(self, plan: StagePlan) -> StagedRecord:
         plan.check(self.n_layers)
         n = self.features.shape[0]
-        x = self.features.float()
+        x = self.features.detach().float().cpu()
         ids = torch.arange(n)
         raters = plan.raters(x, self.text)
         stages = []

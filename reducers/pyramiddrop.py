@@ -23,7 +23,9 @@ Where the code surprises, followed and said:
   the valid range 1…L−1;
 - the official ranking takes the keys without `repeat_kv` (LLaMA-7B has as many key/value heads as query
   heads); here the model's own eager attention of layer ℓ (GQA keys expanded as the model does);
-- topk ties are unspecified; here the lowest index wins.
+- topk ties are unspecified; here the lowest index wins;
+- int(N·λ^s) reaches 0 for a small N or λ (e.g. λ = 0.05 after three drops of 576); the official code then
+  drops every image token; here at least one stays, as every method in the app keeps at least one.
 
 Controls: the layer list is first + spacing·i for i < stages (official 8 + 8·i, 3 stages), λ a slider.
 """
@@ -59,8 +61,9 @@ class PyramidDropParams:
 
 
 def keep_count(n: int, ratio: float, stage: int) -> int:
-    """int(N · λ^stage): the image tokens stage `stage` (1, 2, …) keeps (official `int(576 * ratio_list[s])`)."""
-    return int(n * ratio ** stage)
+    """max(1, int(N · λ^stage)): the image tokens stage `stage` (1, 2, …) keeps (official `int(576 *
+    ratio_list[s])`, which may be 0; here at least one)."""
+    return max(1, int(n * ratio ** stage))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reducers.inllm import ToyLLM
+
 
 def as_f64(x) -> np.ndarray:
     return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
@@ -326,7 +328,8 @@ def synthetic(grid=(24, 24), d=64, e=32, seed=0, centres=8, dtype=torch.float32,
     out = dict(features=features, keys=keys, cls_attn=attn, joint=joint, query=query, feature_layer_attn=layer_attn,
                feature_layer_keys=layer_keys, cls_feature=cls_feature, projected=projected, lm_attn=lm_attn)
     out = {k: v.to(dtype=dtype, device=device) for k, v in out.items()}
-    return dict(out, grid=grid)
+    # SparseVLM / PyramidDrop: a deterministic toy LLM runs their staged plans (reducers.inllm.ToyLLM)
+    return dict(out, grid=grid, lm_probe=ToyLLM(features, layers, seed=seed).run)
 
 
 # --------------------------------------------------------------------------------------------- baselines
