@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from reducers import RegistryEntry, Reduction, VisualTokens
+from reducers.inllm import accounting, llm_schedule
 
-from .backend.cost import prefill_flops_of
+from .backend.cost import lm_dims, prefill_flops_of
 from .pictures import draw, plots
 from .settings import Settings
 
@@ -37,7 +38,10 @@ class Pictures:
 
 def heat_values(vt: VisualTokens, red: Reduction, attention: str) -> tuple[np.ndarray | None, str]:
     """The per-patch score a method reads, for the heatmap: PAR's relevance r, FastV's LLM attention, or the
-    CLS→patch attention (of the chosen mode)."""
+    CLS→patch attention (of the chosen mode); a method with a trace says itself (`Trace.heat`)."""
+    heat = red.trace.heat() if red.trace is not None else None
+    if heat is not None:
+        return heat[1].float().cpu().numpy(), heat[0]
     if red.relevance is not None:
         return red.relevance.float().cpu().numpy(), "PAR relevance r (min–max cos(patch, query) per image)"
     if red.layer and red.attn is not None:
@@ -116,6 +120,13 @@ def histogram(vt: VisualTokens, red: Reduction, settings: Settings):
         tau = settings.params.tau
         return plots.score_histogram(red.hybrid.float().cpu().numpy(), kept, "PAR hybrid relevance h: routed if ≥ τ",
                                      "h = α·r + (1 − α)·R_cluster", [(tau, f"τ = {tau:g}", "cut")])
+    heat = red.trace.heat() if red.trace is not None else None
+    if heat is not None:  # a method with a trace: its own score and threshold lines
+        label, values = heat
+        values = values.float().cpu().numpy()
+        shown = np.isfinite(values)
+        return plots.score_histogram(values[shown], kept[shown], f"{label}: the highest are kept", label,
+                                     [(v, name, "cut") for name, v in red.trace.lines()])
     if red.attn is not None and red.kept.numel():  # the top of a score: top-attention, FastV, VisionZip
         values = red.attn.float().cpu().numpy()
         cut = float(values[red.kept.cpu().numpy()].min())
@@ -136,13 +147,17 @@ def figures(vt: VisualTokens, red: Reduction, settings: Settings):
 def flops_summary(lm_config, n_text: int, red: Reduction) -> dict:
     """Prefill FLOPs of the LLM, all visual tokens vs this reduction (FastV: K layers on all, the rest on the
     kept ones)."""
-    f = prefill_flops_of(lm_config, n_text, red.n_tokens, red.n_kept, red.layer)
+    schedule = llm_schedule(red)
+    f = prefill_flops_of(lm_config, n_text, red.n_tokens, red.n_kept, red.layer, schedule)
+    staged = len(schedule) > 2
     return {
+        "llm_layers": lm_dims(lm_config)[2],
         "text_tokens": n_text,
         "prefill_flops_full": f["full"],
         "prefill_flops_reduced": f["reduced"],
         "flops_saving": 1.0 - f["ratio"],
-        "formula": ("per layer 2·n·(4d² + 3dm) + 4n²d; FastV: layers < K on all tokens, the rest on the kept"
+        "formula": ("per layer 2·n·(4d² + 3dm) + 4n²d; each stage's layers on the tokens present then" if staged
+                    else "per layer 2·n·(4d² + 3dm) + 4n²d; FastV: layers < K on all tokens, the rest on the kept"
                     if red.layer else "per layer 2·n·(4d² + 3dm) + 4n²d, n = text + visual tokens"),
     }
 
@@ -171,6 +186,9 @@ def per_patch(vt: VisualTokens, red: Reduction) -> dict:
         out["group_weight"] = _rounded(red.group_weight, 6)
     if red.layer and red.attn is not None:
         out["llm_attention"] = _rounded(red.attn, 8)
+    if red.trace is not None:  # the method's own columns (NaN: not defined for that patch → null)
+        for name, col in red.trace.per_patch().items():
+            out[name] = [None if v != v else v for v in _rounded(col, 8)]
     return out
 
 
@@ -183,6 +201,10 @@ def summary(red: Reduction, vt: VisualTokens, settings: Settings, flops: dict, e
     out.update(settings.as_dict())
     out["method_label"] = entry.label
     out["flops"] = flops
+    if "llm_layers" in flops:  # equivalent tokens: the mean over the LLM's layers of the visual tokens present
+        out.update(accounting(red, flops["llm_layers"]))
+    if red.trace is not None:
+        out["trace_readout"] = red.trace.readout()
     if entry.headline:
         out["paper"] = {"citation": entry.paper, "headline": entry.headline}
     if with_per_patch:
@@ -199,11 +221,14 @@ def readout_markdown(s: dict) -> str:
              f"{f['prefill_flops_reduced'] / 1e9:.2f} GFLOPs (−{100 * f['flops_saving']:.1f} %)")
     if s.get("llm_layer"):
         first += f" · pruned inside the LLM at layer {s['llm_layer']}"
+    if "equivalent_tokens" in s:
+        first += f" · equivalent tokens {s['equivalent_tokens']:.1f} (mean over {s['llm_layers']} LLM layers)"
     details = ["Stages: " + " → ".join(f"{k} {v}" for k, v in s["stages"].items())]
     if "n_clusters" in s:
         details.append(f"{s['n_clusters']} clusters")
     if "fence" in s:
         details.append(f"Q1 {s['q1']:.3g} · Q3 {s['q3']:.3g} · fence {s['fence']:.3g}")
+    details.extend(s.get("trace_readout", []))
     if s.get("query"):
         cut = " (the prompt was truncated to the text tower's context)" if s["query"].get("truncated") else ""
         details.append(f"Query: {s['query']['description']}{cut}")
@@ -273,6 +298,8 @@ def inspect_patch(vt: VisualTokens, red: Reduction, index: int) -> dict:
         out["weight_in_token"] = float(red.group_weight[index])
     if red.layer and red.attn is not None:
         out["llm_attention"] = float(red.attn[index])
+    if red.trace is not None and red.trace.inspect(index):
+        out["trace"] = red.trace.inspect(index)
     return out
 
 

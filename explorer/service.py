@@ -33,6 +33,7 @@ from PIL import Image
 
 from reducers import REDUCERS, RegistryEntry, Reduction, VisualTokens
 from reducers.cache import LRU
+from reducers.inllm import accounting, budget_for_equivalent
 
 from . import __version__
 from . import explore as ex
@@ -349,12 +350,16 @@ class Explorer:
                 "n_kept": red.n_kept}
 
     # --- sweep and comparison --------------------------------------------------------------------
-    def sweep_and_compare(self, image, prompt, settings: Settings, sweep_name: str | None, state=None, model=None):
-        """The sweep plot, the comparison gallery [(thumbnail, caption)] and the comparison bar chart."""
+    def sweep_and_compare(self, image, prompt, settings: Settings, sweep_name: str | None, state=None, model=None,
+                          equivalent: bool = False):
+        """The sweep plot, the comparison gallery [(thumbnail, caption)] and the comparison bar chart
+        (`equivalent`: matched on the current method's equivalent tokens, see `comparison_view`)."""
         backend, enc, state = self.encoded(image, state, model)
         prompt = self.clip_prompt(prompt)
         red, vt, _ = self.reduce(backend, enc, prompt, settings)
-        gallery, bars = self.comparison_view(backend, enc, prompt, settings, red.n_kept)
+        budget = round(accounting(red, int(backend.lm_config.num_hidden_layers))["equivalent_tokens"]) \
+            if equivalent else red.n_kept
+        gallery, bars = self.comparison_view(backend, enc, prompt, settings, budget, equivalent)
         return self.sweep_figure(vt, settings, sweep_name), gallery, bars, state
 
     @staticmethod
@@ -367,24 +372,36 @@ class Explorer:
         xs, counts, clusters, current, name = result
         return plots.sweep_plot(xs, counts, current, name, clusters=clusters)
 
-    def comparison_view(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int):
+    def comparison_view(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int,
+                        equivalent: bool = False):
         """Every method at the budget M (`comparison`): the gallery [(half-size thumbnail, caption)] and the bar
-        chart."""
-        rows = self.comparison(backend, enc, prompt, settings, budget)
+        chart; `equivalent`: budget methods matched on equivalent tokens (the mean over the LLM's layers of the
+        visual tokens present) instead of the tokens after the last cut, and the bars show equivalent tokens."""
+        rows = self.comparison(backend, enc, prompt, settings, budget, equivalent)
         canvas = self.canvas(backend, enc).small
+        n_layers = int(backend.lm_config.num_hidden_layers)
         gallery, bars = [], []
         for method, r, matched in rows:
             label = self.schema.entry(method).label
-            how = (f"at M = {budget}" if r.n_kept == budget else f"nearest grid to M = {budget}") \
-                if matched else "at its own settings"
-            gallery.append((canvas.kept(r.kept_mask.cpu(), samples=r.samples), f"{label} · {r.n_kept} tokens ({how})"))
-            bars.append({"label": label, "n_kept": r.n_kept, "matched": matched})
-        return gallery, plots.comparison_bar(bars, budget)
+            eq = accounting(r, n_layers)["equivalent_tokens"]
+            shown = eq if equivalent else r.n_kept
+            if not matched:
+                how = "at its own settings"
+            elif equivalent:
+                how = f"{'at' if round(eq) == budget else 'nearest to'} equivalent M = {budget}"
+            else:
+                how = f"at M = {budget}" if r.n_kept == budget else f"nearest grid to M = {budget}"
+            count = f"{r.n_kept} tokens, {eq:.0f} equivalent" if eq != r.n_kept else f"{r.n_kept} tokens"
+            gallery.append((canvas.kept(r.kept_mask.cpu(), samples=r.samples), f"{label} · {count} ({how})"))
+            bars.append({"label": label, "n_kept": round(shown), "matched": matched})
+        return gallery, plots.comparison_bar(bars, budget, equivalent=equivalent)
 
-    def comparison(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int):
+    def comparison(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int,
+                   equivalent: bool = False):
         """[(method, Reduction, matched)] for every method this backend and prompt can feed."""
         rows = []
-        for method, entry, other in self.at_budget(settings, budget):
+        match = (enc.tokens.n, int(backend.lm_config.num_hidden_layers)) if equivalent else None
+        for method, entry, other in self.at_budget(settings, budget, match):
             try:
                 red, _, _ = self.reduce(backend, enc, prompt, other)
             except InputError:  # e.g. PAR without a prompt on a text tower: not comparable here
@@ -392,15 +409,19 @@ class Explorer:
             rows.append((method, red, entry.budgeted))
         return rows
 
-    def at_budget(self, settings: Settings, budget: int) -> list[tuple[str, RegistryEntry, Settings]]:
+    def at_budget(self, settings: Settings, budget: int, match: tuple[int, int] | None = None
+                  ) -> list[tuple[str, RegistryEntry, Settings]]:
         """[(method, entry, settings)] for every method: budget methods at `budget` (within their slider's
-        range), the others at their own settings."""
+        range), the others at their own settings. `match=(N, L)`: budget methods at the budget whose equivalent
+        tokens over the LLM's L layers come closest to `budget` (FastV: fewer than M from layer K on)."""
         out = []
         for method, entry in self.schema.methods.items():
             other = settings.with_method(method)
             if entry.budgeted:
                 top = int(self.schema.specs[entry.budget_field].control.maximum)
-                other = other.with_values(**{entry.budget_field: max(1, min(budget, top))})
+                value = max(1, min(budget, top)) if match is None else budget_for_equivalent(
+                    other.params, entry.budget_field, budget, match[0], match[1], min(top, match[0]))
+                other = other.with_values(**{entry.budget_field: value})
             out.append((method, entry, other))
         return out
 

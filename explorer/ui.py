@@ -269,21 +269,24 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         pictures[6:8] = [gr.skip(), gr.skip()]  # the crop picture and its caption: a slider move cannot change them
         return [*pictures, *clamps]
 
-    def compare(image, prompt, method, model, query_points, sweep_parameter, state, pinned, **controls):
-        """The sweep of one slider and every method at the current token budget (and the pinned A/B diff)."""
-        return following(FOLLOWING_TABS, image, prompt, method, model, query_points, sweep_parameter, state,
-                         pinned, controls)
+    def compare(image, prompt, method, model, query_points, sweep_parameter, match_equivalent, state, pinned,
+                **controls):
+        """The sweep of one slider and every method at the current token budget (and the pinned A/B diff);
+        `match_equivalent`: matched on equivalent tokens (the mean over the LLM's layers)."""
+        return following(FOLLOWING_TABS, image, prompt, method, model, query_points, sweep_parameter,
+                         match_equivalent, state, pinned, controls)
 
-    def compare_if_shown(image, prompt, method, model, query_points, sweep_parameter, shown_tab, state, pinned,
-                         **controls):
+    def compare_if_shown(image, prompt, method, model, query_points, sweep_parameter, match_equivalent, shown_tab,
+                         state, pinned, **controls):
         """After a slider move: only the open tab's sweep and comparison, explanation or A/B diff (opening a tab
         brings it up to date), so a move costs the reducer and the pictures plus what is in view."""
         if shown_tab not in FOLLOWING_TABS:
             return [gr.skip()] * 6
-        return following((shown_tab,), image, prompt, method, model, query_points, sweep_parameter, state,
-                         pinned, controls)
+        return following((shown_tab,), image, prompt, method, model, query_points, sweep_parameter,
+                         match_equivalent, state, pinned, controls)
 
-    def following(tabs, image, prompt, method, model, query_points, sweep_parameter, state, pinned, controls):
+    def following(tabs, image, prompt, method, model, query_points, sweep_parameter, match_equivalent, state, pinned,
+                  controls):
         """[sweep plot, gallery, bar chart, explanation, A/B picture, A/B line] for the tabs in `tabs`; the other
         tabs' outputs are skipped. The session state is read, never written: a pin or an answer meanwhile must
         not be undone."""
@@ -294,7 +297,7 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
             if "compare-tab" in tabs:
                 settings = settings_of(method, controls, query_points, clamp=True)
                 out[0:3] = explorer.sweep_and_compare(upload_path(image), prompt, settings, sweep_parameter, state,
-                                                      model or None)[:3]
+                                                      model or None, equivalent=bool(match_equivalent))[:3]
             if "pin-tab" in tabs:
                 out[4:6] = pin_view(state, pinned)
         except Exception as err:
@@ -486,6 +489,11 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
                         sweep_parameter = gr.Dropdown(ex.sweep_fields(schema.entry(first_method))
                                                       or ["(none)"], label="Sweep parameter", allow_custom_value=True,
                                                       info="Tokens kept as this slider sweeps its range")
+                        match_equivalent = gr.Checkbox(
+                            False, label="Match on equivalent tokens", elem_id="match-equivalent",
+                            info="Budget methods matched on the mean over the LLM's layers of the visual tokens "
+                                 "present (FastV, SparseVLM, PyramidDrop prune inside it) instead of the tokens "
+                                 "after the last cut")
                         with gr.Row():
                             sweep_plot = gr.Plot(label="Sweep", elem_id="sweep")
                             compare_bar = gr.Plot(label="Tokens per method", elem_id="compare-bar")
@@ -559,13 +567,14 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         moved = gr.on([c.change for c in control_list] + [method.change], move, inputs=head + [state],
                       outputs=pictures_out + control_list, api_visibility="private", show_progress="hidden",
                       **redraw, **kw)
-        follow = dict(inputs=head + [sweep_parameter, state, pinned],
+        follow = dict(inputs=head + [sweep_parameter, match_equivalent, state, pinned],
                       outputs=[sweep_plot, gallery, compare_bar, explain_md, diff_img, diff_md],
                       show_progress="hidden", **redraw, **kw)
         main.success(compare, api_name="compare", **follow)
-        shown = dict(follow, inputs=head + [sweep_parameter, shown_tab, state, pinned])
+        shown = dict(follow, inputs=head + [sweep_parameter, match_equivalent, shown_tab, state, pinned])
         moved.success(compare_if_shown, api_visibility="private", **shown)
         sweep_parameter.change(compare, api_visibility="undocumented", **follow)
+        match_equivalent.change(compare, api_visibility="undocumented", **follow)
         for tab in tabs:
             opened = tab.select(lambda name=tab.id: name, None, shown_tab, queue=False, api_visibility="private")
             if tab.id in FOLLOWING_TABS:

@@ -164,6 +164,23 @@ def equivalent_tokens(schedule, n_layers: int) -> float:
     return total / n_layers
 
 
+def budget_for_equivalent(params, budget_field: str, target: float, n: int, n_layers: int, top: int):
+    """The budget in 1…top whose equivalent tokens come closest to `target` (ties: the smaller budget), for a
+    budget method whose params know their schedule before the forward (`params.llm_schedule(n)`: FastV); any
+    other budget method's equivalent tokens are its budget, so `target` itself (rounded, within 1…top)."""
+    import dataclasses
+
+    top = max(1, int(top))
+    if not hasattr(params, "llm_schedule"):
+        return max(1, min(int(round(target)), top))
+    best, gap = 1, math.inf
+    for b in range(1, top + 1):
+        eq = equivalent_tokens(dataclasses.replace(params, **{budget_field: b}).llm_schedule(n), n_layers)
+        if abs(eq - target) < gap:
+            best, gap = b, abs(eq - target)
+    return best
+
+
 def accounting(red: Reduction, n_layers: int) -> dict:
     """{"equivalent_tokens", "llm_layers", "llm_schedule"} of a reduction on an LLM of `n_layers` layers."""
     schedule = llm_schedule(red)

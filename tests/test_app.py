@@ -237,7 +237,8 @@ def test_view_api_parameters_come_from_the_schema(client):
     assert {"/explore", "/answer", "/compare", "/export", "/fidelity"} <= set(endpoints)
     names = list(SCHEMA.names)
     assert [p["parameter_name"] for p in endpoints["/explore"]["parameters"]] == HEAD + names
-    assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == HEAD + ["sweep_parameter"] + names
+    assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == (HEAD + ["sweep_parameter", "match_equivalent"]
+                                                                                 + names)
     assert [p["parameter_name"] for p in endpoints["/answer"]["parameters"]] == HEAD + ["max_new_tokens"] + names
     assert len(endpoints["/explore"]["returns"]) == EXPLORE_RETURNS
     for endpoint in endpoints.values():
