@@ -43,7 +43,9 @@ Where the code surprises, followed and said:
 - no rater (all m equal: nothing strictly above the mean) makes the official score a NaN mean over zero rows;
   here every text token rates then (said in the readout);
 - a pruning layer beyond the LLM's last layer is never reached by the official loop (no pruning there); here
-  it is a ValueError, since the schedule would not be what the controls say.
+  it is a ValueError, since the schedule would not be what the controls say;
+- the official builder attaches the layers' second attention module (`flash_attn`) for `range(32)` only, so an
+  LLM with another layer count crashes (AttributeError / IndexError); here any layer count.
 """
 
 from __future__ import annotations
