@@ -259,9 +259,27 @@ def sweep(vt: VisualTokens, settings: Settings, name: str | None = None, points:
     clusters = None
     if name == "cluster_threshold" and hasattr(params, "spatial"):  # the forest first: then each γ costs O(N)
         clusters = vt.cluster_sweep(params.spatial).count(xs)
-    counts = [entry(vt, dataclasses.replace(params, **{name: int(x) if control.integer else float(x)})).n_kept
-              for x in xs]
-    return xs, np.asarray(counts), clusters, float(getattr(params, name)), name
+    counts, shown = [], []
+    for x in xs:
+        try:
+            counts.append(_count(entry, vt, dataclasses.replace(params, **{name: int(x) if control.integer
+                                                                         else float(x)})))
+            shown.append(x)
+        except ValueError:  # an invalid combination (e.g. SparseVLM's layers out of order): not a point
+            continue
+    return np.asarray(shown), np.asarray(counts), clusters, float(getattr(params, name)), name
+
+
+def _count(entry: RegistryEntry, vt: VisualTokens, params) -> int:
+    """Tokens to the LLM: the reducer's, or — for a method that prunes inside the LLM in stages and knows its
+    counts before the forward (`params.llm_schedule`, `params.plan`) — the schedule's last count, checked
+    against the LLM's layer count when the probe says it (`lm_probe.n_layers`), so a sweep runs no forward."""
+    if hasattr(params, "plan") and hasattr(params, "llm_schedule") and vt.lm_probe is not None:
+        n_layers = getattr(vt.lm_probe, "n_layers", None)
+        if n_layers is not None:
+            params.plan().check(int(n_layers))
+        return int(params.llm_schedule(vt.n)[-1][1])
+    return entry(vt, params).n_kept
 
 
 def inspect_patch(vt: VisualTokens, red: Reduction, index: int) -> dict:

@@ -59,6 +59,14 @@ class PyramidDropParams:
     def plan(self) -> "PyramidDropPlan":
         return PyramidDropPlan(self.layers(), float(self.ratio))
 
+    def llm_schedule(self, n: int) -> tuple[tuple[int, int], ...]:
+        """((0, N), (ℓ_s, min(present, int(N·λ^s)) ), …), known before the forward."""
+        out, present = [(0, n)], n
+        for s, layer in enumerate(self.layers(), start=1):
+            present = min(present, keep_count(n, float(self.ratio), s))
+            out.append((layer, present))
+        return tuple(out)
+
 
 def keep_count(n: int, ratio: float, stage: int) -> int:
     """max(1, int(N · λ^stage)): the image tokens stage `stage` (1, 2, …) keeps (official `int(576 *

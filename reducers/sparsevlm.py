@@ -84,6 +84,17 @@ class SparseVLMParams:
     def plan(self) -> "SparseVLMPlan":
         return SparseVLMPlan((int(self.layer1), int(self.layer2), int(self.layer3)), TARGETS[self.target])
 
+    def llm_schedule(self, n: int) -> tuple[tuple[int, int], ...]:
+        """((0, N), (ℓ_s + 1, n_s), …): the counts follow from the schedule alone (k = min(target, n − 1) kept,
+        int(int(0.3·pruned) + 1) / 10) + 1 recycled), known before the forward."""
+        out, present = [(0, n)], n
+        for layer, target in zip(self.plan().layers, self.plan().targets):
+            k = min(target, present - 1)
+            pruned = present - k
+            present = k + (int((int(pruned * RECYCLE_SHARE) + 1) / CLUSTER_DIVISOR) + 1 if pruned else 0)
+            out.append((layer + 1, present))
+        return tuple(out)
+
 
 def text_raters(visual: Tensor, text: Tensor) -> Tensor:
     """[r] offsets of the rater text tokens: m = softmax over text of V Tᵀ, mean over the visual rows; those

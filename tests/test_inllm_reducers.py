@@ -54,6 +54,7 @@ def test_sparsevlm_equals_the_official_loop(grid, seed, target, layers):
     assert red.trace.record.raters.tolist() == want["raters"]
     check_against(red, want, vt)
     check_contract(vt, red, "sparsevlm", params)
+    assert params.llm_schedule(vt.n) == red.trace.schedule, "the counts are known before the forward"
     # the recycled stand-in token is the plain mean of the patches it holds (recursively)
     members = red.trace.record.members()
     final = want["final"]
@@ -94,6 +95,7 @@ def test_pyramiddrop_equals_the_official_loop(grid, seed, first, spacing, stages
     want = ref.pyramiddrop_staged(toy, params.layers(), ratio)
     check_against(red, want, vt)
     check_contract(vt, red, "pyramiddrop", params)
+    assert params.llm_schedule(vt.n) == red.trace.schedule, "the counts are known before the forward"
     assert red.n_extra == 0 and red.groups is None
 
 

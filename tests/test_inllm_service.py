@@ -79,6 +79,13 @@ def test_sweep_fidelity_plan_and_batch_tool_include_them(explorer):
     out, _ = run(explorer, "pyramiddrop")
     xs, counts, _, current, name = explore_mod.sweep(out.tokens, out.settings, "ratio")
     assert name == "ratio" and counts[-1] == 576 and counts[0] == 1  # λ = 1 keeps all; 0.05 → 28, 1, 1
+    for x, c in zip(xs[::6], counts[::6]):  # the predicted counts are the reducer's
+        assert REDUCERS["pyramiddrop"](out.tokens, out.settings.params.__class__(ratio=float(x))).n_kept == c
+    xs, counts, _, _, _ = explore_mod.sweep(out.tokens, out.settings, "first")
+    assert xs.max() == 13, "first + 16 must stay below the LLM's 30 layers: the others are not points"
+    sv, _ = run(explorer, "sparsevlm")
+    xs, counts, _, _, _ = explore_mod.sweep(sv.tokens, sv.settings, "layer1")
+    assert list(xs) == [0, 1, 2, 3, 4, 5] and set(counts) == {113}, "layer1 < layer2 = 6"
     enc = backend.encode(tiny.image(1, (96, 96)))
     plan = ex.fidelity_plan(backend, enc, out.prompt, out.settings, 64)
     names = {s.entry.label for _, _, s in plan}
