@@ -272,13 +272,11 @@ def sweep(vt: VisualTokens, settings: Settings, name: str | None = None, points:
 
 def _count(entry: RegistryEntry, vt: VisualTokens, params) -> int:
     """Tokens to the LLM: the reducer's, or — for a method that prunes inside the LLM in stages and knows its
-    counts before the forward (`params.llm_schedule`, `params.plan`) — the schedule's last count, checked
-    against the LLM's layer count when the probe says it (`lm_probe.n_layers`), so a sweep runs no forward."""
-    if hasattr(params, "plan") and hasattr(params, "llm_schedule") and vt.lm_probe is not None:
-        n_layers = getattr(vt.lm_probe, "n_layers", None)
-        if n_layers is not None:
-            params.plan().check(int(n_layers))
-        return int(params.llm_schedule(vt.n)[-1][1])
+    counts before the forward (`params.llm_schedule`) — the last count of the stages the LLM reaches (its layer
+    count from the probe, `lm_probe.n_layers`), so a sweep runs no forward."""
+    n_layers = getattr(vt.lm_probe, "n_layers", None)
+    if hasattr(params, "llm_schedule") and hasattr(params, "plan") and n_layers is not None:
+        return int(params.llm_schedule(vt.n, int(n_layers))[-1][1])
     return entry(vt, params).n_kept
 
 

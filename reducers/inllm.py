@@ -96,7 +96,8 @@ class StagePlan:
     """A method's in-LLM decisions: a frozen, hashable dataclass (the backend's cache key) with
 
     points():            ((a_s, b_s), …) the ranking layer and the first reduced layer of each stage
-    check(n_layers):     ValueError unless the plan runs on an LLM of that many layers
+    reachable(n_layers): the points an LLM of that many layers reaches (both official loops never reach a
+                         stage whose ranking layer a_s ≥ L: it does not happen, and the readout says so)
     raters(v, t):        [r] offsets into the text after the image whose attention rows the plan reads, from the
                          LLM's input embeddings of the visual [n, H] and post-image text [t, H] tokens
     decide(s, n, rows, hidden): (score [n_present], Decision) from `rows` [r, n_present] — the head-mean
@@ -108,8 +109,8 @@ class StagePlan:
     def points(self) -> tuple[tuple[int, int], ...]:
         raise NotImplementedError
 
-    def check(self, n_layers: int) -> None:
-        raise NotImplementedError
+    def reachable(self, n_layers: int) -> tuple[tuple[int, int], ...]:
+        return tuple((a, b) for a, b in self.points() if a < n_layers)
 
     def raters(self, visual: Tensor, text: Tensor) -> Tensor:
         raise NotImplementedError
@@ -254,6 +255,11 @@ class StagedTrace(Trace):
         if self.record.n_layers:
             eq = equivalent_tokens(self.schedule, self.record.n_layers)
             out.append(f"equivalent tokens {eq:.1f} (mean over the LLM's {self.record.n_layers} layers)")
+            missed = [a for a, _ in self.plan.points()[len(self.record.stages):]]
+            if missed:
+                out.append(f"layer{'s' if len(missed) > 1 else ''} {', '.join(map(str, missed))} beyond the LLM's "
+                           f"{self.record.n_layers} layers: never reached, so no pruning there (as the official "
+                           f"loop)")
         return out
 
 
@@ -336,14 +342,13 @@ class ToyLLM:
         return torch.softmax(full, dim=1)[:, : x.shape[0]]
 
     def run(self, plan: StagePlan) -> StagedRecord:
-        plan.check(self.n_layers)
         n = self.features.shape[0]
         x = self.features.detach().float().cpu()
         ids = torch.arange(n)
         raters = plan.raters(x, self.text)
         stages = []
         made = n
-        for s, (a, b) in enumerate(plan.points()):
+        for s, (a, b) in enumerate(plan.reachable(self.n_layers)):
             rows = self.rows(a, x)[raters]
             score, d = plan.decide(s, n, rows, x)
             check_decision(d, ids.numel())

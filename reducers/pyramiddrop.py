@@ -19,8 +19,9 @@ Followed: Cooperx521/PyramidDrop at 6444f30 (MIT; `llava/model/modeling_llama_pd
 Where the code surprises, followed and said:
 - λ is applied to N each time (int(N·λ^s)), not to the previous count, and floors: the final count is
   int(N·λ^S), e.g. 72 of 576 (what the LLM receives from the last listed layer on, exact);
-- a layer ℓ = L (the LLM's layer count) reads `self.layers[L]` and crashes (IndexError); here ValueError with
-  the valid range 1…L−1;
+- a layer ℓ > L is never reached by the official loop (no drop there); ℓ = L reads `self.layers[L]` and
+  crashes (IndexError); here both are not reached — a drop before a layer that does not exist changes no
+  layer's computation — and the readout names them;
 - the official ranking takes the keys without `repeat_kv` (LLaMA-7B has as many key/value heads as query
   heads); here the model's own eager attention of layer ℓ (GQA keys expanded as the model does);
 - topk ties are unspecified; here the lowest index wins;
@@ -59,10 +60,13 @@ class PyramidDropParams:
     def plan(self) -> "PyramidDropPlan":
         return PyramidDropPlan(self.layers(), float(self.ratio))
 
-    def llm_schedule(self, n: int) -> tuple[tuple[int, int], ...]:
-        """((0, N), (ℓ_s, min(present, int(N·λ^s)) ), …), known before the forward."""
+    def llm_schedule(self, n: int, n_layers: int | None = None) -> tuple[tuple[int, int], ...]:
+        """((0, N), (ℓ_s, min(present, int(N·λ^s)) ), …) for the drops an LLM of `n_layers` layers reaches (all
+        when None), known before the forward."""
         out, present = [(0, n)], n
         for s, layer in enumerate(self.layers(), start=1):
+            if n_layers is not None and layer >= n_layers:
+                break
             present = min(present, keep_count(n, float(self.ratio), s))
             out.append((layer, present))
         return tuple(out)
@@ -83,12 +87,6 @@ class PyramidDropPlan(StagePlan):
 
     def points(self) -> tuple[tuple[int, int], ...]:
         return tuple((layer, layer) for layer in self.layers)
-
-    def check(self, n_layers: int) -> None:
-        for layer in self.layers:
-            if not 1 <= layer < n_layers:
-                raise ValueError(f"PyramidDrop's drop layer {layer} must be in 1…{n_layers - 1}: it ranks with that "
-                                 f"layer's attention and the LLM has {n_layers} layers")
 
     def raters(self, visual: Tensor, text: Tensor) -> Tensor:
         return torch.tensor([text.shape[0] - 1])  # the last instruction token

@@ -43,7 +43,7 @@ Where the code surprises, followed and said:
 - no rater (all m equal: nothing strictly above the mean) makes the official score a NaN mean over zero rows;
   here every text token rates then (said in the readout);
 - a pruning layer beyond the LLM's last layer is never reached by the official loop (no pruning there); here
-  it is a ValueError, since the schedule would not be what the controls say;
+  the same, and the readout names the layers not reached;
 - the official builder attaches the layers' second attention module (`flash_attn`) for `range(32)` only, so an
   LLM with another layer count crashes (AttributeError / IndexError); here any layer count.
 """
@@ -84,11 +84,14 @@ class SparseVLMParams:
     def plan(self) -> "SparseVLMPlan":
         return SparseVLMPlan((int(self.layer1), int(self.layer2), int(self.layer3)), TARGETS[self.target])
 
-    def llm_schedule(self, n: int) -> tuple[tuple[int, int], ...]:
-        """((0, N), (ℓ_s + 1, n_s), …): the counts follow from the schedule alone (k = min(target, n − 1) kept,
-        int(int(0.3·pruned) + 1) / 10) + 1 recycled), known before the forward."""
+    def llm_schedule(self, n: int, n_layers: int | None = None) -> tuple[tuple[int, int], ...]:
+        """((0, N), (ℓ_s + 1, n_s), …) for the stages an LLM of `n_layers` layers reaches (all when None): the
+        counts follow from the schedule alone (k = min(target, n − 1) kept, int(int(0.3·pruned) + 1) / 10) + 1
+        recycled), known before the forward."""
         out, present = [(0, n)], n
         for layer, target in zip(self.plan().layers, self.plan().targets):
+            if n_layers is not None and layer >= n_layers:
+                break
             k = min(target, present - 1)
             pruned = present - k
             present = k + (int((int(pruned * RECYCLE_SHARE) + 1) / CLUSTER_DIVISOR) + 1 if pruned else 0)
@@ -130,12 +133,6 @@ class SparseVLMPlan(StagePlan):
 
     def points(self) -> tuple[tuple[int, int], ...]:
         return tuple((a, a + 1) for a in self.layers)
-
-    def check(self, n_layers: int) -> None:
-        for a in self.layers:
-            if not 0 <= a < n_layers:
-                raise ValueError(f"SparseVLM's pruning layer {a} is beyond the LLM's {n_layers} layers "
-                                 f"(0…{n_layers - 1}): choose pruning layers below {n_layers}")
 
     def raters(self, visual: Tensor, text: Tensor) -> Tensor:
         return text_raters(visual, text)

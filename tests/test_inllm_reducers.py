@@ -109,12 +109,21 @@ def test_pyramiddrop_counts_and_ties():
     assert red.kept.tolist() == list(range(72)), "ties: the lowest indices"
 
 
-def test_layers_beyond_the_llm_raise_clear_errors():
-    vt, _ = toy_tokens((4, 4), 0, layers=12)
-    with pytest.raises(ValueError, match=r"drop layer 16 must be in 1…11"):
-        REDUCERS["pyramiddrop"](vt)
-    with pytest.raises(ValueError, match=r"pruning layer 15 is beyond the LLM's 12 layers"):
-        REDUCERS["sparsevlm"](vt)
+def test_layers_beyond_the_llm_are_not_reached_and_said():
+    """Both official loops never reach a stage whose layer the LLM lacks (PyramidDrop's ℓ = L crashes there;
+    here it is not reached either): the stages before it run, and the readout names the ones not reached."""
+    vt, toy = toy_tokens((24, 24), 0, layers=12)
+    drop = REDUCERS["pyramiddrop"](vt)
+    assert drop.trace.schedule == ((0, 576), (8, 288)) and drop.n_kept == 288
+    assert drop.trace.schedule == PyramidDropParams().llm_schedule(576, 12)
+    assert any("layers 16, 24 beyond the LLM's 12 layers: never reached" in x for x in drop.trace.readout())
+    assert ids_of(drop.trace.record) == ref.pyramiddrop_staged(toy, (8,), 0.5)["stages"]
+    sparse = REDUCERS["sparsevlm"](vt)
+    assert [c for _, c in sparse.trace.schedule] == [576, 309, 204] and sparse.layer == 7
+    assert sparse.trace.schedule == SparseVLMParams().llm_schedule(576, 12)
+    assert any("layer 15 beyond the LLM's 12 layers" in x for x in sparse.trace.readout())
+    none = REDUCERS["pyramiddrop"](vt, PyramidDropParams(first=12))
+    assert none.trace.schedule == ((0, 576),) and none.n_kept == 576 and none.layer == 0
     with pytest.raises(ValueError, match="must increase"):
         SparseVLMParams(layer1=6, layer2=6, layer3=15)
     with pytest.raises(ValueError, match="needs VisualTokens.lm_probe"):

@@ -82,7 +82,8 @@ def test_sweep_fidelity_plan_and_batch_tool_include_them(explorer):
     for x, c in zip(xs[::6], counts[::6]):  # the predicted counts are the reducer's
         assert REDUCERS["pyramiddrop"](out.tokens, out.settings.params.__class__(ratio=float(x))).n_kept == c
     xs, counts, _, _, _ = explore_mod.sweep(out.tokens, out.settings, "first")
-    assert xs.max() == 13, "first + 16 must stay below the LLM's 30 layers: the others are not points"
+    by_first = dict(zip(xs.tolist(), counts.tolist()))  # drops at first, +8, +16 on the LLM's 30 layers
+    assert (by_first[8], by_first[14], by_first[22], by_first[30]) == (72, 144, 288, 576)
     sv, _ = run(explorer, "sparsevlm")
     xs, counts, _, _, _ = explore_mod.sweep(sv.tokens, sv.settings, "layer1")
     assert list(xs) == [0, 1, 2, 3, 4, 5] and set(counts) == {113}, "layer1 < layer2 = 6"

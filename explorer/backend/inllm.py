@@ -63,7 +63,7 @@ def _staged(model, inputs_embeds: Tensor, image_start: int, n_image: int, plan: 
     plan decides (`record=None`, a probe) or the record's decisions are replayed."""
     lm, _ = _parts(model)
     n_layers = len(lm.layers)
-    plan.check(n_layers)
+    points = plan.reachable(n_layers)  # a stage whose layer the LLM lacks is never reached (official loops)
     t = _check_span(inputs_embeds, image_start, n_image)
     device = inputs_embeds.device
     s, n = image_start, n_image
@@ -71,14 +71,14 @@ def _staged(model, inputs_embeds: Tensor, image_start: int, n_image: int, plan: 
     if probe:
         raters = plan.raters(inputs_embeds[0, s:s + n], inputs_embeds[0, s + n:]).to(device)
     else:
-        if record.n != n or len(record.stages) != len(plan.points()):
+        if record.n != n or len(record.stages) != len(points):
             raise ValueError("the recorded stages do not belong to this input and plan")
         raters = None
     hidden, positions = inputs_embeds, torch.arange(t, device=device)
     ids, made, n_vis, cur = torch.arange(n), n, n, 0
     stages: list[StageRecord] = []
     segments = [(0, t)]
-    for si, (a, b) in enumerate(plan.points()):
+    for si, (a, b) in enumerate(points):
         hidden = _run(lm, hidden, positions, range(cur, a), cache)
         if probe:
             weights = layer_attention(lm, a, hidden, positions)

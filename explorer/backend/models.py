@@ -349,9 +349,8 @@ class LlavaBackend:
     # --- SparseVLM, PyramidDrop: staged pruning inside the language model (inllm.py) -----------------
     def lm_stages(self, enc: Encoded, prompt: str, plan: StagePlan) -> StagedRecord:
         """The staged plan's decisions on this image and prompt (the attention at each stage's layer over the
-        tokens still present): one staged forward over all N patch tokens, cached per (image, prompt, plan).
-        ValueError when the plan does not fit this LM (a layer beyond its last)."""
-        plan.check(int(self.lm_config.num_hidden_layers))
+        tokens still present): one staged forward over all N patch tokens, cached per (image, prompt, plan);
+        stages at layers this LM lacks are not reached (the record holds the others)."""
         return self._lm_stages.get_or_compute((enc.key, prompt, plan), lambda: self._lm_stages_run(enc, prompt, plan))
 
     @gpu
