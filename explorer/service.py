@@ -263,7 +263,7 @@ class Explorer:
                 changes["lm_attn"] = backend.lm_attention(enc, prompt)
             if probe:  # SparseVLM, PyramidDrop: the backend runs (and caches) each plan's staged forward
                 changes["lm_probe"] = functools.partial(backend.lm_stages, enc, prompt)
-                changes["lm_probe"].n_layers = int(backend.lm_config.num_hidden_layers)  # plans are checked on it
+                changes["lm_probe"].n_layers = int(backend.lm_config.num_hidden_layers)  # the sweep reads it
             try:
                 return enc.tokens.derive(**changes) if changes else enc.tokens
             except ValueError as err:
