@@ -230,8 +230,9 @@ def fidelity(backend, enc, prompt: str, reduction, full_answer: Answer, full_sco
 def reference_fidelity(backend, enc, prompt: str, full_answer: Answer, full_score: Score) -> dict:
     """`fidelity`'s row for the full-token answer itself (all N tokens, nothing recomputed): match 1, F1 1,
     no log-prob drop, KL 0, FLOP ratio 1 — the reference every reduction is read against."""
-    return _row(backend, enc, prompt, enc.tokens.n, 0, full_answer, full_score, full_answer, full_score,
-                match=1.0, f1=1.0, kl=0.0)
+    row = _row(backend, enc, prompt, enc.tokens.n, 0, full_answer, full_score, full_answer, full_score,
+               match=1.0, f1=1.0, kl=0.0)
+    return dict(row, equivalent_tokens=float(enc.tokens.n), llm_layers=lm_dims(backend.lm_config)[2])
 
 
 def _row(backend, enc, prompt: str, n_kept: int, layer: int, answer: Answer, score: Score, full_answer: Answer,
