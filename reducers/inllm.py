@@ -16,6 +16,7 @@ Token ids in a record: 0…N−1 are the patches; N + j is the j-th recycled tok
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -169,8 +170,6 @@ def budget_for_equivalent(params, budget_field: str, target: float, n: int, n_la
     """The budget in 1…top whose equivalent tokens come closest to `target` (ties: the smaller budget), for a
     budget method whose params know their schedule before the forward (`params.llm_schedule(n)`: FastV); any
     other budget method's equivalent tokens are its budget, so `target` itself (rounded, within 1…top)."""
-    import dataclasses
-
     top = max(1, int(top))
     if not hasattr(params, "llm_schedule"):
         return max(1, min(int(round(target)), top))
