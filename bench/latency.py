@@ -12,7 +12,9 @@ What is timed (all with the image already encoded, as on every slider move):
                PAR's τ with the app idle between moves, and for every slider of the active method in turn without
                idling between moves (issue 12)
   encode       one image through the offline default's tower (DINOv2 ViT-S/14 at 336 px, hooks on), fresh images
-  prefill      the LM's first forward over all visual tokens vs a reduction's, same prompt
+  prefill      the LM's first forward over all visual tokens vs a reduction's, same prompt; for the methods
+               that prune inside the LM (FastV, SparseVLM, PyramidDrop) the pruned prefill's time ratio against
+               their equivalent-token ratio
   cold start   `python app.py` → first page served, and → first explore answered (model loaded), with the
                converted checkpoints cached, and from an empty cache (the one-time ONNX/GGUF conversion included)
 Targets: in-process p95 ≤ 30 ms at 576 and ≤ 120 ms at 2880; sweep and comparison ≤ 150 ms each at 576;
@@ -388,6 +390,35 @@ def prefill(explorer, repeats: int) -> list[tuple[str, int, int, float, float]]:
     return rows
 
 
+# in-LLM methods at their official schedules (FastV: the paper's K = 2, R = 50 %)
+IN_LLM = (("fastv", {"layer": 2, "budget": 288}), ("sparsevlm", {}), ("pyramiddrop", {}))
+
+
+def prefill_in_llm(explorer, repeats: int) -> list[tuple[str, int, float, float, float]]:
+    """(method and schedule, text tokens, equivalent-token ratio, median prefill full s, pruned s) on the offline
+    default: the pruned prefill runs all N visual tokens into the LM and drops them inside it; the equivalent
+    ratio is (text + equivalent visual tokens) / (text + N) — what the prefill time would be were it
+    proportional to the tokens each layer runs on."""
+    from reducers.inllm import accounting
+
+    backend = explorer.backend()
+    layers = int(backend.lm_config.num_hidden_layers)
+    n_text = backend.n_text_tokens(PROMPT)
+    rows = []
+    for method, values in IN_LLM:
+        s = explorer.settings({"method": method, **values})
+        _, enc, _ = explorer.encoded(str(IMAGE), {})
+        red, _, _ = explorer.reduce(backend, enc, PROMPT, s)
+        eq = accounting(red, layers)["equivalent_tokens"]
+        full = [backend.answer(enc, PROMPT, None, max_new_tokens=1) for _ in range(repeats)]
+        pruned = [backend.answer(enc, PROMPT, red, max_new_tokens=1) for _ in range(repeats)]
+        schedule = " → ".join(f"{c}@{a}" for a, c in accounting(red, layers)["llm_schedule"])
+        rows.append((f"{method} ({schedule}; equivalent {eq:.1f} of {red.n_tokens}, L = {layers})", n_text,
+                     (n_text + eq) / (n_text + red.n_tokens), statistics.median(a.prefill_s for a in full),
+                     statistics.median(a.prefill_s for a in pruned)))
+    return rows
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -493,6 +524,11 @@ def main(argv=None) -> None:
         tok, tim = nf / nr, tf / tr
         print(f"| {name} | {nf} → {nr} | {tok:.2f}× | {1000 * tf:.0f} | {1000 * tr:.0f} | {tim:.2f}× | "
               f"{tim / tok:.2f} {'(meets ≥ 0.7)' if tim / tok >= 0.7 else '(MISSES ≥ 0.7)'} |")
+    print("\n## Prefill inside the LLM: pruned prefill time vs equivalent tokens (offline default, CPU)\n")
+    print("| method (visual tokens@from layer) | text tokens | equivalent-token ratio | prefill full ms | pruned ms | "
+          "time ratio (pruned / full) |\n|---|---:|---:|---:|---:|---:|")
+    for name, n_text, ratio, tf, tr in prefill_in_llm(offline, 3 if args.quick else 5):
+        print(f"| {name} | {n_text} | {ratio:.3f} | {1000 * tf:.0f} | {1000 * tr:.0f} | {tr / tf:.3f} |")
 
     if "cold" in parts:
         import tempfile

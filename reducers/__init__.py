@@ -22,8 +22,11 @@ from .divprune import DivPruneParams, divprune
 from .graph import ClusterSweep, components
 from .none import no_image
 from .par import PARParams, par
+from .inllm import ToyLLM, accounting, equivalent_tokens, llm_schedule
 from .pool import PoolParams, pool
+from .pyramiddrop import PyramidDropParams, pyramiddrop
 from .prumerge import PruMergeParams, prumerge
+from .sparsevlm import SparseVLMParams, sparsevlm
 from .tome import ToMeParams, tome
 from .visionzip import VisionZipParams, visionzip
 from .vispruner import VisPrunerParams, vispruner
@@ -143,6 +146,23 @@ REDUCERS = MappingProxyType(
             "φ_i = head-mean attention to image token i in LLM layer K−1 (last token's row, or mean over rows); "
             "layers ≥ K keep the top M by φ, original order and positions",
             "paper: a 45 % reduction in FLOPs for LLaVA-1.5-13B without sacrificing performance"),
+        "sparsevlm": RegistryEntry(
+            sparsevlm, SparseVLMParams, "SparseVLM",
+            "Inside the LLM: the prompt's text tokens rate the image tokens at three layers; the best rated stay, "
+            "some pruned ones are recycled into a few merged tokens", ("lm_probe",),
+            "Zhang et al., SparseVLM, arXiv 2410.04417 (ICML 2025; official code v1.5)",
+            "raters R = {j : mean_i softmax_j(v_i·t_j) > mean}; at layer ℓ_s score_i = mean_{r∈R} mean_heads "
+            "attn(r → i); keep top min(k_s, n − 1) (192: 300/200/110 at layers 2/6/15); the top 30 % of the "
+            "pruned → int(·/10) + 1 density-peak clusters, each Σx/(|c| + 1e-6); positions renumbered"),
+        "pyramiddrop": RegistryEntry(
+            pyramiddrop, PyramidDropParams, "PyramidDrop",
+            "Inside the LLM: before layers 8, 16, 24 the image tokens the last instruction token attends to least "
+            "are dropped, keeping N·λ, N·λ², N·λ³", ("lm_probe",),
+            "Xing et al., PyramidDrop, arXiv 2410.17247 (CVPR 2025)",
+            "before layer ℓ_s: score_i = mean_heads softmax(q_last·k/√d)_i with layer ℓ_s's q/k; keep the top "
+            "int(N·λ^s), original order, positions renumbered",
+            "paper (official README): a 40 % training time and 55 % inference FLOPs acceleration of LLaVA-NeXT "
+            "with comparable performance"),
     }
 )
 
@@ -155,7 +175,9 @@ __all__ = [
     "slider", "toggle", "choice", "number", "controls", "params_or_default",
     "PruMergeParams", "PARParams", "BudgetParams", "RandomParams", "NoParams", "ToMeParams", "PoolParams",
     "FastVParams", "VisionZipParams", "DivPruneParams", "CDPrunerParams", "DARTParams", "VisPrunerParams",
+    "SparseVLMParams", "PyramidDropParams",
     "prumerge", "par", "identity", "random_tokens", "uniform_grid", "top_attention", "tome", "pool", "no_image",
-    "fastv", "visionzip", "divprune", "cdpruner", "dart", "vispruner",
+    "fastv", "visionzip", "divprune", "cdpruner", "dart", "vispruner", "sparsevlm", "pyramiddrop", "ToyLLM",
+    "accounting", "equivalent_tokens", "llm_schedule",
     "components", "ClusterSweep",
 ]

@@ -209,6 +209,9 @@ class VisualTokens:
               the LLM as a token by VisionZip; optional
     projected: [N, p] the patch tokens after the multimodal projector, i.e. the LLM input embeddings of the
               image (LLaVA: mm_projector(features)); DivPrune selects on these; optional
+    lm_probe: a function `plan -> StagedRecord` that runs the LLM's staged forward for this image and prompt
+              (SparseVLM, PyramidDrop: the attention at each stage's layer over the tokens still present) —
+              the backend computes it once per image + prompt + plan and caches it; optional
 
     Derived per-image quantities (similarity matrices, neighbour lists) are computed lazily and memoised on
     the instance, so a caller that keeps one `VisualTokens` per image pays for them once.
@@ -225,6 +228,7 @@ class VisualTokens:
     feature_layer_keys: Tensor | None = None
     cls_feature: Tensor | None = None
     projected: Tensor | None = None
+    lm_probe: Callable | None = None
 
     def __post_init__(self) -> None:
         self._validate(None)
@@ -261,6 +265,8 @@ class VisualTokens:
                 raise ValueError(f"lm_attn must have shape [L ≥ 1, 2, N={n}], got {getattr(a, 'shape', type(a).__name__)}")
             if not a.is_floating_point() or not _all_finite(a):
                 raise ValueError("lm_attn must be a finite floating-point tensor")
+        if self.lm_probe is not None and check("lm_probe") and not callable(self.lm_probe):
+            raise ValueError(f"lm_probe must be callable (plan -> StagedRecord), got {type(self.lm_probe).__name__}")
         if self.query is not None and (check("query") or check("joint")):
             q = self.query
             if not isinstance(q, Tensor) or q.ndim != 1 or q.shape[0] < 1:
@@ -432,6 +438,8 @@ class Trace:
         regions()    the groups picture: (style, [N] long labels, caption), style "clusters" (components, small ones
                      grey) or "groups" (one colour per group, −1 = in no group); None: no picture of its own
         marked()     (caption, [S] patch indices) outlined in the kept picture, or None
+    and one the backend uses:
+        replay()     (plan, record) of a staged in-LLM method, replayed in answers and scores; else None
     """
 
     def heat(self) -> tuple[str, Tensor] | None:
@@ -459,6 +467,11 @@ class Trace:
         return None
 
     def marked(self) -> tuple[str, Tensor] | None:
+        return None
+
+    def replay(self) -> tuple[object, object] | None:
+        """(plan, record) of a method that prunes inside the LLM in recorded stages (SparseVLM, PyramidDrop):
+        the backend replays them in answers and scores; None for every other method."""
         return None
 
 

@@ -51,6 +51,11 @@ class FastVParams:
     def __post_init__(self) -> None:
         check_ranges(self)
 
+    def llm_schedule(self, n: int) -> tuple[tuple[int, int], ...]:
+        """((0, N), (K, M)): the visual tokens present from each layer on, known before the forward (equivalent
+        tokens (K·N + (L − K)·M) / L, `reducers.inllm.equivalent_tokens`)."""
+        return ((0, n), (int(self.layer), min(int(self.budget), n)))
+
 
 def fastv(vt: VisualTokens, params: FastVParams | None = None) -> Reduction:
     """The image tokens FastV keeps from LLM layer K on (see the module docstring)."""

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reducers.inllm import ToyLLM
+
 
 def as_f64(x) -> np.ndarray:
     return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
@@ -326,7 +328,8 @@ def synthetic(grid=(24, 24), d=64, e=32, seed=0, centres=8, dtype=torch.float32,
     out = dict(features=features, keys=keys, cls_attn=attn, joint=joint, query=query, feature_layer_attn=layer_attn,
                feature_layer_keys=layer_keys, cls_feature=cls_feature, projected=projected, lm_attn=lm_attn)
     out = {k: v.to(dtype=dtype, device=device) for k, v in out.items()}
-    return dict(out, grid=grid)
+    # SparseVLM / PyramidDrop: a deterministic toy LLM runs their staged plans (reducers.inllm.ToyLLM)
+    return dict(out, grid=grid, lm_probe=ToyLLM(features, layers, seed=seed).run)
 
 
 # --------------------------------------------------------------------------------------------- baselines
@@ -605,3 +608,89 @@ def dart(projected, budget: int, pivots: int = 8, official_count: bool = False, 
             owner[j] = p
     kept = [i for i in range(n) if owner[i] >= 0]
     return dict(kept=kept, pivots=piv, owner=owner, counts=counts, score=score)
+
+
+# --------------------------------------------------------------------------------------------- in the LLM
+def _ranked(score, idx) -> list[int]:
+    """idx sorted by descending score, ties to the lowest index (topk with a deterministic tie rule)."""
+    return sorted(idx, key=lambda i: (-score[i], i))
+
+
+def sparsevlm_raters(visual, text) -> list[int]:
+    """SparseVLM v1.5 (`LlamaDynamicvitModel.forward`): m_v_t = softmax over text of v_t @ t_tᵀ, mean over the
+    visual rows; raters = where(m > m.mean()) (all text tokens when none is above)."""
+    v, t = as_f64(visual), as_f64(text)
+    m = np.zeros(t.shape[0])
+    for row in v:
+        logits = np.array([float(row @ tj) for tj in t])
+        e = np.exp(logits - logits.max())
+        m += e / e.sum()
+    m /= v.shape[0]
+    raters = [j for j in range(len(m)) if m[j] > m.mean()]
+    return raters or list(range(len(m)))
+
+
+def cluster_and_merge_groups(x, cluster_num: int) -> list[list[int]]:
+    """`utils.cluster_and_merge`, one token at a time in float64 and without the tie-breaking noise: DPC-kNN
+    density peaks; the groups (row offsets of x, ascending) in centre order."""
+    x = as_f64(x)
+    m, c = x.shape
+    dist = [[math.sqrt(float(((x[i] - x[j]) ** 2).sum())) / math.sqrt(c) for j in range(m)] for i in range(m)]
+    density = [math.exp(-sum(d * d for d in sorted(dist[i])[:cluster_num]) / cluster_num) for i in range(m)]
+    dmax = max(max(row) for row in dist)
+    parent = [min([dist[i][j] if density[j] > density[i] else dmax for j in range(m)]) for i in range(m)]
+    score = [parent[i] * density[i] for i in range(m)]
+    centres = _ranked(score, range(m))[:cluster_num]
+    assign = []
+    for i in range(m):
+        d = [dist[ctr][i] for ctr in centres]
+        assign.append(d.index(min(d)))
+    for k, ctr in enumerate(centres):
+        assign[ctr] = k
+    return [[i for i in range(m) if assign[i] == k] for k in range(cluster_num)]
+
+
+def sparsevlm_staged(toy, layers=(2, 6, 15), targets=(300, 200, 110)) -> dict:
+    """SparseVLM v1.5's three stages, written from `LlamaDynamicvitModel.forward` / `attn_postprocess_topk` /
+    `cluster_and_merge`, on `reducers.inllm.ToyLLM` (its hidden states are the token vectors): per stage the
+    ids present, kept and recycled (id groups, in the order the code appends them)."""
+    x = toy.features.detach().float().cpu()
+    n = x.shape[0]
+    ids = list(range(n))
+    raters = sparsevlm_raters(x, toy.text)
+    made, stages = n, []
+    for s, layer in enumerate(layers):
+        rows = toy.rows(layer, x).double().numpy()
+        relation = [float(np.mean([rows[r][i] for r in raters])) for i in range(len(ids))]
+        k = min(targets[s], len(ids) - 1)
+        keep = sorted(_ranked(relation, range(len(ids)))[:k])
+        pruned = [i for i in range(len(ids)) if i not in set(keep)]
+        groups = []
+        if pruned:
+            best = _ranked(relation, pruned)[: int(len(pruned) * 0.3) + 1]
+            cluster_num = int(len(best) / 10) + 1
+            groups = [[best[i] for i in g] for g in cluster_and_merge_groups(x[best], cluster_num)]
+        merged = [x[g].sum(0) / (len(g) + 1e-6) for g in groups]
+        stages.append(dict(present=list(ids), keep=[ids[i] for i in keep],
+                           merge=[[ids[i] for i in g] for g in groups]))
+        x = torch.cat([x[keep]] + [v[None] for v in merged]) if merged else x[keep]
+        ids = [ids[i] for i in keep] + list(range(made, made + len(groups)))
+        made += len(groups)
+    return dict(raters=raters, stages=stages, final=ids)
+
+
+def pyramiddrop_staged(toy, layers=(8, 16, 24), ratio=0.5) -> dict:
+    """PyramidDrop, written from `pdrop_forward` / `pdrop_rank_drop` on `reducers.inllm.ToyLLM`: before each
+    listed layer the last instruction token's attention ranks; keep int(N·λ^(s+1)) (at least one) in order."""
+    x = toy.features.detach().float().cpu()
+    n = x.shape[0]
+    ids = list(range(n))
+    stages = []
+    for s, layer in enumerate(layers):
+        score = toy.rows(layer, x)[-1].double().tolist()  # the last instruction token's row
+        keep_length = max(1, int(n * ratio ** (s + 1)))
+        top = sorted(_ranked(score, range(len(ids)))[:keep_length])
+        stages.append(dict(present=list(ids), keep=[ids[i] for i in top], merge=[]))
+        x = x[top]
+        ids = [ids[i] for i in top]
+    return dict(stages=stages, final=ids)

@@ -237,7 +237,8 @@ def test_view_api_parameters_come_from_the_schema(client):
     assert {"/explore", "/answer", "/compare", "/export", "/fidelity"} <= set(endpoints)
     names = list(SCHEMA.names)
     assert [p["parameter_name"] for p in endpoints["/explore"]["parameters"]] == HEAD + names
-    assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == HEAD + ["sweep_parameter"] + names
+    assert [p["parameter_name"] for p in endpoints["/compare"]["parameters"]] == (HEAD + ["sweep_parameter", "match_equivalent"]
+                                                                                 + names)
     assert [p["parameter_name"] for p in endpoints["/answer"]["parameters"]] == HEAD + ["max_new_tokens"] + names
     assert len(endpoints["/explore"]["returns"]) == EXPLORE_RETURNS
     for endpoint in endpoints.values():
@@ -341,3 +342,19 @@ def test_fidelity_rows_follow_the_other_methods_controls_too(client):
     explore(client, "random", budget=32, iqr_multiplier=0.0)
     after, _, _ = client.predict(max_new_tokens=3, api_name="/fidelity")
     assert prumerge_kept(after) > prumerge_kept(before)
+
+
+def test_compare_can_match_on_equivalent_tokens(client):
+    """The toggle: budget methods matched on equivalent tokens (mean over the LLM's layers); in-LLM methods
+    say both counts."""
+    summary = explore(client, "pyramiddrop")[-1]
+    assert summary["llm_layers"] >= 1 and summary["n_kept"] < summary["equivalent_tokens"] < summary["n_tokens"]
+    m = round(summary["equivalent_tokens"])
+    _sweep, gallery, _bar, *_ = client.predict(image=handle_file(str(IMAGE)), prompt=PROMPT, method="pyramiddrop",
+                                               query_points=[], sweep_parameter=None, match_equivalent=True,
+                                               api_name="/compare")
+    captions = {entry["caption"].split(" · ")[0]: entry["caption"] for entry in gallery}
+    assert f"equivalent M = {m}" in captions[REDUCERS["random"].label]
+    assert f"{summary['n_kept']} tokens, {m} equivalent (at its own settings)" in captions[REDUCERS["pyramiddrop"].label]
+    fast = captions[REDUCERS["fastv"].label]
+    assert f"equivalent M = {m}" in fast and int(fast.split(" · ")[1].split()[0]) < m  # fewer from layer K on

@@ -33,7 +33,8 @@ BUDGETS = [4, 8]
 N_UNITS = 1 + len(METHODS) * len(BUDGETS)
 ROW_FIELDS = {"image", "question", "prompt", "method", "label", "budget", "params", "n_tokens", "n_kept", "answer",
               "full_answer", "match", "f1", "logprob", "logprob_full", "logprob_drop", "kl", "prefill_s", "score_s",
-              "flops", "n_new_tokens", "stop", "model", "reference", "accuracy", "accuracy_full"}
+              "flops", "n_new_tokens", "stop", "model", "reference", "accuracy", "accuracy_full", "equivalent_tokens",
+              "llm_layers"}
 
 
 @pytest.fixture()

@@ -66,11 +66,32 @@ def prefill_flops_pruned(lm_config, n_text: int, n_visual_in: int, n_visual_kept
     return k * layer_flops(d, m, n_text + n_in) + (layers - k) * layer_flops(d, m, n_text + n_kept)
 
 
-def prefill_flops_of(lm_config, n_text: int, n_visual: int, n_kept: int, layer: int = 0) -> dict:
+def prefill_flops_schedule(lm_config, n_text: int, schedule) -> float:
+    """FLOPs to prefill when the visual tokens present change along the layers: `schedule` is ((first layer,
+    visual tokens from there on), …) (reducers.inllm.llm_schedule); each segment's layers run on n_text + its
+    count; segments at or beyond the LM's last layer never run. FastV's ((0, N), (K, M)) is
+    `prefill_flops_pruned`; SparseVLM / PyramidDrop have one segment per stage (PyramidDrop's ranking q/k
+    projections at each drop layer are left out, as the paper's accounting does)."""
+    d, m, layers = lm_dims(lm_config)
+    segments = sorted((int(a), int(c)) for a, c in schedule)
+    total = 0.0
+    for i, (start, count) in enumerate(segments):
+        if count < 0 or start < 0:
+            raise ValueError(f"a schedule holds layers and counts ≥ 0, got {segments}")
+        end = segments[i + 1][0] if i + 1 < len(segments) else layers
+        span = max(0, min(end, layers) - min(start, layers))
+        total += span * layer_flops(d, m, int(n_text) + count)
+    return total
+
+
+def prefill_flops_of(lm_config, n_text: int, n_visual: int, n_kept: int, layer: int = 0, schedule=None) -> dict:
     """{"full", "reduced", "ratio"}: prefill FLOPs with all `n_visual` patch tokens vs a reduction handing the
-    LLM `n_kept` (from LLM layer `layer` on, FastV; 0: before the LLM); ratio = reduced / full."""
+    LLM `n_kept` (from LLM layer `layer` on, FastV; 0: before the LLM) or, with `schedule` (several stages
+    inside the LLM), that schedule; ratio = reduced / full."""
     full = prefill_flops(lm_config, n_text + n_visual)
-    if layer:
+    if schedule is not None and len(schedule) > 2:
+        reduced = prefill_flops_schedule(lm_config, n_text, schedule)
+    elif layer:
         reduced = prefill_flops_pruned(lm_config, n_text, n_visual, n_kept, min(layer, lm_dims(lm_config)[2]))
     else:
         reduced = prefill_flops(lm_config, n_text + n_kept)

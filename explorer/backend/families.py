@@ -137,8 +137,11 @@ class MethodRule:
 ON = "as on LLaVA-1.5"
 METHOD_RULES: dict[str, dict[str, MethodRule]] = {
     "llava": {**{m: MethodRule(True, ON) for m in ("par", "prumerge", "prumerge+", "visionzip", "divprune", "all",
-                                                   "random", "uniform", "top-attention", "tome", "pool", "none")},
-              "fastv": MethodRule(True, "official (pkunlp-icler/FastV targets LLaVA-1.5)")},
+                                                   "random", "uniform", "top-attention", "tome", "pool", "none",
+                                                   "cdpruner", "dart", "vispruner")},
+              **{m: MethodRule(True, f"official ({repo} targets LLaVA-1.5)") for m, repo in (
+                  ("fastv", "pkunlp-icler/FastV"), ("sparsevlm", "Gumpest/SparseVLMs"),
+                  ("pyramiddrop", "Cooperx521/PyramidDrop"))}},
     # The LLaVA-NeXT adapter core (llava_next.py) is tested but not enabled in the app: its pictures (base
     # image + tiles) are not drawn yet. These are the rules it implements or would need.
     "llava_next": {
@@ -162,8 +165,11 @@ METHOD_RULES: dict[str, dict[str, MethodRule]] = {
         "pool": MethodRule(False, "pooling needs one grid; per-part pooling is not written yet."),
         "tome": MethodRule(False, "its A/B split alternates over raster order, which crosses from the base image into "
                                   "the tile grid; a per-part rule is not written yet."),
-        "fastv": MethodRule(False, "the LM's image span holds newline embeddings that are not patches, and no "
-                                   "official FastV port says whether they compete."),
+        **{m: MethodRule(False, "the LM's image span holds newline embeddings that are not patches, and no "
+                                "official port of this in-LLM method says whether they compete.")
+           for m in ("fastv", "sparsevlm", "pyramiddrop")},
+        **{m: MethodRule(False, "not yet written for the base image + tile grid: its official LLaVA-NeXT handling "
+                                "has not been restated here.") for m in ("cdpruner", "dart", "vispruner")},
     },
 }
 

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cost import prefill_flops_of
+from reducers.inllm import accounting, llm_schedule
+
+from .cost import lm_dims, prefill_flops_of
 from .protocol import Answer, Score
 
 # --------------------------------------------------------------------------------------------------
@@ -214,23 +216,27 @@ def fidelity(backend, enc, prompt: str, reduction, full_answer: Answer, full_sco
     score_s               the scoring forward, seconds
     flops                 {"full", "reduced", "ratio"} prefill FLOPs of the LM (cost.py)
     n_kept                visual tokens the LM received
+    equivalent_tokens     the mean over the LM's `llm_layers` layers of the visual tokens present
     """
     score = backend.score(enc, prompt, reduction, full_score.target_ids)
     answer = backend.answer(enc, prompt, reduction, max_new_tokens)
-    return _row(backend, enc, prompt, reduction.n_kept, reduction.layer, answer, score, full_answer, full_score,
-                match=float(exact_match(answer.text, full_answer.text)), f1=token_f1(answer.text, full_answer.text),
-                kl=first_token_kl(full_score.first_logits, score.first_logits))
+    row = _row(backend, enc, prompt, reduction.n_kept, reduction.layer, answer, score, full_answer, full_score,
+               match=float(exact_match(answer.text, full_answer.text)), f1=token_f1(answer.text, full_answer.text),
+               kl=first_token_kl(full_score.first_logits, score.first_logits), schedule=llm_schedule(reduction))
+    acc = accounting(reduction, lm_dims(backend.lm_config)[2])
+    return dict(row, equivalent_tokens=acc["equivalent_tokens"], llm_layers=acc["llm_layers"])
 
 
 def reference_fidelity(backend, enc, prompt: str, full_answer: Answer, full_score: Score) -> dict:
     """`fidelity`'s row for the full-token answer itself (all N tokens, nothing recomputed): match 1, F1 1,
     no log-prob drop, KL 0, FLOP ratio 1 — the reference every reduction is read against."""
-    return _row(backend, enc, prompt, enc.tokens.n, 0, full_answer, full_score, full_answer, full_score,
-                match=1.0, f1=1.0, kl=0.0)
+    row = _row(backend, enc, prompt, enc.tokens.n, 0, full_answer, full_score, full_answer, full_score,
+               match=1.0, f1=1.0, kl=0.0)
+    return dict(row, equivalent_tokens=float(enc.tokens.n), llm_layers=lm_dims(backend.lm_config)[2])
 
 
 def _row(backend, enc, prompt: str, n_kept: int, layer: int, answer: Answer, score: Score, full_answer: Answer,
-         full_score: Score, match: float, f1: float, kl: float) -> dict:
+         full_score: Score, match: float, f1: float, kl: float, schedule=None) -> dict:
     """The row `fidelity` documents, from one answer and its score against the full-token ones."""
     return {
         "n_kept": n_kept,
@@ -244,7 +250,8 @@ def _row(backend, enc, prompt: str, n_kept: int, layer: int, answer: Answer, sco
         "kl": kl,
         "prefill_s": answer.prefill_s,
         "score_s": score.prefill_s,
-        "flops": prefill_flops_of(backend.lm_config, backend.n_text_tokens(prompt), enc.tokens.n, n_kept, layer),
+        "flops": prefill_flops_of(backend.lm_config, backend.n_text_tokens(prompt), enc.tokens.n, n_kept, layer,
+                                  schedule),
         "n_new_tokens": answer.n_new_tokens,
         "stop": answer.stop,
     }

@@ -324,7 +324,12 @@ class LlavaNextBackend(LlavaBackend):
         result = super().score(enc, prompt, reduction, target_ids)
         return dataclasses.replace(result, n_visual_tokens=self.n_fed(enc, reduction))
 
-    def _fastv_plan(self, enc: Encoded, reduction: Reduction):
+    def _lm_input(self, enc: Encoded, prompt: str, reduction: Reduction | None):
+        if reduction is not None and reduction.layer > 0:  # pruning inside the LM (FastV, SparseVLM, PyramidDrop)
+            raise InputError(FASTV_REASON)
+        return super()._lm_input(enc, prompt, reduction)
+
+    def lm_stages(self, enc: Encoded, prompt: str, plan):
         raise InputError(FASTV_REASON)
 
     def lm_attention(self, enc: Encoded, prompt: str) -> Tensor:

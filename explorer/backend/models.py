@@ -40,11 +40,12 @@ from torch import Tensor, nn
 
 from reducers import Reduction, VisualTokens
 from reducers.cache import LRU
+from reducers.inllm import StagedRecord, StagePlan
 
 from ..config import SYNTHETIC, ExplorerConfig
 from ..errors import InputError
 from . import answer as ans
-from . import families, lm_pruning, offline
+from . import families, inllm, lm_pruning, offline
 from . import fidelity as fid
 from .geometry import Geometry, consuming_layer, content_key, patch_grid, producing_layer, thumbnail
 from .prompts import embed_query
@@ -204,6 +205,7 @@ class LlavaBackend:
         self._queries = LRU(query_cache_size)  # (prompt, rewrite) → Query
         self._chats = LRU(query_cache_size)  # prompt → ChatPrompt
         self._lm_attn = LRU(query_cache_size)  # (image key, prompt) → FastV's lm_attn [L, 2, N]
+        self._lm_stages = LRU(query_cache_size)  # (image key, prompt, plan) → staged in-LLM record
         self.stop_ids = stop_ids(model, tokenizer)
 
     # --- parts of the model ------------------------------------------------------------------------
@@ -276,14 +278,12 @@ class LlavaBackend:
 
     def _lm_input(self, enc: Encoded, prompt: str,
                   reduction: Reduction | None) -> tuple[ans.ChatPrompt, Tensor, dict | None]:
-        """(chat prompt, visual features fed at the LM's input, FastV pruning or None) for a reduction: all patch
-        features (`reduction=None`) or exactly `reduction.tokens`; a reduction that prunes inside the LM
-        (`layer > 0`, FastV) feeds all patch features and prunes to `kept` from layer `layer` on — the pruning
-        is the keyword arguments of `lm_pruning.greedy_stream` / `lm_pruning.forward_logits`."""
+        """(chat prompt, visual features fed at the LM's input, pruning inside the LM or None) for a reduction: all
+        patch features (`reduction=None`) or exactly `reduction.tokens`; a reduction that prunes inside the LM
+        feeds all patch features and runs the pruned forward `lm_pruning_plan` describes."""
         chat = self.chat(prompt)
-        if reduction is not None and reduction.layer > 0:
-            layer, keep = self._fastv_plan(enc, reduction)
-            pruning = dict(image_start=len(chat.before), n_image=enc.tokens.n, layer=layer, keep=keep)
+        pruning = lm_pruning_plan(self.model, self.device, enc, len(chat.before), reduction)
+        if pruning is not None:
             return chat, enc.tokens.features, pruning
         feats = enc.tokens.features if reduction is None else reduction.tokens
         width = enc.tokens.features.shape[1]
@@ -295,12 +295,13 @@ class LlavaBackend:
     def answer_stream(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                       max_new_tokens: int | None = None) -> Iterator[str | Answer]:
         """Greedy answer from all patch features (`reduction=None`) or exactly `reduction.tokens`: yields the
-        growing text, then the final `Answer`. With `reduction.layer > 0` (FastV) all N patch features enter the
-        LM and from layer `reduction.layer` on only the patches `reduction.kept` remain (in raster order, at
-        their original positions; the KV cache of layers ≥ K holds only them)."""
+        growing text, then the final `Answer`. With pruning inside the LM (FastV: `reduction.layer > 0`; SparseVLM,
+        PyramidDrop: a staged trace) all N patch features enter the LM and the pruned forward runs (see
+        `_lm_input`); the KV cache of each layer holds only the tokens that layer saw."""
         chat, feats, pruning = self._lm_input(enc, prompt, reduction)
-        in_lm = {} if pruning is None else dict(generate=functools.partial(lm_pruning.greedy_stream, **pruning),
-                                                n_visual_kept=int(pruning["keep"].numel()), layer=pruning["layer"])
+        in_lm = {} if pruning is None else dict(
+            generate=functools.partial(pruning["module"].greedy_stream, **pruning["kwargs"]),
+            n_visual_kept=pruning["n_kept"], layer=pruning["layer"])
         yield from ans.answer_stream(
             self.model, self.embed_tokens, self._visual_input(enc, reduction), chat, feats,
             decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
@@ -322,7 +323,8 @@ class LlavaBackend:
         pruned forward its answer runs: all patch features in, only `kept` from layer `layer` on."""
         chat, feats, pruning = self._lm_input(enc, prompt, reduction)
         target = tuple(int(t) for t in target_ids)
-        forward = None if pruning is None else functools.partial(lm_pruning.forward_logits, self.model, **pruning)
+        forward = None if pruning is None else functools.partial(pruning["module"].forward_logits, self.model,
+                                                                  **pruning["kwargs"])
         with self._lock, torch.inference_mode():
             embeds = ans.build_inputs_embeds(self.embed_tokens, self._visual_input(enc, reduction), chat, feats)
             ans.sync(self.device)
@@ -331,7 +333,7 @@ class LlavaBackend:
             ans.sync(self.device)
             seconds = time.perf_counter() - t0
             logprobs = fid.token_logprobs(logits, target)
-        n_visual = int(feats.shape[0] if pruning is None else pruning["keep"].numel())
+        n_visual = int(feats.shape[0] if pruning is None else pruning["n_kept"])
         return Score(target_ids=target, logprobs=logprobs.cpu(), first_logits=logits[0].cpu(),
                      n_visual_tokens=n_visual, n_prompt_tokens=int(embeds.shape[1]), prefill_s=seconds)
 
@@ -350,22 +352,59 @@ class LlavaBackend:
                                              enc.tokens.features)
             return lm_pruning.image_attention(self.model, embeds, len(chat.before), enc.tokens.n)
 
-    def _fastv_plan(self, enc: Encoded, reduction: Reduction) -> tuple[int, Tensor]:
-        """(layer K, sorted kept patch indices on the model's device) of a reduction that prunes inside the LM,
-        or InputError when it cannot be run that way."""
-        n, kept = enc.tokens.n, reduction.kept
-        message = f"FastV keeps distinct patch indices in 0…{n - 1} and adds no extra tokens."
-        if reduction.n_extra or kept.ndim != 1:
-            raise InputError(message)
-        try:
-            lm_pruning.kept_rows(n, 0, n, kept)  # the pruned forward's own check: integers in 0…n−1, none twice
-        except ValueError:
-            raise InputError(message) from None
-        try:
-            layer = lm_pruning.check_layer(self.model, reduction.layer)
-        except ValueError as err:
-            raise InputError(str(err)) from None
-        return layer, kept.sort().values.to(self.device)
+    # --- SparseVLM, PyramidDrop: staged pruning inside the language model (inllm.py) -----------------
+    def lm_stages(self, enc: Encoded, prompt: str, plan: StagePlan) -> StagedRecord:
+        """The staged plan's decisions on this image and prompt (the attention at each stage's layer over the
+        tokens still present): one staged forward over all N patch tokens, cached per (image, prompt, plan);
+        stages at layers this LM lacks are not reached (the record holds the others)."""
+        return self._lm_stages.get_or_compute((enc.key, prompt, plan), lambda: self._lm_stages_run(enc, prompt, plan))
+
+    @gpu
+    def _lm_stages_run(self, enc: Encoded, prompt: str, plan: StagePlan) -> StagedRecord:
+        chat = self.chat(prompt)
+        with self._lock, torch.inference_mode():
+            embeds = ans.build_inputs_embeds(self.embed_tokens, self.projector, chat, enc.tokens.features)
+            return inllm.probe(self.model, embeds, len(chat.before), enc.tokens.n, plan)
+
+
+def lm_pruning_plan(model, device, enc: Encoded, image_start: int, reduction: Reduction | None) -> dict | None:
+    """How a reduction prunes inside the LM, or None when it does not: {"module": the pruned forward's module
+    (`lm_pruning` or `inllm`), "kwargs": its keyword arguments, "n_kept": visual tokens left at the end, "layer":
+    the layer from which on only they remain}. FastV (`layer > 0`) keeps `kept` from `layer` on; a staged method
+    (its trace's `replay()`: SparseVLM, PyramidDrop) replays its recorded stages."""
+    if reduction is None:
+        return None
+    start = dict(image_start=image_start, n_image=enc.tokens.n)
+    replay = reduction.trace.replay()
+    if replay is not None:
+        plan, record = replay
+        if record is None or record.n != enc.tokens.n:
+            raise InputError("This in-LLM reduction was made for another image; run the method again.")
+        kwargs = dict(start, plan=plan, record=record)
+        return dict(module=inllm, kwargs=kwargs, n_kept=reduction.n_kept, layer=reduction.layer)
+    if reduction.layer > 0:
+        layer, keep = fastv_plan(model, device, enc, reduction)
+        return dict(module=lm_pruning, kwargs=dict(start, layer=layer, keep=keep), n_kept=int(keep.numel()),
+                    layer=layer)
+    return None
+
+
+def fastv_plan(model, device, enc: Encoded, reduction: Reduction) -> tuple[int, Tensor]:
+    """(layer K, sorted kept patch indices on the model's device) of a reduction that prunes inside the LM,
+    or InputError when it cannot be run that way."""
+    n, kept = enc.tokens.n, reduction.kept
+    message = f"FastV keeps distinct patch indices in 0…{n - 1} and adds no extra tokens."
+    if reduction.n_extra or kept.ndim != 1:
+        raise InputError(message)
+    try:
+        lm_pruning.kept_rows(n, 0, n, kept)  # the pruned forward's own check: integers in 0…n−1, none twice
+    except ValueError:
+        raise InputError(message) from None
+    try:
+        layer = lm_pruning.check_layer(model, reduction.layer)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    return layer, kept.sort().values.to(device)
 
 
 def check_source(source: str) -> str:

@@ -172,6 +172,11 @@ class Backend(Protocol):
         """[L, 2, N] attention the patch tokens receive in each LLM layer for this image and prompt (FastV)."""
         ...
 
+    def lm_stages(self, enc: Encoded, prompt: str, plan) -> object:
+        """The `reducers.inllm.StagedRecord` of a staged in-LLM plan (SparseVLM, PyramidDrop) for this image and
+        prompt: the attention at each stage's layer over the tokens still present, computed once and cached."""
+        ...
+
     def answer(self, enc: Encoded, prompt: str, reduction: Reduction | None = None,
                max_new_tokens: int | None = None) -> Answer: ...
 

@@ -94,6 +94,14 @@ class SyntheticBackend:
         logits = 3 * torch.randn(self.lm_config.num_hidden_layers, 2, enc.tokens.n, generator=gen)
         return torch.softmax(logits, dim=-1)
 
+    def lm_stages(self, enc: Encoded, prompt: str, plan):
+        """A staged in-LLM plan run on `reducers.inllm.ToyLLM` (seeded per image and prompt): no language model
+        here, so the stages' attention is a seeded stand-in, like `lm_attention`."""
+        from reducers.inllm import ToyLLM
+
+        digest = int(hashlib.sha256(f"{enc.key}|{prompt}|stages".encode()).hexdigest()[:8], 16)
+        return ToyLLM(enc.tokens.features, int(self.lm_config.num_hidden_layers), seed=digest).run(plan)
+
     def n_text_tokens(self, prompt: str) -> int:
         return 16 + len(prompt.split())
 

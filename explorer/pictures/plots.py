@@ -137,18 +137,21 @@ def sweep_plot(xs: np.ndarray, counts: np.ndarray, current: float, name: str,
     return _figure(data, layout)
 
 
-def comparison_bar(rows: Sequence[Mapping[str, object]], budget: int) -> go.Figure:
+def comparison_bar(rows: Sequence[Mapping[str, object]], budget: int, equivalent: bool = False) -> go.Figure:
     """Tokens to the LLM per method (rows: {"label", "n_kept", "matched"}): budget methods at the matched
-    budget M, adaptive methods at their own settings (hatched, and said in the legend)."""
+    budget M, adaptive methods at their own settings (hatched, and said in the legend); `equivalent`: the
+    counts are equivalent tokens (mean over the LLM's layers) and M was matched on them."""
     data = []
-    for matched, name, colour in ((True, f"at the matched budget M = {budget}", KEPT),
+    what = "equivalent tokens" if equivalent else "budget"
+    for matched, name, colour in ((True, f"at the matched {what} M = {budget}", KEPT),
                                   (False, "adaptive: at its own settings", DROPPED)):
         group = [r for r in rows if bool(r["matched"]) == matched]
         if group:
             counts = [int(r["n_kept"]) for r in group]
             data.append(dict(type="bar", x=[str(r["label"]) for r in group], y=counts, name=name, text=counts,
                              textposition="outside", marker=dict(color=colour), cliponaxis=False))
-    layout = _layout("Tokens to the LLM per method", "", "tokens",
+    layout = _layout("Equivalent tokens per method (mean over the LLM's layers)" if equivalent
+                     else "Tokens to the LLM per method", "", "tokens",
                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0))
     layout["xaxis"]["tickangle"] = -30
     return _figure(data, layout)

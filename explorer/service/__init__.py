@@ -115,8 +115,8 @@ class Explorer:
     def last(self, state: State):
         return pipeline.last(self, self.session(state))
 
-    def at_budget(self, settings: Settings, budget: int):
-        return pipeline.at_budget(self, settings, budget)
+    def at_budget(self, settings: Settings, budget: int, match: tuple[int, int] | None = None):
+        return pipeline.at_budget(self, settings, budget, match)
 
     # --- the screen ----------------------------------------------------------------------------------
     def explore(self, image, prompt, settings: Settings, state: State = None, model=None, progress=None,
@@ -140,16 +140,19 @@ class Explorer:
 
     # --- comparisons, pin, inspection ------------------------------------------------------------------
     def sweep_and_compare(self, image, prompt, settings: Settings, sweep_name: str | None, state: State = None,
-                          model=None):
-        return compare.sweep_and_compare(self, image, prompt, settings, sweep_name, self.session(state), model)
+                          model=None, equivalent: bool = False):
+        return compare.sweep_and_compare(self, image, prompt, settings, sweep_name, self.session(state), model,
+                                         equivalent)
 
     sweep_figure = staticmethod(compare.sweep_figure)
 
-    def comparison_view(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int):
-        return compare.comparison_view(self, backend, enc, prompt, settings, budget)
+    def comparison_view(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int,
+                        equivalent: bool = False):
+        return compare.comparison_view(self, backend, enc, prompt, settings, budget, equivalent)
 
-    def comparison(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int):
-        return compare.comparison(self, backend, enc, prompt, settings, budget)
+    def comparison(self, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int,
+                   equivalent: bool = False):
+        return compare.comparison(self, backend, enc, prompt, settings, budget, equivalent)
 
     def pin(self, state: State) -> Pinned:
         return compare.pin(self, self.session(state))

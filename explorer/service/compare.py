@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from reducers import VisualTokens
+from reducers.inllm import accounting
 
 from ..backend.protocol import Backend, Encoded
 from ..errors import InputError
@@ -21,12 +22,15 @@ if TYPE_CHECKING:
 
 
 def sweep_and_compare(x: Explorer, image, prompt, settings: Settings, sweep_name: str | None, session: Session,
-                      model=None):
-    """The sweep plot, the comparison gallery [(thumbnail, caption)], the comparison bar chart, the session."""
+                      model=None, equivalent: bool = False):
+    """The sweep plot, the comparison gallery [(thumbnail, caption)], the comparison bar chart, the session
+    (`equivalent`: matched on the current method's equivalent tokens, see `comparison_view`)."""
     backend, enc, session = pipeline.encoded(x, image, session, model)
     prompt = pipeline.clip_prompt(x, prompt)
     red, vt, _ = pipeline.reduce(x, backend, enc, prompt, settings)
-    gallery, bars = comparison_view(x, backend, enc, prompt, settings, red.n_kept)
+    budget = round(accounting(red, int(backend.lm_config.num_hidden_layers))["equivalent_tokens"]) \
+        if equivalent else red.n_kept
+    gallery, bars = comparison_view(x, backend, enc, prompt, settings, budget, equivalent)
     return sweep_figure(vt, settings, sweep_name), gallery, bars, session
 
 
@@ -40,24 +44,35 @@ def sweep_figure(vt: VisualTokens, settings: Settings, sweep_name: str | None):
     return plots.sweep_plot(xs, counts, current, name, clusters=clusters)
 
 
-def comparison_view(x: Explorer, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int):
+def comparison_view(x: Explorer, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int,
+                    equivalent: bool = False):
     """Every method at the budget M (`comparison`): the gallery [(half-size thumbnail, caption)] and the bar
-    chart."""
+    chart; `equivalent`: budget methods matched on equivalent tokens (the mean over the LLM's layers of the
+    visual tokens present) instead of the tokens after the last cut, and the bars show equivalent tokens."""
     small = screen.canvas(x, backend, enc).small
+    n_layers = int(backend.lm_config.num_hidden_layers)
     gallery, bars = [], []
-    for method, r, matched in comparison(x, backend, enc, prompt, settings, budget):
+    for method, r, matched in comparison(x, backend, enc, prompt, settings, budget, equivalent):
         label = x.schema.entry(method).label
-        how = (f"at M = {budget}" if r.n_kept == budget else f"nearest grid to M = {budget}") \
-            if matched else "at its own settings"
-        gallery.append((small.kept(r.kept_mask.cpu(), samples=view.samples(r)), f"{label} · {r.n_kept} tokens ({how})"))
-        bars.append({"label": label, "n_kept": r.n_kept, "matched": matched})
-    return gallery, plots.comparison_bar(bars, budget)
+        eq = accounting(r, n_layers)["equivalent_tokens"]
+        if not matched:
+            how = "at its own settings"
+        elif equivalent:
+            how = f"{'at' if round(eq) == budget else 'nearest to'} equivalent M = {budget}"
+        else:
+            how = f"at M = {budget}" if r.n_kept == budget else f"nearest grid to M = {budget}"
+        count = f"{r.n_kept} tokens, {eq:.0f} equivalent" if eq != r.n_kept else f"{r.n_kept} tokens"
+        gallery.append((small.kept(r.kept_mask.cpu(), samples=view.samples(r)), f"{label} · {count} ({how})"))
+        bars.append({"label": label, "n_kept": round(eq if equivalent else r.n_kept), "matched": matched})
+    return gallery, plots.comparison_bar(bars, budget, equivalent=equivalent)
 
 
-def comparison(x: Explorer, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int):
+def comparison(x: Explorer, backend: Backend, enc: Encoded, prompt: str, settings: Settings, budget: int,
+               equivalent: bool = False):
     """[(method, Reduction, matched)] for every method this backend and prompt can feed."""
     rows = []
-    for method, entry, other in pipeline.at_budget(x, settings, budget):
+    match = (enc.tokens.n, int(backend.lm_config.num_hidden_layers)) if equivalent else None
+    for method, entry, other in pipeline.at_budget(x, settings, budget, match):
         try:
             red, _, _ = pipeline.reduce(x, backend, enc, prompt, other)
         except InputError:  # e.g. PAR without a prompt on a text tower: not comparable here

@@ -4,6 +4,7 @@ slider moves) and the reducer (once per settings). Every step is cached in the s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from reducers import RegistryEntry, Reduction, VisualTokens
+from reducers.inllm import budget_for_equivalent
 
 from ..images import load_image
 from ..backend.protocol import Backend, Encoded
@@ -118,9 +120,10 @@ def tokens(x: Explorer, backend: Backend, enc: Encoded, prompt: str, settings: S
     needs = set(needs)
     inputs = settings.inputs
     q = query(backend, enc, prompt, settings) if "query" in needs else None
-    lm = "lm_attn" in needs
+    lm, probe = "lm_attn" in needs, "lm_probe" in needs
     qkey = (q.kind, q.patches, prompt if q.kind == "prompt" else None, inputs.rewrite) if q else None
-    key = (backend.name, enc.key, inputs.attention, inputs.joint_layer, qkey, prompt if lm else None)
+    key = (backend.name, enc.key, inputs.attention, inputs.joint_layer, qkey, prompt if lm or probe else None,
+           lm, probe)
 
     def build() -> VisualTokens:
         changes = {}
@@ -132,6 +135,9 @@ def tokens(x: Explorer, backend: Backend, enc: Encoded, prompt: str, settings: S
             changes["query"] = q.embedding
         if lm:
             changes["lm_attn"] = backend.lm_attention(enc, prompt)
+        if probe:  # SparseVLM, PyramidDrop: the backend runs (and caches) each plan's staged forward
+            changes["lm_probe"] = functools.partial(backend.lm_stages, enc, prompt)
+            changes["lm_probe"].n_layers = int(backend.lm_config.num_hidden_layers)  # the sweep reads it
         try:
             return enc.tokens.derive(**changes) if changes else enc.tokens
         except ValueError as err:
@@ -145,7 +151,7 @@ def reduce(x: Explorer, backend: Backend, enc: Encoded, prompt: str, settings: S
     """The settings' method on this image (and prompt, for methods that read it), cached by settings."""
     entry = settings.entry
     vt, q = tokens(x, backend, enc, prompt, settings, entry.needs)
-    reads_prompt = "lm_attn" in entry.needs or (q is not None and q.kind == "prompt")
+    reads_prompt = bool({"lm_attn", "lm_probe"} & set(entry.needs)) or (q is not None and q.kind == "prompt")
     key = (backend.name, enc.key, prompt if reads_prompt else None, settings.key())
 
     def run() -> Reduction:
@@ -165,14 +171,18 @@ def last(x: Explorer, session: Session) -> tuple[Backend, Encoded, Settings, Red
     return backend, enc, settings, red, vt
 
 
-def at_budget(x: Explorer, settings: Settings, budget: int) -> list[tuple[str, RegistryEntry, Settings]]:
+def at_budget(x: Explorer, settings: Settings, budget: int, match: tuple[int, int] | None = None
+              ) -> list[tuple[str, RegistryEntry, Settings]]:
     """[(method, entry, settings)] for every method: budget methods at `budget` (within their slider's
-    range), the others at their own settings."""
+    range), the others at their own settings. `match=(N, L)`: budget methods at the budget whose equivalent
+    tokens over the LLM's L layers come closest to `budget` (FastV: fewer than M from layer K on)."""
     out = []
     for method, entry in x.schema.methods.items():
         other = settings.with_method(method)
         if entry.budgeted:
             top = int(x.schema.specs[entry.budget_field].control.maximum)
-            other = other.with_values(**{entry.budget_field: max(1, min(budget, top))})
+            value = max(1, min(budget, top)) if match is None else budget_for_equivalent(
+                other.params, entry.budget_field, budget, match[0], match[1], min(top, match[0]))
+            other = other.with_values(**{entry.budget_field: value})
         out.append((method, entry, other))
     return out

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from reducers import RegistryEntry, Reduction, VisualTokens
+from reducers.inllm import accounting, llm_schedule
 
-from ..backend.cost import prefill_flops_of
+from ..backend.cost import lm_dims, prefill_flops_of
 from ..pictures import draw, plots
 from ..settings import Settings
 
@@ -123,9 +124,12 @@ def histogram(vt: VisualTokens, red: Reduction, settings: Settings):
         values = vt.cls_attn.float().cpu().numpy() if vt.cls_attn is not None else np.zeros(vt.n)
         return plots.score_histogram(values, kept, "CLS attention (not read by this method)", f"attention ({attention})")
     label, score = heat
+    score = score.float().cpu().numpy()
+    shown = np.isfinite(score)  # a trace may leave a patch without a value (NaN)
+    score, kept = score[shown], kept[shown]
     title, _, rest = label.partition(": ")
     lines = [(line[1], line[0], line[2] if len(line) > 2 else "cut") for line in red.trace.lines()]
-    return plots.score_histogram(score.float().cpu().numpy(), kept, f"{title}: {rest}" if rest else title,
+    return plots.score_histogram(score, kept, f"{title}: {rest}" if rest else title,
                                  title + (f" ({attention})" if "cls_attn" in settings.entry.needs else ""), lines)
 
 
@@ -140,13 +144,17 @@ def figures(vt: VisualTokens, red: Reduction, settings: Settings):
 def flops_summary(lm_config, n_text: int, red: Reduction) -> dict:
     """Prefill FLOPs of the LLM, all visual tokens vs this reduction (FastV: K layers on all, the rest on the
     kept ones)."""
-    f = prefill_flops_of(lm_config, n_text, red.n_tokens, red.n_kept, red.layer)
+    schedule = llm_schedule(red)
+    f = prefill_flops_of(lm_config, n_text, red.n_tokens, red.n_kept, red.layer, schedule)
+    staged = len(schedule) > 2
     return {
+        "llm_layers": lm_dims(lm_config)[2],
         "text_tokens": n_text,
         "prefill_flops_full": f["full"],
         "prefill_flops_reduced": f["reduced"],
         "flops_saving": 1.0 - f["ratio"],
-        "formula": ("per layer 2·n·(4d² + 3dm) + 4n²d; FastV: layers < K on all tokens, the rest on the kept"
+        "formula": ("per layer 2·n·(4d² + 3dm) + 4n²d; each stage's layers on the tokens present then" if staged
+                    else "per layer 2·n·(4d² + 3dm) + 4n²d; FastV: layers < K on all tokens, the rest on the kept"
                     if red.layer else "per layer 2·n·(4d² + 3dm) + 4n²d, n = text + visual tokens"),
     }
 
@@ -182,6 +190,10 @@ def summary(red: Reduction, vt: VisualTokens, settings: Settings, flops: dict, e
     out.update(settings.as_dict())
     out["method_label"] = entry.label
     out["flops"] = flops
+    if "llm_layers" in flops:  # equivalent tokens: the mean over the LLM's layers of the visual tokens present
+        out.update(accounting(red, flops["llm_layers"]))
+    if red.trace is not None:
+        out["trace_readout"] = red.trace.readout()
     if entry.headline:
         out["paper"] = {"citation": entry.paper, "headline": entry.headline}
     if red.trace is not None and red.trace.readout():
@@ -200,6 +212,8 @@ def readout_markdown(s: dict, red: Reduction | None = None) -> str:
              f"{f['prefill_flops_reduced'] / 1e9:.2f} GFLOPs (−{100 * f['flops_saving']:.1f} %)")
     if s.get("llm_layer"):
         first += f" · pruned inside the LLM at layer {s['llm_layer']}"
+    if "equivalent_tokens" in s:
+        first += f" · equivalent tokens {s['equivalent_tokens']:.1f} (mean over {s['llm_layers']} LLM layers)"
     details = ["Stages: " + " → ".join(f"{k} {v}" for k, v in s["stages"].items())]
     if red is not None:
         details += red.trace.readout()
@@ -235,9 +249,26 @@ def sweep(vt: VisualTokens, settings: Settings, name: str | None = None, points:
     extra = series(vt, name, xs) if series is not None else None
     if extra is not None:
         clusters = extra[1]
-    counts = [entry(vt, dataclasses.replace(params, **{name: int(x) if control.integer else float(x)})).n_kept
-              for x in xs]
-    return xs, np.asarray(counts), clusters, float(getattr(params, name)), name
+    counts, shown = [], []
+    for x in xs:
+        try:
+            counts.append(_count(entry, vt, dataclasses.replace(params, **{name: int(x) if control.integer
+                                                                         else float(x)})))
+            shown.append(x)
+        except ValueError:  # an invalid combination (e.g. SparseVLM's layers out of order): not a point
+            continue
+    return np.asarray(shown), np.asarray(counts), clusters, float(getattr(params, name)), name
+
+
+def _count(entry: RegistryEntry, vt: VisualTokens, params) -> int:
+    """Tokens to the LLM: the reducer's, or — for a method that prunes inside the LLM in stages and knows its
+    counts before the forward (`params.llm_schedule`) — the last count of the stages the LLM reaches (its layer
+    count from the probe, `lm_probe.n_layers`), so a sweep runs no forward."""
+    n_layers = getattr(vt.lm_probe, "n_layers", None)
+    schedule = getattr(params, "llm_schedule", None)
+    if schedule is not None and n_layers is not None:
+        return int(schedule(vt.n, int(n_layers))[-1][1])
+    return entry(vt, params).n_kept
 
 
 def inspect_patch(vt: VisualTokens, red: Reduction, index: int) -> dict:

@@ -72,12 +72,15 @@ def _wire_screen(ui: Screen):
 def _wire_following(ui: Screen, main, moved) -> None:
     """The second event (sweep & comparison, explanation, A/B), the address, the stale note and history."""
     page, schema = ui.layout, ui.explorer.schema
-    follow = dict(inputs=page.head + [page.sweep_parameter, page.state, page.pinned], outputs=page.following,
+    follow = dict(inputs=page.head + [page.sweep_parameter, page.match_equivalent, page.state, page.pinned],
+                  outputs=page.following,
                   show_progress="hidden", **REDRAW, **_kw(page))
     main.success(_bind(ui, compare.compare), api_name="compare", **follow)
-    shown = dict(follow, inputs=page.head + [page.sweep_parameter, page.shown_tab, page.state, page.pinned])
+    shown = dict(follow, inputs=page.head + [page.sweep_parameter, page.match_equivalent, page.shown_tab, page.state,
+                                             page.pinned])
     moved.success(_bind(ui, compare.compare_if_shown), api_visibility="private", **shown)
     page.sweep_parameter.change(_bind(ui, compare.compare), api_visibility="undocumented", **follow)
+    page.match_equivalent.change(_bind(ui, compare.compare), api_visibility="undocumented", **follow)
     for tab in page.tabs.values():
         opened = tab.select(lambda name=tab.id: name, None, page.shown_tab, queue=False, api_visibility="private")
         if tab.id in FOLLOWING_TABS:

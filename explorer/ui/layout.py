@@ -58,6 +58,7 @@ class Layout:
     patch_md: gr.Markdown
     # Sweep & comparison
     sweep_parameter: gr.Dropdown
+    match_equivalent: gr.Checkbox
     sweep_plot: gr.Plot
     compare_bar: gr.Plot
     gallery: gr.Gallery
@@ -217,6 +218,10 @@ def _compare_tab(explorer: Explorer, first_method: str) -> dict:
     p = {"sweep_parameter": gr.Dropdown(view.sweep_fields(explorer.schema.entry(first_method)) or ["(none)"],
                                         label="Sweep parameter", allow_custom_value=True,
                                         info="Tokens kept as this slider sweeps its range")}
+    p["match_equivalent"] = gr.Checkbox(
+        False, label="Match on equivalent tokens", elem_id="match-equivalent",
+        info="Budget methods matched on the mean over the LLM's layers of the visual tokens present (FastV, "
+             "SparseVLM, PyramidDrop prune inside it) instead of the tokens after the last cut")
     with gr.Row():
         p["sweep_plot"] = gr.Plot(label="Sweep", elem_id="sweep")
         p["compare_bar"] = gr.Plot(label="Tokens per method", elem_id="compare-bar")
