@@ -107,6 +107,7 @@ class Explorer:
         self._exports = tempfile.TemporaryDirectory(prefix="vte-exports-")
         self.export_root = Path(self._exports.name)
         self.heavy = threading.BoundedSemaphore(config.heavy_slots)  # exports / fidelity runs at once
+        self.stopping = threading.Event()  # set when the server stops: answers end at their next token
 
     def close(self) -> None:
         """Remove the export folder (also done at interpreter exit)."""
@@ -480,6 +481,8 @@ class Explorer:
                 progress(done, desc=desc)
             with contextlib.closing(backend.answer_stream(enc, prompt, reduction, max_new_tokens)) as stream:
                 for item in stream:
+                    if self.stopping.is_set():
+                        raise InputError("The server is stopping; please ask again in a minute.")
                     if isinstance(item, Answer):
                         answers[part] = item
                     else:
@@ -556,6 +559,8 @@ class Explorer:
                          **fid.reference_fidelity(backend, enc, prompt, full, full_score))]
             yield rows, 1, len(plan) + 1
             for group, what, other in plan:
+                if self.stopping.is_set():
+                    raise InputError("The server is stopping; please measure again in a minute.")
                 try:
                     r, _, _ = self.reduce(backend, enc, prompt, other)
                     row = fid.fidelity(backend, enc, prompt, r, full, full_score, max_new_tokens)

@@ -346,6 +346,9 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
     def inspect_or_point(mode, query_points, state, evt: gr.SelectData):
         """A click on a picture: describe the patch under it, or add it to PAR's query points."""
         try:
+            if not (isinstance(evt.index, (list, tuple)) and len(evt.index) == 2
+                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in evt.index)):
+                raise InputError("This click could not be read; please click the picture again.")
             x, y = evt.index
             view = (state or {}).get("view_size")
             if mode == POINT:
@@ -402,6 +405,9 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         return screen(image, prompt, method, controls, (ex0 or {}).get("points", []), clamp=True)
 
     def pick_example(evt: gr.SelectData):
+        if not isinstance(evt.index, int) or isinstance(evt.index, bool) or not 0 <= evt.index < len(examples):
+            raise gr.Error(f"There is no example {str(evt.index)[:20]}; click one of the examples.",
+                           print_exception=False)
         row = examples[evt.index]
         return screen(row["path"], row["prompt"], row.get("method", first_method), row.get("settings", {}),
                       row.get("points", []))
@@ -596,7 +602,8 @@ def build_demo(explorer: Explorer) -> gr.Blocks:
         model.change(lambda m: header_html(explorer, m), model, header, api_visibility="private", queue=False)
         loaded = demo.load(start, None, [image, prompt, method, query_points] + control_list,
                            api_visibility="private")
-        loaded.then(on_method, method, control_list + [sweep_parameter, query_box], queue=False)
+        loaded.then(on_method, method, control_list + [sweep_parameter, query_box], queue=False,
+                    api_visibility="private")
         if examples:
             example_gallery.select(pick_example, None, [image, prompt, method, query_points] + control_list,
                                    api_visibility="private", queue=False).then(None, js=SCROLL_JS, queue=False)
@@ -698,10 +705,21 @@ def history_choices(state: dict) -> gr.Dropdown:
 
 
 def serve(demo: gr.Blocks, config, **overrides) -> gr.Blocks:
-    """Queue and launch `demo` as `python app.py` does (`launch_kwargs`: limits, page style); `overrides` for
-    tests and benchmarks (e.g. `prevent_thread_lock=True, server_name="127.0.0.1", server_port=None`)."""
-    demo.queue(max_size=64, default_concurrency_limit=2)
-    demo.launch(**{**launch_kwargs(config), **overrides})
+    """Queue and launch `demo` as `python app.py` does (`launch_kwargs`: limits, page style) behind its guard
+    (`explorer.guard`: the door, the queue caps, headers, the app's own cache cleaning, safe log lines);
+    `overrides` for tests and benchmarks (e.g. `prevent_thread_lock=True, server_name="127.0.0.1",
+    server_port=None`). Direct /gradio_api/run calls are closed everywhere (gradio_client joins the queue)."""
+    from gradio.utils import _parse_file_size
+
+    from .guard import Guard, Limits, safe_logging
+
+    safe_logging()
+    kwargs = {**launch_kwargs(config), **overrides}
+    demo.queue(max_size=64, default_concurrency_limit=2, api_open=False)
+    guard = Guard(demo, Limits.from_config(config, _parse_file_size(kwargs["max_file_size"])))
+    demo.delete_cache = None  # the guard's cleaner runs the schedule (Gradio's stops on its first bad entry)
+    demo.guard = guard
+    demo.launch(**{**kwargs, **guard.launch_kwargs()})
     return demo
 
 
