@@ -389,9 +389,9 @@ class Guard:
         if bad_file:
             return 400, GENERIC_FILE
         fn = self.fn_for(route, body)
-        if fn is not None and getattr(fn, "collects_event_data", False) and "event_data" in body:
-            event = body.get("event_data")
-            if event is not None and not (isinstance(event, dict) and "index" in event and "value" in event):
+        if fn is not None and getattr(fn, "collects_event_data", False):
+            event = body.get("event_data")  # the app's event-data handlers are all `select`s: index and value
+            if not (isinstance(event, dict) and "index" in event and "value" in event):
                 return 400, BAD_CLICK
         return None
 
