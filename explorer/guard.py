@@ -163,8 +163,9 @@ class Cleaner:
                 dropped += 1
         return dropped
 
-    def run_once(self, now: float | None = None) -> dict:
-        """One pass; returns what it did (files deleted by age and by size, entries dropped, bytes held)."""
+    def run_once(self, now: float | None = None, everything: bool = False) -> dict:
+        """One pass (`everything`: every recorded file, as when the server stops); returns what it did (files
+        deleted by age and by size, entries dropped, bytes held)."""
         now = time.time() if now is None else now
         with self.lock:
             held, aged, dropped = [], 0, 0
@@ -182,7 +183,7 @@ class Cleaner:
                     temp_set.discard(name)
                     dropped += 1
                     continue
-                if now - st.st_ctime > self.age_s:
+                if everything or now - st.st_ctime > self.age_s:
                     aged += _unlink(temp_set, name)
                     continue
                 held.append((st.st_ctime, st.st_size, temp_set, name))
@@ -278,7 +279,7 @@ class Guard:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-                cleaner.sanitize()  # Gradio deletes every recorded file next: only regular files are left
+                cleaner.run_once(everything=True)  # the server stops: every file it recorded goes
 
         return dict(app_kwargs={"middleware": [Middleware(Door, guard=self)], "lifespan": lifespan})
 
