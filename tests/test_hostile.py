@@ -73,10 +73,16 @@ def app(config=None, backend=None):
     try:
         yield demo, demo.local_url.rstrip("/")
     finally:
-        explorer.stopping.set()
+        getattr(explorer, "stopping", threading.Event()).set()
         getattr(backend, "stop", threading.Event()).set()
         demo.close()
         explorer.close()
+
+
+def limit(name: str, default: int) -> int:
+    """A limit of the default config (`default`, its value, where the config predates it: so the attacks
+    below can be replayed against the code before the guard)."""
+    return getattr(ExplorerConfig(), name, default)
 
 
 def from_address(ip: str) -> httpx.Client:
@@ -134,8 +140,7 @@ def test_a_queue_flood_leaves_room_for_other_visitors(image):
     """Six addresses each POST 12 /answer joins at 256 tokens with a fresh session each and never open an
     event stream (72 > the queue's 64). Each address gets at most `max_long_jobs_per_client`, all together at
     most `max_long_jobs`, the rest a 429 with one sentence; a normal visitor then explores and moves a slider."""
-    config = ExplorerConfig()
-    with app(config) as (demo, url):
+    with app() as (demo, url):
         index = fn_index(demo, "answer")
         accepted, refused = {}, []
         for ip in ATTACKERS:
@@ -148,12 +153,12 @@ def test_a_queue_flood_leaves_room_for_other_visitors(image):
                         accepted[ip] = accepted.get(ip, 0) + 1
                     else:
                         refused.append((r.status_code, r.json().get("detail")))
-        assert all(n <= config.max_long_jobs_per_client for n in accepted.values()), accepted
-        assert sum(accepted.values()) <= config.max_long_jobs, accepted
-        assert refused and all(code == 429 and bad_inputs.is_one_sentence(why) for code, why in refused), refused[:3]
         client = new_client(url)  # the normal visitor, on 127.0.0.1
         assert explore(client, image)[-1]["n_kept"] >= 1
         assert explore(client, image, method="random", budget=20)[-1]["n_kept"] >= 1  # a slider move
+        assert all(n <= limit("max_long_jobs_per_client", 2) for n in accepted.values()), accepted
+        assert sum(accepted.values()) <= limit("max_long_jobs", 8), accepted
+        assert refused and all(code == 429 and bad_inputs.is_one_sentence(why) for code, why in refused), refused[:3]
 
 
 def test_answers_are_shorter_on_a_public_space(monkeypatch, image):
@@ -305,26 +310,26 @@ def test_direct_run_routes_are_closed_off_spaces_and_the_client_still_works(monk
 def test_uploads_take_images_only_and_a_few_at_a_time(image, tmp_path):
     from gradio.utils import get_upload_folder
 
-    config = ExplorerConfig()
+    most = limit("max_upload_files", 4)
     root = Path(get_upload_folder())
     before = {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
     text = tmp_path / "notes.png"
     text.write_bytes(b"not an image\n" * 80_000)  # ≈ 1 MB, named .png
-    with app(config) as (demo, url):
+    with app() as (demo, url):
         with from_address(ATTACKERS[0]) as http:
             many = [("files", (f"x{i}.png", text.read_bytes(), "image/png")) for i in range(40)]
             r_many = http.post(f"{url}/gradio_api/upload", files=many)
             images = [("files", (f"i{i}.jpg", image.read_bytes(), "image/jpeg"))
-                      for i in range(config.max_upload_files + 1)]
+                      for i in range(most + 1)]
             r_images = http.post(f"{url}/gradio_api/upload", files=images)
             one_text = [("files", ("notes.png", text.read_bytes(), "image/png"))]
             r_text = http.post(f"{url}/gradio_api/upload", files=one_text)
-            ok = [("files", (f"i{i}.jpg", image.read_bytes(), "image/jpeg")) for i in range(config.max_upload_files)]
+            ok = [("files", (f"i{i}.jpg", image.read_bytes(), "image/jpeg")) for i in range(most)]
             r_ok = http.post(f"{url}/gradio_api/upload", files=ok)
         for r in (r_many, r_images, r_text):
             assert r.status_code in (400, 413, 415), (r.status_code, r.text[:200])
             assert bad_inputs.is_one_sentence(r.json()["detail"])
-        assert r_ok.status_code == 200 and len(r_ok.json()) == config.max_upload_files
+        assert r_ok.status_code == 200 and len(r_ok.json()) == most
         after = {p for p in root.rglob("*") if p.is_file()}
         new = {p for p in after - before if not str(p).endswith(".jpg")}
         assert not [p for p in new if p.read_bytes()[:12] == b"not an image"], "a refused upload stayed on disk"
@@ -384,7 +389,7 @@ def test_a_bad_example_pick_gets_one_sentence(capfd, event):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("event", [{"index": "zz", "value": None}, {"index": [1, 2, 3], "value": None}, "x", None])
+@pytest.mark.parametrize("event", [{"index": "xyz", "value": None}, {"index": [1, 2, 3], "value": None}, "x", None])
 def test_a_malformed_click_gets_one_sentence(capfd, event):
     with app() as (demo, url):
         capfd.readouterr()
@@ -412,21 +417,27 @@ def test_a_huge_dropdown_value_is_not_echoed(image):
 # 9. Image memory
 # ----------------------------------------------------------------------------------------------------------
 PEAK_SCRIPT = r"""
-import resource, sys
-from PIL import Image
+import json, sys
 from explorer.images import load_image
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def high_water():  # this process's peak RSS (VmHWM starts afresh at exec, unlike ru_maxrss)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+
+before = high_water()
 im = load_image(sys.argv[1], 40_000_000)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-import json
-print(json.dumps([im.size[0], im.size[1], im.getpixel((0, 0)), im.getpixel((im.size[0] - 1, 0)), (after - before) * 1024]))
+grew = high_water() - before
+print(json.dumps([im.size[0], im.size[1], im.getpixel((0, 0)), im.getpixel((im.size[0] - 1, 0)), grew]))
 """
 
 
 def test_a_transparent_palette_image_is_converted_without_rgba_copies(tmp_path):
-    """A 6300×6300 palette PNG with a transparent entry (≈ 40 MB on disk as a few kB): converting it raises
-    the peak RSS by at most 5 bytes per pixel (the 1-byte palette image, the 3-byte result, a strip) — three
-    RGBA copies would be 12 or more. The transparent pixels come out white."""
+    """A 6300×6300 palette PNG with a transparent entry (40 megapixels in 77 kB): loading it raises the peak
+    RSS by at most 7 bytes per pixel (the 1-byte palette image, the result — Pillow keeps RGB in 4 bytes — and
+    a strip; measured 5.5) — with full-size RGBA copies it was 21. The transparent pixels come out white."""
     side = 6300
     im = Image.new("P", (side, side), 1)
     im.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
@@ -441,7 +452,7 @@ def test_a_transparent_palette_image_is_converted_without_rgba_copies(tmp_path):
     w, h, left, right, grew = json.loads(out.stdout.strip().splitlines()[-1])
     assert (w, h) == (side, side)
     assert left == [255, 255, 255] and right == [200, 30, 30]
-    assert int(grew) <= 5 * side * side, f"{int(grew) / side / side:.1f} bytes per pixel"
+    assert grew <= 7 * side * side, f"{grew / side / side:.1f} bytes per pixel"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -504,12 +515,18 @@ def test_sigterm_while_an_answer_generates_stops_cleanly(tmp_path, image):
                 return False
 
         assert wait_until(up, timeout=180, every=0.5), log.read_text()[-3000:]
-        from gradio_client import handle_file
-
-        client = new_client(url)
-        job = client.submit(api_name="/answer", image=handle_file(str(image)), max_new_tokens=256,
-                            **{**HEAD, "model": None})
-        assert wait_until(lambda: len(job.outputs()) >= 2, timeout=240, every=0.2), log.read_text()[-3000:]
+        with from_address(ATTACKERS[0]) as http:  # a visitor who queues an answer and never listens
+            dependencies = json.loads(http.get(f"{url}config").text)["dependencies"]
+            index = next(d["id"] for d in dependencies if d.get("api_name") == "answer")
+            data = join_data("answer", {"path": upload(http, url.rstrip("/"), image),
+                                        "meta": {"_type": "gradio.FileData"}})
+            data[3], data[5] = None, 256  # the server's model, 256 tokens
+            assert join(http, url.rstrip("/"), index, data).status_code == 200
+        psutil = pytest.importorskip("psutil")
+        worker = psutil.Process(proc.pid)
+        worker.cpu_percent()
+        assert wait_until(lambda: worker.cpu_percent() > 50, timeout=120, every=1.0)  # it is generating
+        time.sleep(3.0)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
     finally:
