@@ -128,6 +128,7 @@ def bad_input_cases(folder: Path) -> list[tuple[str, str, dict]]:
 
 
 def measure_bad_inputs(folder: Path) -> dict:
+    import httpx
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
@@ -166,6 +167,9 @@ def measure_bad_inputs(folder: Path) -> dict:
                 outcome = "result"
             except AppError as err:
                 outcome = "sentence" if bad_inputs.is_one_sentence(str(err)) else "other"
+            except httpx.HTTPStatusError as err:  # refused at the upload (explorer.guard): not an image
+                detail = err.response.json().get("detail") if err.response.status_code == 415 else None
+                outcome = "sentence" if bad_inputs.is_one_sentence(detail) else "other"
             count(group, outcome, serving())
 
         folder_secret = folder / "secret"

@@ -50,6 +50,9 @@ UPLOAD_ROUTE = "upload"
 LOG_CHARS = 2_000  # a log message is cut here
 GENERIC_FILE = "This file cannot be used; please upload the image again (or click an example)."
 BAD_CLICK = "This click could not be read; please click the picture again."
+# an upload that is not an image: the sentences `images.load_image` says for the same files
+EMPTY_FILE = "The uploaded file is empty (0 bytes); please choose an image file."
+NOT_AN_IMAGE = "This file is not an image that can be read (try a PNG, JPEG, WebP or GIF); only images can be uploaded."
 FRAME_ANCESTORS = "'self' https://huggingface.co https://*.huggingface.co https://*.hf.space"
 # The Gradio page needs inline scripts and styles and evaluates the app's small `js=` snippets; everything
 # else comes from this origin (fonts may come from Google Fonts, as Gradio's themes load them).
@@ -146,22 +149,6 @@ class Cleaner:
             for name in list(temp_set):
                 if name not in keep:
                     yield temp_set, name
-
-    def sanitize(self) -> int:
-        """Drop every recorded entry that is not a regular file (Gradio's own clean-up at shutdown calls
-        os.remove on each, which fails on a directory). Returns how many were dropped."""
-        dropped = 0
-        for temp_set, name in self._entries():
-            try:
-                bad = not _regular(os.lstat(name))
-            except FileNotFoundError:
-                bad = False  # Gradio skips a missing file
-            except (OSError, ValueError, TypeError):
-                bad = True
-            if bad:
-                temp_set.discard(name)
-                dropped += 1
-        return dropped
 
     def run_once(self, now: float | None = None, everything: bool = False) -> dict:
         """One pass (`everything`: every recorded file, as when the server stops); returns what it did (files
@@ -580,13 +567,15 @@ class Door:
             why = "This upload could not be read."
         elif len(files) > limits.upload_files:
             why = f"Upload at most {limits.upload_files} files at a time."
+        elif any(_size(p) == 0 for p in files):
+            why = EMPTY_FILE
         elif not all(_is_image(p) for p in files):
-            why = "Only images can be uploaded (PNG, JPEG, WebP, GIF, BMP or TIFF)."
+            why = NOT_AN_IMAGE
         if why:
             self._discard(body)
             self.guard.count("upload refused")
             log.info("refused an upload: %s", why)
-            return await _refuse(send, 415 if "images" in why else 400, why)
+            return await _refuse(send, 415 if why in (EMPTY_FILE, NOT_AN_IMAGE) else 400, why)
         await send(start)
         await send({"type": "http.response.body", "body": body})
 
@@ -643,6 +632,13 @@ async def _refuse(send, status: int, sentence: str) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
     await send({"type": "http.response.body", "body": payload})
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
 
 
 def _is_image(path: str) -> bool:
