@@ -49,7 +49,8 @@ class ExplorerConfig:
     # what one visitor may ask of a public server (explorer.guard; the README's hosting section says why)
     max_request_kb: int = 256  # a JSON request body (an explore's is < 20 kB); refused before it is decoded
     max_upload_files: int = 4  # files per upload request (the page sends one)
-    max_pending_per_client: int = 16  # events one address may have waiting or running
+    queue_size: int = 128  # events waiting in Gradio's queue, all visitors together
+    max_pending_per_client: int = 48  # events one address may have waiting or running (a classroom shares one)
     max_long_jobs_per_client: int = 2  # answers, fidelity runs and exports one address may have waiting or running
     max_long_jobs: int = 8  # … all addresses together (the rest of the queue stays free for explores)
     cache_max_mb: int = 1024  # Gradio's cache of this app: the oldest files go first above this
@@ -61,7 +62,7 @@ class ExplorerConfig:
             raise ValueError("model must be 'offline' or a hub id / local folder")
         for name in ("encode_cache_size", "query_cache_size", "max_new_tokens", "max_new_tokens_limit", "heavy_slots",
                      "cache_clean_every_s", "cache_max_age_s",
-                     "max_image_pixels", "max_prompt_chars", "max_request_kb", "max_upload_files",
+                     "max_image_pixels", "max_prompt_chars", "max_request_kb", "max_upload_files", "queue_size",
                      "max_pending_per_client", "max_long_jobs_per_client", "max_long_jobs", "cache_max_mb",
                      "cache_check_every_s", "public_max_new_tokens"):
             value = getattr(self, name)

@@ -715,7 +715,7 @@ def serve(demo: gr.Blocks, config, **overrides) -> gr.Blocks:
 
     safe_logging()
     kwargs = {**launch_kwargs(config), **overrides}
-    demo.queue(max_size=64, default_concurrency_limit=2, api_open=False)
+    demo.queue(max_size=config.queue_size, default_concurrency_limit=2, api_open=False)
     guard = Guard(demo, Limits.from_config(config, _parse_file_size(kwargs["max_file_size"])))
     demo.delete_cache = None  # the guard's cleaner runs the schedule (Gradio's stops on its first bad entry)
     demo.guard = guard

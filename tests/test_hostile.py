@@ -138,7 +138,7 @@ def image(tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------------------------------------
 def test_a_queue_flood_leaves_room_for_other_visitors(image):
     """Six addresses each POST 12 /answer joins at 256 tokens with a fresh session each and never open an
-    event stream (72 > the queue's 64). Each address gets at most `max_long_jobs_per_client`, all together at
+    event stream (72 > the 64 places the queue had before the guard). Each address gets at most `max_long_jobs_per_client`, all together at
     most `max_long_jobs`, the rest a 429 with one sentence; a normal visitor then explores and moves a slider."""
     with app() as (demo, url):
         index = fn_index(demo, "answer")
