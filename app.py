@@ -5,8 +5,10 @@ The model loads in a background thread while the page is already served; a reque
 for it (with a progress bar). On a Hugging Face Space (`SPACE_ID` set) `explorer.hosting` first installs the
 offline default's two `--no-deps` wheels if they are missing and binds 0.0.0.0.
 
-Ctrl-C and SIGTERM (a Space or container being stopped) stop it the same clean way: Gradio closes its server and
-deletes the files it cached for this run, and the export folder is removed.
+Ctrl-C and SIGTERM (a Space or container being stopped) stop it the same clean way: a generating answer stops at
+its next token, the queue drains, Gradio closes its server and deletes the files it cached for this run, and the
+export folder is removed. On a public server (`SPACE_ID` or `VTE_PUBLIC=1`) answers are capped at
+`config.public_max_new_tokens` tokens.
 """
 
 import os
@@ -36,7 +38,7 @@ def stop_on_sigterm():
 
 
 def main(argv=None) -> None:
-    config = ExplorerConfig.from_args(argv)
+    config = hosting.public_limits(ExplorerConfig.from_args(argv))  # a public Space: shorter answers
     hosting.prepare(model=config.model)  # a Hugging Face Space: missing wheels, bind address (nothing elsewhere)
     release_freed_memory()  # a long-running server: freed buffers go back to the OS (glibc)
     explorer = Explorer(config)
@@ -49,7 +51,11 @@ def main(argv=None) -> None:
     except KeyboardInterrupt:  # stopped while starting
         pass
     finally:
+        explorer.stopping.set()  # a generating answer ends at its next token …
         if demo is not None:
+            guard = getattr(demo, "guard", None)
+            if guard is not None:
+                guard.drain()  # … and the server closes once no job is running (bounded wait)
             demo.close()
         explorer.close()  # the export folder
         if previous is not None:

@@ -16,8 +16,13 @@ What is measured (launched apps on loopback, driven through gradio_client and ra
                and at its peak (sampled every 50 ms) over N /explore requests from 4 concurrent sessions
                (synthetic backend, glibc settings of app.main)
   disk         files and bytes in the app's own Gradio cache folder and export folder after N explore + export
-               requests, after Gradio's delete_cache schedule has run (shortened to 5 s / 5 s here; the app's
-               defaults are every 600 s for files older than 3600 s), and after the server has stopped
+               requests, after the cache schedule has run (shortened to 5 s / 5 s here; the app's defaults are
+               every 600 s for files older than 3600 s), and after the server has stopped
+  hostile      a flood from six other loopback addresses (answer joins at 256 tokens with fresh sessions, 1 MB
+               bodies, 40-file non-image uploads, directory and URL file payloads, direct /run calls) while a
+               normal visitor on 127.0.0.1 moves a slider: the visitor's p50/p95 with and without the flood, how
+               every attack request was answered, RSS and the cache on disk before and after
+               (`--hostile-only` runs just this section)
 """
 
 from __future__ import annotations
@@ -123,10 +128,11 @@ def bad_input_cases(folder: Path) -> list[tuple[str, str, dict]]:
 
 
 def measure_bad_inputs(folder: Path) -> dict:
+    import httpx
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    from tests.test_security import SHAPES, raw_call, raw_data
+    from tests.test_security import DOOR, SHAPES, raw_call, raw_data
 
     good = bad_inputs.good_jpeg(folder, seed=7)
     explorer = synthetic_explorer()
@@ -161,6 +167,9 @@ def measure_bad_inputs(folder: Path) -> dict:
                 outcome = "result"
             except AppError as err:
                 outcome = "sentence" if bad_inputs.is_one_sentence(str(err)) else "other"
+            except httpx.HTTPStatusError as err:  # refused at the upload (explorer.guard): not an image
+                detail = err.response.json().get("detail") if err.response.status_code == 415 else None
+                outcome = "sentence" if bad_inputs.is_one_sentence(detail) else "other"
             count(group, outcome, serving())
 
         folder_secret = folder / "secret"
@@ -171,7 +180,7 @@ def measure_bad_inputs(folder: Path) -> dict:
                 for target in targets:
                     event, data = raw_call(url, api, raw_data(api, shape(str(target))))
                     message = data.get("error") if isinstance(data, dict) else data
-                    if event != "error":
+                    if event not in ("error", DOOR):  # DOOR: the guard's refusal before the queue
                         outcome = "other"
                     elif message is None:
                         outcome = "gradio"
@@ -304,6 +313,125 @@ def measure_disk(pics: list[Path], n: int, every: int = 5, age: int = 5) -> dict
 
 
 # --------------------------------------------------------------------------------------------------
+# A hostile visitor
+# --------------------------------------------------------------------------------------------------
+def measure_hostile(pics: list[Path], moves: int, rounds: int) -> dict:
+    """The flood of tests/test_hostile.py, bounded (`rounds` per attacker), while a visitor moves a slider."""
+    import json as _json
+
+    import httpx
+
+    from tests.test_hostile import ATTACKERS, SlowBackend, fn_index, from_address, join, join_data, upload
+
+    proc = psutil.Process()
+    cache = Path(os.environ["GRADIO_TEMP_DIR"])
+    backend = SlowBackend(step=0.02)  # answers at 20 ms per token, as a small LLM on a CPU
+    explorer = Explorer(ExplorerConfig(), loader=lambda c, progress=None: backend)
+    junk = Path(tempfile.mkdtemp(prefix="vte-bench-junk-")) / "notes.png"
+    junk.write_bytes(b"not an image\n" * 2_000)  # 26 kB of text named .png
+    statuses: dict[str, dict[int, int]] = {}
+    with launched(explorer) as demo:
+        url = demo.local_url.rstrip("/")
+        visitor = client(demo.local_url)
+        explore(visitor, pics[0], method="random", budget=8)  # warm: the encode is cached
+
+        def moves_ms(n):
+            times, failed = [], 0
+            for i in range(n):
+                t0 = time.perf_counter()
+                try:
+                    explore(visitor, pics[0], method="random", budget=8 + i % 40)
+                    times.append(1000 * (time.perf_counter() - t0))
+                except Exception:  # noqa: BLE001 - counted
+                    failed += 1
+            times.sort()
+            pick = (lambda q: times[min(len(times) - 1, int(q * len(times)))]) if times else (lambda q: float("nan"))
+            return dict(p50=pick(0.5), p95=pick(0.95), failed=failed, n=n)
+
+        quiet = moves_ms(moves)
+        rss_before, disk_before = proc.memory_info().rss, tree(cache)
+        answer, explore_fn = fn_index(demo, "answer"), fn_index(demo, "explore")
+
+        def attack(ip):
+            with from_address(ip) as http:
+                image = {"path": upload(http, url, pics[1]), "meta": {"_type": "gradio.FileData"}}
+                flood = join_data("answer", image)
+                flood[5] = 256
+                big = join_data("answer", image)
+                big[4] = [[] for _ in range(350_000)]
+                body = _json.dumps({"data": big, "fn_index": answer, "session_hash": "x"}).encode()
+                for _ in range(rounds):
+                    sent = {
+                        "answer join, 256 tokens": lambda: join(http, url, answer, flood),
+                        "1 MB join body": lambda: http.post(f"{url}/gradio_api/queue/join", content=body,
+                                                            headers={"content-type": "application/json"}),
+                        "upload of 40 non-images": lambda: http.post(
+                            f"{url}/gradio_api/upload",
+                            files=[("files", (f"x{i}.png", junk.read_bytes(), "image/png")) for i in range(40)]),
+                        "directory payload": lambda: join(http, url, explore_fn, join_data(
+                            "explore", {"path": str(cache), "meta": {"_type": "gradio.FileData"}})),
+                        "URL payload": lambda: join(http, url, explore_fn, join_data(
+                            "explore", {"path": "https://example.com/a.png", "meta": {"_type": "gradio.FileData"}})),
+                        "direct /run/explore": lambda: http.post(f"{url}/gradio_api/run/explore",
+                                                                 json={"data": join_data("explore", image)}),
+                    }
+                    for what, call in sent.items():
+                        try:
+                            code = call().status_code
+                        except httpx.HTTPError:
+                            code = 0
+                        row = statuses.setdefault(what, {})
+                        row[code] = row.get(code, 0) + 1
+
+        peak = [proc.memory_info().rss]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.wait(0.05):
+                peak[0] = max(peak[0], proc.memory_info().rss)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        attackers = [threading.Thread(target=attack, args=(ip,)) for ip in ATTACKERS]
+        for t in attackers:
+            t.start()
+        flooded = moves_ms(moves)
+        for t in attackers:
+            t.join()
+        stop.set()
+        sampler.join()
+        rss_after, disk_after = proc.memory_info().rss, tree(cache)
+        refused = dict(demo.guard.refused)
+        backend.stop.set()  # the accepted answers end early
+        explorer.stopping.set()
+    explorer.close()
+    shutil.rmtree(junk.parent, ignore_errors=True)
+    mb = 2**20
+    return dict(quiet=quiet, flooded=flooded, statuses=statuses, refused=refused, rounds=rounds,
+                rss=(rss_before / mb, peak[0] / mb, rss_after / mb), disk=(disk_before, disk_after))
+
+
+def report_hostile(say, h: dict) -> None:
+    say("\n## A hostile visitor: a flood while a normal visitor moves a slider\n")
+    say(f"Synthetic backend whose answers take 20 ms per token. Six attacker addresses (127.0.0.2–7) send "
+        f"{h['rounds']} rounds each of the requests below at once, while the visitor on 127.0.0.1 moves a slider "
+        f"{h['quiet']['n']} times (an explore with a new budget). RSS is this process's (server and clients).\n")
+    say("| visitor | moves | failed | p50 ms | p95 ms |\n|---|---:|---:|---:|---:|")
+    for name in ("quiet", "flooded"):
+        v = h[name]
+        say(f"| {'alone' if name == 'quiet' else 'during the flood'} | {v['n']} | **{v['failed']}** | "
+            f"{v['p50']:.0f} | **{v['p95']:.0f}** |")
+    say("\n| attack request | sent | answered with (HTTP status × count) |\n|---|---:|---|")
+    for what, codes in h["statuses"].items():
+        say(f"| {what} | {sum(codes.values())} | " + ", ".join(f"{c} × {n}" for c, n in sorted(codes.items())) + " |")
+    before, peak, after = h["rss"]
+    (f0, b0), (f1, b1) = h["disk"]
+    say(f"\nRSS {before:.0f} MB before the flood, peak {peak:.0f} MB, {after:.0f} MB after. Gradio's cache: "
+        f"{f0} files / {b0 / 1e6:.1f} MB before, {f1} files / {b1 / 1e6:.1f} MB after. Refused by the guard: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(h["refused"].items())) + ".")
+
+
+# --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
 def main(argv=None) -> None:
@@ -312,6 +440,9 @@ def main(argv=None) -> None:
     parser.add_argument("--disk-requests", type=int, default=50, help="explore + export pairs of the disk run")
     parser.add_argument("--offline-sessions", type=int, default=4, help="parallel sessions on the offline default "
                         "(0: skip the offline default)")
+    parser.add_argument("--hostile-moves", type=int, default=30, help="the visitor's slider moves (hostile run)")
+    parser.add_argument("--hostile-rounds", type=int, default=10, help="rounds per attacker (hostile run)")
+    parser.add_argument("--hostile-only", action="store_true", help="only the hostile-visitor section")
     parser.add_argument("--write", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
     release_freed_memory()  # as app.main does
@@ -326,6 +457,12 @@ def main(argv=None) -> None:
     pics = isolation.distinct_images(folder)
     say(f"# Reliability (`python -m bench.reliability`, {time.strftime('%Y-%m-%d')})\n")
     say(f"Machine: {machine()}\n")
+    if args.hostile_only:
+        report_hostile(say, measure_hostile(pics, args.hostile_moves, args.hostile_rounds))
+        if args.write:
+            args.write.write_text("\n".join(out) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        return
 
     say("## Bad inputs: each answered with a result or one sentence, and the server still serving\n")
     say("Synthetic backend. A sentence: 10–400 characters, one line, naming the problem (never \"Something went "
@@ -385,6 +522,7 @@ def main(argv=None) -> None:
         "|---|---:|---:|---:|---:|")
     for when, ((cf, cb), (ef, eb)) in d["rows"].items():
         say(f"| {when} | {cf} | {cb / 1e6:.2f} | {ef} | {eb / 1e6:.2f} |")
+    report_hostile(say, measure_hostile(pics, args.hostile_moves, args.hostile_rounds))
     say(f"\nTotal run time {time.perf_counter() - t_start:.0f} s.")
     if args.write:
         args.write.write_text("\n".join(out) + "\n")

@@ -46,13 +46,25 @@ class ExplorerConfig:
     max_image_pixels: int = 40_000_000  # uploads above this are refused (decompression-bomb guard)
     max_prompt_chars: int = 2_000  # longer prompts are cut before answering
     seed: int = 0  # seeds every randomly initialised weight of the offline default
+    # what one visitor may ask of a public server (explorer.guard; the README's hosting section says why)
+    max_request_kb: int = 256  # a JSON request body (an explore's is < 20 kB); refused before it is decoded
+    max_upload_files: int = 4  # files per upload request (the page sends one)
+    queue_size: int = 128  # events waiting in Gradio's queue, all visitors together
+    max_pending_per_client: int = 48  # events one address may have waiting or running (a classroom shares one)
+    max_long_jobs_per_client: int = 2  # answers, fidelity runs and exports one address may have waiting or running
+    max_long_jobs: int = 8  # … all addresses together (the rest of the queue stays free for explores)
+    cache_max_mb: int = 1024  # Gradio's cache of this app: the oldest files go first above this
+    cache_check_every_s: int = 30  # how often the cache's size is checked (and old files deleted)
+    public_max_new_tokens: int = 64  # the answer-length ceiling on a public Space (SPACE_ID or VTE_PUBLIC set)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError("model must be 'offline' or a hub id / local folder")
         for name in ("encode_cache_size", "query_cache_size", "max_new_tokens", "max_new_tokens_limit", "heavy_slots",
                      "cache_clean_every_s", "cache_max_age_s",
-                     "max_image_pixels", "max_prompt_chars"):
+                     "max_image_pixels", "max_prompt_chars", "max_request_kb", "max_upload_files", "queue_size",
+                     "max_pending_per_client", "max_long_jobs_per_client", "max_long_jobs", "cache_max_mb",
+                     "cache_check_every_s", "public_max_new_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -105,6 +105,25 @@ def apply(plan: Plan, installer: Callable[[tuple[str, ...]], None] | None = None
     return True
 
 
+def is_public(env: Mapping[str, str]) -> bool:
+    """A public server: a Hugging Face Space (`SPACE_ID`) or `VTE_PUBLIC=1` anywhere else."""
+    return bool(env.get("SPACE_ID")) or env.get("VTE_PUBLIC", "").lower() in ("1", "true", "yes")
+
+
+def public_limits(config, env: Mapping[str, str] | None = None):
+    """`config` with the answer-length ceiling of a public server (`config.public_max_new_tokens`) when
+    `is_public(env)`; unchanged elsewhere. An answer or fidelity run holds the only generate slot for as long
+    as it decodes: on two shared vCPUs 256 tokens of both answers take about a minute, a fidelity run at 256
+    several."""
+    import dataclasses
+
+    env = os.environ if env is None else env
+    if not is_public(env):
+        return config
+    limit = min(config.max_new_tokens_limit, config.public_max_new_tokens)
+    return dataclasses.replace(config, max_new_tokens_limit=limit, max_new_tokens=min(config.max_new_tokens, limit))
+
+
 def prepare(env: MutableMapping[str, str] | None = None, installed: Callable[[str], bool] | None = None,
             installer: Callable[[tuple[str, ...]], None] | None = None, model: str | None = None) -> Plan:
     """`startup_plan` for this process's environment and the model the app will load, applied. What `app.main`

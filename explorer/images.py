@@ -21,16 +21,33 @@ HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 STRIP_PIXELS = 1 << 18  # pixels converted at a time from a high-bit-depth image
 
 
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in HIGH_DEPTH:
         return _high_depth_to_rgb(im)
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+    if im.mode in ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
+        return _composite_on_white(im)
     return im.convert("RGB")
+
+
+def _composite_on_white(im: Image.Image) -> Image.Image:
+    """An image with alpha (or a palette with transparency) composited on white, in strips of rows pasted into
+    the result: the extra memory is the RGB result (Pillow keeps RGB in 4 bytes per pixel) plus one strip —
+    never a full-size RGBA copy (a 20 kB palette PNG of 40 megapixels would otherwise cost three 160 MB RGBA
+    images at once). Each pixel becomes (c·a + 255·(255 − a)) / 255, rounded, per channel — what Pillow's
+    alpha_composite on white gives."""
+    width, height = im.size
+    out = Image.new("RGB", im.size)
+    rows = max(1, STRIP_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        strip = np.asarray(im.crop((0, top, width, bottom)).convert("RGBA"), dtype=np.uint32)
+        alpha = strip[..., 3:4]
+        blended = (strip[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
+        out.paste(Image.fromarray(blended.astype(np.uint8), "RGB"), (0, top))
+    return out
 
 
 def _high_depth_to_rgb(im: Image.Image) -> Image.Image:

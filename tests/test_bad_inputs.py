@@ -74,11 +74,16 @@ def explore(client, path, **over):
 
 
 def explore_error(client, path, **over) -> str:
-    """The message of the gr.Error the request must end in."""
+    """The message of the gr.Error the request must end in — or of the upload's refusal: a file that is not an
+    image is refused when it is uploaded (explorer.guard), with the sentence the loader says for it."""
+    import httpx
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError) as info:
+    with pytest.raises((AppError, httpx.HTTPStatusError)) as info:
         explore(client, path, **over)
+    if isinstance(info.value, httpx.HTTPStatusError):
+        assert info.value.response.status_code == 415, info.value
+        return info.value.response.json()["detail"]
     return str(info.value)
 
 

@@ -181,7 +181,7 @@ def test_concurrent_exports_never_exceed_the_heavy_slots_in_the_service(tmp_path
 def test_concurrent_exports_never_exceed_the_heavy_slots_through_the_app(image_file):
     """Four sessions press Export at once. The service's semaphore is widened here, so the bound seen is the
     event's own concurrency_limit (config.heavy_slots)."""
-    explorer, _ = synthetic_explorer(heavy_slots=2)
+    explorer, _ = synthetic_explorer(heavy_slots=2, max_long_jobs_per_client=4)  # four sessions, one address
     explorer.heavy = threading.BoundedSemaphore(100)
     gauge = Gauge(explorer.export_png, expected=4)
     explorer.export_png = gauge
@@ -294,11 +294,13 @@ def test_answer_length_is_validated_before_any_work():
 # Disk
 # ----------------------------------------------------------------------------------------------------------
 def test_gradio_cache_is_cleaned_on_the_configured_schedule(tmp_path):
-    """delete_cache comes from the config; with a 1 s schedule for files older than 1 s, an explore's upload and
-    outputs are gone within seconds."""
+    """The schedule comes from the config (the app's own cleaner, explorer.guard.Cleaner, runs it instead of
+    Gradio's delete_cache); with a 1 s schedule for files older than 1 s, an explore's upload and outputs are
+    gone within seconds."""
     explorer, _ = synthetic_explorer(cache_clean_every_s=1, cache_max_age_s=1)
     with served(explorer) as demo:
-        assert demo.delete_cache == (1, 1)
+        cleaner = demo.guard.cleaner
+        assert (cleaner.every_s, cleaner.age_s) == (1, 1) and demo.delete_cache is None
         from gradio_client import Client
 
         kept_by_design = {p for block in demo.blocks.values() for p in getattr(block, "keep_in_cache", ())}
@@ -377,7 +379,8 @@ def test_sigterm_leaves_no_export_folder_and_no_cached_files(tmp_path, image_fil
     examples = {(ROOT / "assets" / row["file"]).read_bytes()
                 for row in json.loads((ROOT / "assets" / "examples.json").read_text())}
     left = [p for p in cache.rglob("*") if p.is_file()]
-    assert all(p.read_bytes() in examples for p in left), [str(p.relative_to(cache)) for p in left]
+    assert all(p.read_bytes() in examples for p in left), ([str(p.relative_to(cache)) for p in left],
+                                                           log.read_text()[-3000:])
     assert len(left) <= len(examples)
     assert "Traceback" not in log.read_text()
 

@@ -63,9 +63,15 @@ def raw_data(api: str, image) -> list:
     return head + TAILS[api] + [spec.default for spec in SCHEMA.specs.values()]
 
 
+DOOR = "refused at the door"  # explorer.guard refused the request before it was queued (HTTP 400, one sentence)
+
+
 def raw_call(url: str, api: str, data: list) -> tuple[str, object]:
-    """POST /gradio_api/call/<api> with a hand-made payload (no upload); ("complete"|"error", data)."""
+    """POST /gradio_api/call/<api> with a hand-made payload (no upload); ("complete"|"error", data), or
+    (DOOR, {"error": sentence}) when the guard refused it before it was queued."""
     r = httpx.post(f"{url}/gradio_api/call/{api}", json={"data": data}, timeout=30)
+    if r.status_code == 400 and isinstance(r.json(), dict) and isinstance(r.json().get("detail"), str):
+        return DOOR, {"error": r.json()["detail"]}
     if r.status_code != 200:
         return f"http {r.status_code}", r.text[:200]
     event_id = r.json()["event_id"]
@@ -161,7 +167,7 @@ def test_a_request_cannot_make_the_app_read_a_file_it_was_not_sent(url, path):
     """/explore takes the image payload unprocessed (preprocess=False); a path that was never uploaded must be
     refused before the explorer opens it (otherwise any image on the server could be rendered back)."""
     event, data = raw_explore(url, {"path": path, "meta": {"_type": "gradio.FileData"}})
-    assert event == "error", (event, str(data)[:200])
+    assert event in ("error", DOOR), (event, str(data)[:200])
     assert "root:" not in json.dumps(data)
 
 
@@ -171,7 +177,7 @@ def test_a_request_cannot_make_the_app_read_a_file_it_was_not_sent(url, path):
 ])
 def test_urls_in_the_payload_are_not_fetched(url, image):
     event, data = raw_explore(url, image)
-    assert event == "error", (event, str(data)[:200])
+    assert event in ("error", DOOR), (event, str(data)[:200])
 
 
 # --- no path oracle: every endpoint, every payload shape, four states of the named file -----------------------
@@ -196,10 +202,14 @@ def server_files(tmp_path_factory) -> dict[str, str]:
 
 def assert_refused(api: str, event: str, data) -> None:
     """An error, and its message (if any) one of the generic sentences: Gradio's own message-less refusal of a
-    FileData outside its upload folder (null), the app's GENERIC_FILE, or, for /export, which takes no input at
-    all, 'explore an image first'."""
+    FileData outside its upload folder (null), the app's GENERIC_FILE — also what the guard answers at the door
+    for a typed FileData that is not a file Gradio uploaded — or, for /export, which takes no input at all,
+    'explore an image first'."""
     from explorer.ui import GENERIC_FILE
 
+    if event == DOOR:
+        assert data == {"error": GENERIC_FILE}, (api, data)
+        return
     assert event == "error", (api, event, str(data)[:300])
     message = data.get("error") if isinstance(data, dict) else data
     allowed = {None, GENERIC_FILE} | ({EXPORT_FIRST} if api == "export" else set())

@@ -61,6 +61,7 @@ class Explorer:
         self._exports = tempfile.TemporaryDirectory(prefix="vte-exports-")
         self.export_root = Path(self._exports.name)
         self.heavy = threading.BoundedSemaphore(config.heavy_slots)  # exports / fidelity runs at once
+        self.stopping = threading.Event()  # set when the server stops: answers end at their next token
 
     def close(self) -> None:
         """Remove the export folder (also done at interpreter exit)."""

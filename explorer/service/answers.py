@@ -67,6 +67,8 @@ def answer_stream(x: Explorer, image, prompt, settings: Settings, session: Sessi
             progress(done, desc=desc)
         with contextlib.closing(backend.answer_stream(enc, prompt, reduction, max_new_tokens)) as stream:
             for item in stream:
+                if x.stopping.is_set():
+                    raise InputError("The server is stopping; please ask again in a minute.")
                 if isinstance(item, Answer):
                     answers[part] = item
                 else:
@@ -147,6 +149,8 @@ def _fidelity_rows(x: Explorer, backend: Backend, enc: Encoded, prompt: str, set
                  **fid.reference_fidelity(backend, enc, prompt, full, full_score))]
     yield rows, 1, len(plan) + 1
     for group, what, other in plan:
+        if x.stopping.is_set():
+            raise InputError("The server is stopping; please measure again in a minute.")
         try:
             r, _, _ = pipeline.reduce(x, backend, enc, prompt, other)
             row = fid.fidelity(backend, enc, prompt, r, full, full_score, max_new_tokens)

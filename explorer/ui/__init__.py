@@ -130,7 +130,7 @@ def _wire_controls(ui: Screen) -> None:
                       queue=False)
     loaded = page.demo.load(_bind(ui, controls.start), None, page.screen_inputs, api_visibility="private")
     loaded.then(_bind(ui, controls.on_method), page.method,
-                page.control_list + [page.sweep_parameter, page.query_box], queue=False)
+                page.control_list + [page.sweep_parameter, page.query_box], queue=False, api_visibility="private")
     if page.examples is not None:
         page.examples.select(_bind(ui, controls.pick_example), None, page.screen_inputs, api_visibility="private",
                              queue=False).then(None, js=SCROLL_JS, queue=False)

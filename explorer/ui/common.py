@@ -142,10 +142,21 @@ def control_component(spec, visible: bool, budget_max: int | None, method: str):
 
 
 def serve(demo: gr.Blocks, config, **overrides) -> gr.Blocks:
-    """Queue and launch `demo` as `python app.py` does (`launch_kwargs`: limits, page style); `overrides` for
-    tests and benchmarks (e.g. `prevent_thread_lock=True, server_name="127.0.0.1", server_port=None`)."""
-    demo.queue(max_size=64, default_concurrency_limit=2)
-    demo.launch(**{**launch_kwargs(config), **overrides})
+    """Queue and launch `demo` as `python app.py` does (`launch_kwargs`: limits, page style) behind its guard
+    (`explorer.guard`: the door, the queue caps, headers, the app's own cache cleaning, safe log lines);
+    `overrides` for tests and benchmarks (e.g. `prevent_thread_lock=True, server_name="127.0.0.1",
+    server_port=None`). Direct /gradio_api/run calls are closed everywhere (gradio_client joins the queue)."""
+    from gradio.utils import _parse_file_size
+
+    from ..guard import Guard, Limits, safe_logging
+
+    safe_logging()
+    kwargs = {**launch_kwargs(config), **overrides}
+    demo.queue(max_size=config.queue_size, default_concurrency_limit=2, api_open=False)
+    guard = Guard(demo, Limits.from_config(config, _parse_file_size(kwargs["max_file_size"])))
+    demo.delete_cache = None  # the guard's cleaner runs the schedule (Gradio's stops on its first bad entry)
+    demo.guard = guard
+    demo.launch(**{**kwargs, **guard.launch_kwargs()})
     return demo
 
 

@@ -40,6 +40,9 @@ def start(ui: Screen, request: gr.Request):
 
 
 def pick_example(ui: Screen, evt: gr.SelectData):
+    if not isinstance(evt.index, int) or isinstance(evt.index, bool) or not 0 <= evt.index < len(ui.examples):
+        raise gr.Error(f"There is no example {str(evt.index)[:20]}; click one of the examples.",
+                       print_exception=False)
     row = ui.examples[evt.index]
     return screen_values(ui, row["path"], row["prompt"], row.get("method", ui.first_method), row.get("settings", {}),
                          row.get("points", []))

@@ -3,7 +3,11 @@ move (the same reduction and drawing without one, ≈ 10–30 ms), and a click o
 
 from __future__ import annotations
 
+import math
+
 import gradio as gr
+
+from ...errors import InputError
 
 from ..common import POINT, one_sentence, upload_path
 from ..layout import Layout, Screen
@@ -64,6 +68,9 @@ def move(ui: Screen, image, prompt, method, model, query_points, state, **contro
 def inspect_or_point(ui: Screen, mode, query_points, state, evt: gr.SelectData):
     """A click on a picture: describe the patch under it, or add it to PAR's query points."""
     page, explorer = ui.layout, ui.explorer
+    if not (isinstance(evt.index, (list, tuple)) and len(evt.index) == 2
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in evt.index)):
+        raise InputError("This click could not be read; please click the picture again.")
     x, y = evt.index
     if mode == POINT:
         return {page.query_points: list(query_points or []) + [explorer.view_to_image(state, x, y)]}
