@@ -88,13 +88,14 @@ REDUCERS = MappingProxyType(
             "official README: it ensures both the diversity and quality of the selected token subset, significantly "
             "reducing computational cost while maintaining considerable performance"),
         "dart": RegistryEntry(
-            dart, DARTParams, "DART (before the LLM)",
-            "Duplication-aware: a few pivot tokens (largest L1 norm), each keeping the tokens least similar to it; "
-            "no attention map", ("projected",),
+            dart, DARTParams, "DART",
+            "Inside the LLM: at layer K a few pivot tokens (largest key L1 norm, image and text) each keep the image "
+            "tokens least similar to them; the duplicates are dropped; no attention map", ("lm_probe",),
             "Wen et al., Stop Looking for Important Tokens in Multimodal Language Models: Duplication Matters More "
-            "(DART), arXiv 2502.11494 (EMNLP 2025; official: inside the LLM at layer 2)",
-            "P = top-k ‖p_i‖₁; for each pivot in turn: keep its ⌊(M − k)/k⌋ (+1) free tokens with the smallest "
-            "cos(p_pivot, p_j); kept = P ∪ chosen"),
+            "(DART), arXiv 2502.11494 (EMNLP 2025)",
+            "with layer K−1's keys k and normed outputs h: P = top-4 image ∪ top-4 text ‖k_i‖₁; for each pivot p "
+            "(Python set order): keep its ⌊(M − 4)/8⌋ (+1) free image tokens with the smallest cos(h_p, h_j) "
+            "(official: ⌊M/8⌋ each); layers ≥ K keep P_img ∪ chosen, original positions"),
         "vispruner": RegistryEntry(
             vispruner, VisPrunerParams, "VisPruner",
             "Important tokens by the feature layer's CLS attention, then diverse tokens left after removing "

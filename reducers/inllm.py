@@ -41,6 +41,17 @@ class Decision:
     keep: Tensor
     merge: tuple[Tensor, ...] = ()
 
+    def cpu(self) -> "Decision":
+        """The same decision (subclass and its extra fields included) with every tensor on the CPU."""
+        changes = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                changes[f.name] = v.cpu()
+            elif isinstance(v, tuple) and v and all(isinstance(g, Tensor) for g in v):
+                changes[f.name] = tuple(g.cpu() for g in v)
+        return dataclasses.replace(self, **changes)
+
 
 @dataclass(frozen=True, eq=False)
 class StageRecord:
@@ -105,7 +116,19 @@ class StagePlan:
                          attention of the rater rows to the visual tokens present — and their hidden states
                          [n_present, H] at the boundary (for recycling); n is N
     merged(hidden, groups): [len(groups), H] the recycled tokens' hidden states
+
+    Two class attributes say what the plan reads and how positions go on (defaults: SparseVLM, PyramidDrop):
+    reads = "attention": `decide` gets the rater rows as above; reads = "keys" (DART): `decide_keys(s, n_present,
+                         keys, states, positions)` gets, for the visual tokens present followed by every text
+                         token after them, layer a_s's keys on its input ([n_present + t, D], after RoPE, heads
+                         concatenated, GQA keys expanded), layer b_s − 1's output through the LLM's final norm
+                         ([n_present + t, H]) and their sequence positions ([n_present + t] long)
+    renumbers = True:    positions are renumbered 0…T'−1 after a stage; False (DART, FastV): the kept rows keep
+                         their original positions and a decoded token sits at T + n in every layer
     """
+
+    reads = "attention"
+    renumbers = True
 
     def points(self) -> tuple[tuple[int, int], ...]:
         raise NotImplementedError
@@ -117,6 +140,10 @@ class StagePlan:
         raise NotImplementedError
 
     def decide(self, s: int, n: int, rows: Tensor, hidden: Tensor) -> tuple[Tensor, Decision]:
+        raise NotImplementedError
+
+    def decide_keys(self, s: int, n_present: int, keys: Tensor, states: Tensor, positions: Tensor
+                    ) -> tuple[Tensor, Decision]:
         raise NotImplementedError
 
     def merged(self, hidden: Tensor, groups: tuple[Tensor, ...]) -> Tensor:
@@ -322,20 +349,26 @@ class ToyLLM:
     hidden state of every visual token is its vector (a patch's feature, a recycled token's merged vector)
     at every layer; the head-mean attention of text row r in layer a to the visual tokens present is the
     softmax over [visual logits, text logits] with logits q_{a,r} · x / √d (q seeded per layer and row) and
-    the text logits 0. Text embeddings for the raters: seeded rows."""
+    the text logits 0. Text embeddings for the raters: seeded rows. For a plan that reads keys (DART) the
+    n_text text tokens follow the image, which starts at sequence position `image_start`: the keys of layer a
+    are [visual vectors; text rows] @ K_a (K_a seeded per layer), the states the vectors and text rows
+    themselves, the positions the original ones."""
 
     features: Tensor
     n_layers: int
     n_text: int = 6
     seed: int = 0
+    image_start: int = 5
     queries: Tensor = field(init=False, repr=False)
     text: Tensor = field(init=False, repr=False)
+    key_maps: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         d = self.features.shape[1]
         gen = torch.Generator().manual_seed(self.seed)
         object.__setattr__(self, "queries", 3 * torch.randn(self.n_layers, self.n_text, d, generator=gen))
         object.__setattr__(self, "text", torch.randn(self.n_text, d, generator=gen))
+        object.__setattr__(self, "key_maps", torch.randn(self.n_layers, d, d, generator=gen) / math.sqrt(d))
 
     def rows(self, layer: int, x: Tensor) -> Tensor:
         """[n_text, n] the toy attention of every text row to the visual vectors x [n, d]."""
@@ -351,8 +384,12 @@ class ToyLLM:
         stages = []
         made = n
         for s, (a, b) in enumerate(plan.reachable(self.n_layers)):
-            rows = self.rows(a, x)[raters]
-            score, d = plan.decide(s, n, rows, x)
+            if plan.reads == "keys":
+                states = torch.cat([x, self.text])
+                positions = torch.cat([self.image_start + ids, self.image_start + n + torch.arange(self.n_text)])
+                score, d = plan.decide_keys(s, ids.numel(), states @ self.key_maps[a], states, positions)
+            else:
+                score, d = plan.decide(s, n, self.rows(a, x)[raters], x)
             check_decision(d, ids.numel())
             stages.append(StageRecord(a, b, ids, score, d))
             new = plan.merged(x, d.merge)
