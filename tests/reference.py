@@ -567,47 +567,48 @@ def cdpruner(projected, joint, query, budget: int, negate: bool = True, exp_thet
 
 
 # --------------------------------------------------------------------------------------------- DART
-def dart(projected, budget: int, pivots: int = 8, official_count: bool = False, prefer=None, tie: float = 0.0
-         ) -> dict:
-    """DART's selection (reducers/dart.py: the official rule before the LLM), in float64 one token at a time:
-    pivots = the k largest L1 norms (lowest index on ties), processed in that order; each pivot takes its share of
-    the free non-pivot tokens with the smallest cosine to it (lowest index on ties). Shares: exact — (T − k) shared
-    out, the first pivots one more; official — ⌊T / k⌋ each. Near-ties: where `prefer` (the reducer's owner
-    array) chose a set whose scores lie within `tie` of this loop's cut (relative for the L1 norms, which are
-    sums of many float32 terms), that set is taken."""
-    x = as_f64(projected)
-    n = x.shape[0]
+def dart_official(keys, states, image_start: int, n: int, budget: int, pivot_image: int = 4, pivot_text: int = 4,
+                  official_count: bool = False) -> dict:
+    """DART's `get_retained_image_token` (ZichenWen1/DART @ 5a19452, LLaVA-1.5), one token at a time in float64:
+    `keys` [T, D] layer K−1's keys (heads concatenated), `states` [T, H] layer K−1's outputs through the final
+    norm, the image at sequence positions image_start…image_start+n−1, the text after it to the end. Pivots: topk
+    L1 norms (lowest index on ties) of the image rows and of the rows after the image; TOKEN_TOPK = T // (image +
+    text pivots) (official); exact (reducers/dart.py): the (min(T, n) − k_img) tokens shared over the pivots in
+    their Python-set order, the first ones one more. Each pivot, in `list(set(image_indices + query_indices))`
+    order, takes its count of the candidates `list(valid)` with the most negative cosine (earliest on ties).
+    Returns kept image offsets (sorted), the pivot positions in order, and owner positions per image offset."""
+    k, x = as_f64(keys), as_f64(states)
     t = min(budget, n)
-    k = min(pivots, t)
-    score = [float(sum(abs(v) for v in row)) for row in x]
-    by_score = sorted(range(n), key=lambda i: (-score[i], i))
-    piv = by_score[:k]
-    if prefer is not None:
-        theirs = [i for i in range(n) if int(prefer[i]) == i]
-        cut = score[by_score[k - 1]]
-        if len(theirs) == k and all(score[i] >= cut - tie * max(1.0, abs(cut)) for i in theirs):  # relative
-            piv = sorted(theirs, key=lambda i: (-score[i], i))
-    counts = [budget // k] * k if official_count else [(t - k) // k + (1 if i < (t - k) % k else 0) for i in range(k)]
-    rows = [unit(row) for row in x]
-    owner = [-1] * n
-    for p in piv:
-        owner[p] = p
-    for p, want in zip(piv, counts):
-        free = [j for j in range(n) if owner[j] < 0]
-        take = min(want, len(free))
+    k_img = min(pivot_image, n if official_count else t)
+    k_txt = min(pivot_text, k.shape[0] - image_start - n)
+    l1 = [float(sum(abs(v) for v in row)) for row in k]
+    img = sorted(range(image_start, image_start + n), key=lambda i: (-l1[i], i))[:k_img]
+    txt = sorted(range(image_start + n, k.shape[0]), key=lambda i: (-l1[i], i))[:k_txt]
+    indices_set = set(img + txt)
+    order = list(indices_set)
+    if official_count:
+        counts = [budget // (pivot_image + pivot_text)] * len(order)
+    else:
+        rest = t - k_img
+        counts = [rest // len(order) + (1 if i < rest % len(order) else 0) for i in range(len(order))]
+    valid = set(range(image_start, image_start + n)) - set(img)
+    owner = {i: i for i in img}
+    for item, want in zip(order, counts):
+        valid_list = list(valid)
+        take = min(want, len(valid_list))
         if take <= 0:
             continue
-        cos = {j: float(rows[p] @ rows[j]) for j in free}
-        ordered = sorted(free, key=lambda j: (cos[j], j))
-        chosen = ordered[:take]
-        if prefer is not None:
-            theirs = [j for j in free if int(prefer[j]) == p]
-            if len(theirs) == take and all(cos[j] <= cos[ordered[take - 1]] + tie for j in theirs):
-                chosen = theirs
-        for j in chosen:
-            owner[j] = p
-    kept = [i for i in range(n) if owner[i] >= 0]
-    return dict(kept=kept, pivots=piv, owner=owner, counts=counts, score=score)
+        cos = [float(x[item] @ x[j] / max(math.sqrt(float(x[item] @ x[item]) * float(x[j] @ x[j])), 1e-8))
+               for j in valid_list]
+        top = sorted(range(len(valid_list)), key=lambda q: (cos[q], q))[:take]
+        real = [valid_list[q] for q in top]
+        indices_set.update(real)
+        for j in real:
+            owner[j] = item
+        valid.difference_update(real)
+    indices_set.difference_update(txt)
+    kept = sorted(i - image_start for i in indices_set)
+    return dict(kept=kept, order=order, owner=[owner.get(image_start + i, -1) for i in range(n)], counts=counts)
 
 
 # --------------------------------------------------------------------------------------------- in the LLM

@@ -1,80 +1,135 @@
-"""DART (its official selection rule, before the LLM) equals the reference loop (tests/reference.py): pivots by
-L1 norm, each pivot's least-similar tokens in turn; 576 and non-square grids, odd budgets, ties, official count."""
+"""DART inside the LLM (reducers/dart.py) equals the slow loop written from its official code
+(tests/reference.py::dart_official) on the toy LLM that stands in for the backend's probe: pivots by the L1 norm of
+layer K−1's keys (image and text), each pivot in a Python set's order taking the least-similar image tokens;
+576 and non-square grids, odd budgets, ties, where the image sits in the prompt, the official count. The real
+LLM's forward: tests/test_inllm.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from reducers import REDUCERS, DARTParams, VisualTokens, dart
-from reducers.dart import shares
+from reducers import REDUCERS, DARTParams, VisualTokens, equivalent_tokens
+from reducers.dart import DARTTrace
+from reducers.inllm import StagedTrace, ToyLLM
 from tests import reference as ref
+from tests.test_reducers import check_contract
 
-TIE = 1e-6  # float32 cosines and L1 norms against the float64 loop
-
-
-def check(inp: dict, vt: VisualTokens, budget: int, pivots: int, official: bool) -> None:
-    red = dart(vt, DARTParams(budget=budget, pivots=pivots, official_count=official))
-    want = ref.dart(inp["projected"], budget, pivots, official, prefer=red.trace.owner.tolist(), tie=TIE)
-    assert red.trace.pivots.tolist() == want["pivots"], (budget, pivots, official)
-    assert red.trace.owner.tolist() == want["owner"] and red.kept.tolist() == want["kept"]
-    assert torch.equal(red.tokens, inp["features"][want["kept"]])
-    if not official:
-        assert red.n_kept == min(budget, vt.n)
+LAYERS = 32
 
 
-@pytest.mark.parametrize("grid,d,seed", [((24, 24), 64, 0), ((24, 24), 32, 1), ((5, 7), 16, 2), ((3, 7), 16, 5),
-                                         ((1, 1), 8, 6)], ids=str)
-def test_equals_reference(grid, d, seed):
-    inp = ref.synthetic(grid, d=d, e=8, seed=seed)
-    vt = VisualTokens(**inp)
+def toy_tokens(grid, seed, image_start=5, dup=False):
+    inp = ref.synthetic(grid, d=32, e=8, seed=seed, layers=LAYERS)
+    if dup:  # duplicated tokens: equal key norms and equal cosines
+        half = inp["features"].shape[0] // 2
+        inp["features"][half:2 * half] = inp["features"][:half]
+    toy = ToyLLM(inp["features"], LAYERS, seed=seed, image_start=image_start)
+    return VisualTokens(**dict(inp, lm_probe=toy.run)), toy
+
+
+def official(toy, params: DARTParams):
+    """The official loop on the toy's keys and states laid out as a sequence (text before the image: zeros)."""
+    n, s = toy.features.shape[0], toy.image_start
+    states = torch.cat([toy.features.float(), toy.text])
+    keys = states @ toy.key_maps[params.layer - 1]
+    pad = torch.zeros(s, states.shape[1])
+    return ref.dart_official(torch.cat([torch.zeros(s, keys.shape[1]), keys]), torch.cat([pad, states]), s, n,
+                             params.budget, params.image_pivots, params.text_pivots, params.official_count)
+
+
+def check(vt, toy, params):
+    red = REDUCERS["dart"](vt, params)
+    want = official(toy, params)
+    d = red.trace.decision
+    s = toy.image_start
+    assert [s + r for r in d.order.tolist()] == want["order"], params
+    assert [s + o if o >= 0 else -1 for o in d.owner.tolist()] == want["owner"], params
+    assert red.kept.tolist() == want["kept"]
+    assert torch.equal(red.tokens, vt.features[red.kept])
+    if not params.official_count:
+        assert red.n_kept == min(params.budget, vt.n), "exactly the budget (capped at N)"
+    assert red.trace.schedule == ((0, vt.n), (params.layer, red.n_kept))
+    return red
+
+
+@pytest.mark.parametrize("grid, seed", [((24, 24), 0), ((24, 24), 1), ((5, 7), 2), ((3, 7), 3), ((1, 1), 4),
+                                        ((1, 9), 5)], ids=str)
+def test_equals_the_official_loop(grid, seed):
+    vt, toy = toy_tokens(grid, seed)
     n = vt.n
     for budget in sorted({1, 7, 64, 128, max(1, n - 1), n, n + 5}):
-        for pivots in (8, 1, 5):
-            for official in (False, True):
-                check(inp, vt, budget, pivots, official)
+        for official_count in (False, True):
+            for pivots in ((4, 4), (1, 0), (3, 6)):
+                params = DARTParams(budget=budget, image_pivots=pivots[0], text_pivots=pivots[1],
+                                    official_count=official_count)
+                red = check(vt, toy, params)
+                check_contract(vt, red, "dart", params)
 
 
-def test_equals_reference_on_a_large_non_square_grid():
-    inp = ref.synthetic((48, 60), d=16, e=8, seed=3)
-    vt = VisualTokens(**inp)
-    for budget in (7, 128):
-        check(inp, vt, budget, 8, False)
+def test_the_pivot_order_is_the_official_sets_wherever_the_image_sits():
+    """The pivots go in CPython's set order of their sequence positions, so it moves with the image's start."""
+    orders = set()
+    for image_start in (0, 5, 13, 22, 35, 1000):
+        vt, toy = toy_tokens((24, 24), 6, image_start=image_start)
+        red = check(vt, toy, DARTParams(budget=128, layer=3))
+        orders.add(tuple(red.trace.decision.order.tolist()))
+    assert len(orders) > 1
 
 
 def test_ties():
-    """Duplicated embeddings: equal L1 norms and equal cosines; the lowest index wins."""
-    inp = ref.synthetic((24, 24), d=16, e=8, seed=7)
-    inp["projected"][288:] = inp["projected"][:288]
-    vt = VisualTokens(**inp)
+    vt, toy = toy_tokens((24, 24), 7, dup=True)
     for budget in (7, 64, 300):
-        check(inp, vt, budget, 8, False)
+        check(vt, toy, DARTParams(budget=budget))
 
 
-def test_official_count():
-    """Every pivot takes ⌊T/k⌋: 8 + 8·16 = 136 tokens for T = 128 with 8 pivots (official with 4 image + 4 text
-    pivots: 4 + 8·16 = 132 image tokens)."""
-    assert shares(128, 8, True) == [16] * 8
-    assert shares(128, 8, False) == [15] * 8
-    assert shares(7, 5, False) == [1, 1, 0, 0, 0]
-    inp = ref.synthetic((24, 24), d=16, e=8, seed=8)
-    vt = VisualTokens(**inp)
-    assert dart(vt, DARTParams(budget=128, official_count=True)).n_kept == 136
-    assert dart(vt, DARTParams(budget=128)).n_kept == 128
+def test_large_non_square_grid():
+    vt, toy = toy_tokens((48, 60), 8)
+    check(vt, toy, DARTParams(budget=128))
 
 
-def test_chosen_are_the_least_similar_to_their_pivot():
-    inp = ref.synthetic((24, 24), d=32, e=8, seed=9)
-    red = dart(VisualTokens(**inp), DARTParams(budget=64, pivots=1))
-    pivot = int(red.trace.pivots[0])
-    cos = torch.nn.functional.normalize(inp["projected"], dim=-1) @ torch.nn.functional.normalize(
-        inp["projected"][pivot], dim=0)
-    others = torch.ones(576, dtype=torch.bool)
-    others[pivot] = False
-    chosen = red.kept_mask & others
-    assert float(cos[chosen].max()) <= float(cos[others & ~chosen].min())
+def test_official_count_and_equivalent_tokens():
+    """T = 128: 4 image pivots + 8 pivots × ⌊128/8⌋ = 132 image tokens (the official scripts' setting); T = N:
+    the official topk would crash (8·72 > 572 candidates), here the last pivots take what is left."""
+    vt, toy = toy_tokens((24, 24), 9)
+    red = check(vt, toy, DARTParams(budget=128, official_count=True))
+    assert red.n_kept == 132 and red.trace.decision.counts == (16,) * 8
+    assert check(vt, toy, DARTParams(budget=128)).n_kept == 128
+    assert check(vt, toy, DARTParams(budget=576, official_count=True)).n_kept == 576
+    # (K·N + (L − K)·M) / L via the staged schedule
+    assert equivalent_tokens(red.trace.schedule, LAYERS) == pytest.approx((2 * 576 + 30 * 132) / 32)
+    assert any("equivalent tokens" in line for line in red.trace.readout())
 
 
-def test_needs_no_attention():
+def test_trace_is_a_staged_trace_the_tools_ask():
+    vt, _ = toy_tokens((24, 24), 10)
+    red = REDUCERS["dart"](vt, DARTParams(budget=64))
+    assert isinstance(red.trace, DARTTrace) and isinstance(red.trace, StagedTrace)
+    assert red.trace.replay() == (DARTParams(budget=64).plan(), red.trace.record)
+    label, heat = red.trace.heat()
+    assert "L1 norm" in label and "layer 1" in label and heat.shape == (576,)
+    assert [name for name, _ in red.trace.lines()] == ["image pivot cut"]
+    cols = red.trace.per_patch()
+    assert {"stage1_score", "dropped_at_stage", "dart_chosen_by", "dart_cosine"} <= set(cols)
+    assert all(v.shape == (576,) for v in cols.values())
+    d = red.trace.decision
+    pivot = next(r for r in d.order.tolist() if r < 576)
+    assert any("image pivot" in line for line in red.trace.inspect(pivot))
+    chosen = next(i for i in red.kept.tolist() if int(d.owner[i]) != i)
+    assert any("chosen by the pivot" in line for line in red.trace.inspect(chosen))
+    dropped = next(i for i in range(576) if int(d.owner[i]) < 0)
+    assert any("dropped" in line for line in red.trace.inspect(dropped))
+    # each chosen token is among the least similar to its pivot of the candidates it was chosen from
+    assert (d.owner >= 0).sum() == red.n_kept
+
+
+def test_a_layer_beyond_the_llm_is_not_reached():
+    vt, _ = toy_tokens((5, 7), 11)
+    red = REDUCERS["dart"](vt, DARTParams(budget=7, layer=LAYERS + 1))
+    assert red.n_kept == 35 and red.trace.schedule == ((0, 35),)
+    assert any("never reached" in line for line in red.trace.readout())
+
+
+def test_needs_the_lm_probe():
     entry = REDUCERS["dart"]
-    assert entry.needs == ("projected",) and entry.budget_field == "budget"
+    assert entry.needs == ("lm_probe",) and entry.budget_field == "budget"
+    assert DARTParams().layer == 2 and (DARTParams().image_pivots, DARTParams().text_pivots) == (4, 4)
