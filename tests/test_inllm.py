@@ -19,7 +19,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 
 from explorer.backend import answer as ans
 from explorer.backend import inllm
-from reducers import REDUCERS, PyramidDropParams, SparseVLMParams
+from reducers import REDUCERS, DARTParams, PyramidDropParams, SparseVLMParams
 from reducers.pyramiddrop import PyramidDropPlan
 from reducers.sparsevlm import SparseVLMPlan, TARGETS
 from tests import reference as ref
@@ -217,3 +217,121 @@ def test_backend_runs_the_reducers_inside_the_lm(setup):
         assert score.n_visual_tokens == red.n_kept and torch.isfinite(score.logprobs).all()
     beyond = b.lm_stages(enc, PROMPT, SparseVLMParams().plan())  # layers 2, 6, 15 on a 6-layer LM: only 2
     assert [st.layer for st in beyond.stages] == [2] and beyond.n_layers == LAYERS
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DART: one stage at layer K, chosen from layer K−1's keys and normed outputs, original positions kept
+# ----------------------------------------------------------------------------------------------------------
+def official_keys(lm, index, hidden, positions):
+    """[T, D] layer `index`'s keys on its input as the official decoder layer returns them (`any_states`):
+    input_layernorm, k_proj, RoPE at the positions, `repeat_kv`, heads concatenated."""
+    layer = lm.layers[index]
+    attn = layer.self_attn
+    h = layer.input_layernorm(hidden)
+    t, hd = h.shape[1], attn.head_dim
+    k = attn.k_proj(h).view(1, t, -1, hd).transpose(1, 2)
+    cos, sin = lm.rotary_emb(h, positions[None])
+    _, k = apply_rotary_pos_emb(k, k, cos, sin)
+    k = repeat_kv(k, lm.config.num_attention_heads // k.shape[1])
+    return k.permute(0, 2, 1, 3).reshape(1, t, -1)[0]
+
+
+def dart_official_run(model, embeds, s, n, params):
+    """`DART.forward`: at layer K (prefill) the kept rows `keep_indexs` (sorted) at position_ids = keep_indexs."""
+    lm = model.model.language_model
+    hidden, pos, inputs, prev, sel = embeds, torch.arange(embeds.shape[1]), [], None, None
+
+    def layer(i, h, p):
+        return lm.layers[i](h, attention_mask=None, position_ids=p[None],
+                            position_embeddings=lm.rotary_emb(h, p[None]))
+
+    for i in range(len(lm.layers)):
+        if i == params.layer:
+            keys = official_keys(lm, i - 1, prev, pos)
+            states = lm.norm(hidden)[0]
+            sel = ref.dart_official(keys, states, s, n, params.budget, params.image_pivots, params.text_pivots,
+                                    params.official_count)
+            t = hidden.shape[1]
+            keep = torch.cat([torch.arange(s), s + torch.tensor(sel["kept"], dtype=torch.long),
+                              torch.arange(s + n, t)]).sort().values
+            hidden, pos = hidden[:, keep], keep
+        inputs.append((hidden, pos))
+        prev = hidden
+        hidden = layer(i, hidden, pos)
+    return sel, inputs, lm.norm(hidden)
+
+
+DART_PARAMS = [DARTParams(budget=5, layer=2), DARTParams(budget=1, layer=1), DARTParams(budget=7, layer=4,
+               image_pivots=2, text_pivots=3), DARTParams(budget=8, layer=3, official_count=True),
+               DARTParams(budget=tiny.N_PATCHES - 1, layer=5)]
+
+
+@pytest.mark.parametrize("params", DART_PARAMS, ids=repr)
+def test_dart_equals_the_official_forward(setup, params):
+    b, enc, embeds, s = setup
+    n = tiny.N_PATCHES
+    plan = params.plan()
+    with torch.inference_mode():
+        sel, want_inputs, want_final = dart_official_run(b.model, embeds, s, n, params)
+        rec = inllm.probe(b.model, embeds, s, n, plan)
+    d = rec.stages[0].decision
+    assert rec.stages[0].decision.keep.tolist() == sel["kept"]
+    assert [s + r for r in d.order.tolist()] == sel["order"]
+    if not params.official_count:
+        assert len(sel["kept"]) == min(params.budget, n)
+    lm = b.model.model.language_model
+    for i in range(LAYERS):  # every layer's input: the official rows at the official (original) positions
+        with record(lm.layers[i], inputs=True) as calls, torch.inference_mode():
+            logits = inllm.forward_logits(b.model, embeds, s, n, plan, rec)
+        hidden, kwargs = calls[0]
+        want_hidden, want_pos = want_inputs[i]
+        assert hidden.shape == want_hidden.shape, i
+        torch.testing.assert_close(hidden, want_hidden, **EXACT)
+        assert kwargs["position_ids"].tolist() == [want_pos.tolist()]
+    with torch.inference_mode():
+        torch.testing.assert_close(logits, b.model.lm_head(want_final), **EXACT)
+
+
+def test_dart_kv_cache_generation_equals_recomputation(setup):
+    """Decoded token i sits at T + i in every layer (layer 0's cache length, as the official code); layers ≥ K
+    cache only the kept rows."""
+    b, _, embeds, s = setup
+    n, t, steps = tiny.N_PATCHES, embeds.shape[1], 5
+    plan = DARTParams(budget=6, layer=3).plan()
+    rec = inllm.probe(b.model, embeds, s, n, plan)
+    lm = b.model.model.language_model
+    with record(b.model.lm_head) as heads, record(lm.layers[LAYERS - 1], inputs=True) as last:
+        tokens = [tok for tok, _ in inllm.greedy_stream(b.model, embeds, steps, set(), image_start=s, n_image=n,
+                                                        plan=plan, record=rec)]
+    seq = embeds
+    for step in range(steps):
+        with torch.inference_mode():
+            logits = inllm.forward_logits(b.model, seq, s, n, plan, rec)
+            torch.testing.assert_close(heads[step][0][0, -1], logits[0, -1], **EXACT)
+            assert int(logits[0, -1].argmax()) == tokens[step], step
+            seq = torch.cat([seq, b.embed_tokens(torch.tensor([[tokens[step]]]))], dim=1)
+    assert [c[1]["position_ids"].tolist() for c in last[1:]] == [[[t + i]] for i in range(steps - 1)]
+    cache = last[0][1]["past_key_values"]
+    kept = t - n + 6
+    assert [cache.get_seq_length(i) for i in range(LAYERS)] == [t + steps - 1] * 3 + [kept + steps - 1] * 3
+
+
+def test_backend_runs_dart_inside_the_lm(setup):
+    b, enc, embeds, s = setup
+    n = enc.tokens.n
+    vt = enc.tokens.derive(lm_probe=lambda plan: b.lm_stages(enc, PROMPT, plan))
+    params = DARTParams(budget=5, layer=2)
+    red = REDUCERS["dart"](vt, params)
+    assert b.lm_stages(enc, PROMPT, params.plan()) is red.trace.record, "cached per (image, prompt, plan)"
+    assert red.n_kept == 5 and red.layer == 2
+    answer = b.answer(enc, PROMPT, red, max_new_tokens=5)
+    direct = []
+    for token, _ in inllm.greedy_stream(b.model, embeds, 5, b.stop_ids, image_start=s, n_image=n,
+                                        plan=params.plan(), record=red.trace.record):
+        if token in b.stop_ids:
+            break
+        direct.append(token)
+    assert answer.text == b.tokenizer.decode(direct, skip_special_tokens=True).strip()
+    assert (answer.n_visual_tokens, answer.n_visual_tokens_in, answer.layer) == (5, n, 2)
+    score = b.score(enc, PROMPT, red, answer.token_ids or (5,))
+    assert score.n_visual_tokens == 5 and torch.isfinite(score.logprobs).all()
