@@ -60,8 +60,8 @@ from .inllm import Decision, StagedTrace, StagePlan, schedule_of, staged_reducti
 @dataclass(frozen=True)
 class DARTParams:
     budget: int = budget_slider()
-    layer: int = slider(2, 1, 39, 1, "K: layers 0…K−1 see every image token, layer K−1's keys and outputs choose, "
-                        "layers K… run on the kept ones (official 2)", "Pruning layer K")
+    layer: int = slider(2, 1, 16, 1, "LLM layer K from which on only the kept image tokens remain; chosen from "
+                        "layer K−1's keys and outputs (official: K = 2)", "Filtering layer K")  # FastV's control
     image_pivots: int = slider(4, 1, 64, 1, "Image pivots: the image tokens with the largest L1 norm of layer K−1's "
                                "keys (official 4)", "Image pivots")
     text_pivots: int = slider(4, 0, 64, 1, "Text pivots: the tokens after the image with the largest L1 norm of "
@@ -153,6 +153,10 @@ class DARTPlan(StagePlan):
     def points(self) -> tuple[tuple[int, int], ...]:
         return ((self.layer - 1, self.layer),)
 
+    def reachable(self, n_layers: int) -> tuple[tuple[int, int], ...]:
+        """The official loop prunes when it meets layer K (`layer_idx == K`): never for K ≥ L."""
+        return tuple((a, b) for a, b in self.points() if b < n_layers)
+
     def raters(self, visual: Tensor, text: Tensor) -> Tensor:
         return torch.zeros(0, dtype=torch.long)
 
@@ -203,7 +207,10 @@ class DARTTrace(StagedTrace):
         return out
 
     def readout(self):
-        out = super().readout()
+        out = [line for line in super().readout() if "never reached" not in line]
+        if not self.record.stages and self.record.n_layers:
+            out.append(f"layer K = {self.plan.layer} is not below the LLM's {self.record.n_layers} layers: the "
+                       f"official loop never meets it, so nothing is pruned")
         d = self.decision
         if d is not None:
             n = self.record.n

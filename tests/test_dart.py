@@ -123,10 +123,11 @@ def test_trace_is_a_staged_trace_the_tools_ask():
 
 
 def test_a_layer_beyond_the_llm_is_not_reached():
-    vt, _ = toy_tokens((5, 7), 11)
-    red = REDUCERS["dart"](vt, DARTParams(budget=7, layer=LAYERS + 1))
+    inp = ref.synthetic((5, 7), d=32, e=8, seed=11, layers=LAYERS)
+    vt = VisualTokens(**dict(inp, lm_probe=ToyLLM(inp["features"], 10, seed=11).run))  # a 10-layer LLM
+    red = REDUCERS["dart"](vt, DARTParams(budget=7, layer=10))  # K = L: the official loop never meets layer K
     assert red.n_kept == 35 and red.trace.schedule == ((0, 35),)
-    assert any("never reached" in line for line in red.trace.readout())
+    assert any("never meets it" in line for line in red.trace.readout())
 
 
 def test_needs_the_lm_probe():
