@@ -391,7 +391,7 @@ def prefill(explorer, repeats: int) -> list[tuple[str, int, int, float, float]]:
 
 
 # in-LLM methods at their official schedules (FastV: the paper's K = 2, R = 50 %)
-IN_LLM = (("fastv", {"layer": 2, "budget": 288}), ("sparsevlm", {}), ("pyramiddrop", {}))
+IN_LLM = (("fastv", {"layer": 2, "budget": 288}), ("sparsevlm", {}), ("pyramiddrop", {}), ("dart", {"budget": 128, "official_count": True}))
 
 
 def prefill_in_llm(explorer, repeats: int) -> list[tuple[str, int, float, float, float]]:

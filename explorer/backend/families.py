@@ -138,10 +138,10 @@ ON = "as on LLaVA-1.5"
 METHOD_RULES: dict[str, dict[str, MethodRule]] = {
     "llava": {**{m: MethodRule(True, ON) for m in ("par", "prumerge", "prumerge+", "visionzip", "divprune", "all",
                                                    "random", "uniform", "top-attention", "tome", "pool", "none",
-                                                   "cdpruner", "dart", "vispruner")},
+                                                   "cdpruner", "vispruner")},
               **{m: MethodRule(True, f"official ({repo} targets LLaVA-1.5)") for m, repo in (
                   ("fastv", "pkunlp-icler/FastV"), ("sparsevlm", "Gumpest/SparseVLMs"),
-                  ("pyramiddrop", "Cooperx521/PyramidDrop"))}},
+                  ("pyramiddrop", "Cooperx521/PyramidDrop"), ("dart", "ZichenWen1/DART"))}},
     # The LLaVA-NeXT adapter core (llava_next.py) is tested but not enabled in the app: its pictures (base
     # image + tiles) are not drawn yet. These are the rules it implements or would need.
     "llava_next": {
