@@ -4,7 +4,7 @@ similar to it — the duplicates of the pivots are what is dropped. No attention
 
 Official code: ZichenWen1/DART (Apache-2.0). `fetch` of that repository gave no snapshot here; its history is
 carried by the public fork xqy1111111/DART, whose last commit by the authors is 5a19452fc173017191c247848673e0bde755695a
-(2025-08-31, "Update README.md"; the fork's own later commits touch other files' experiments). Read there:
+(2025-08-31, "Update README.md"; the fork's own later commits leave `llava/` unchanged). Read there:
 `llava/model/language_model/modeling_llama_self.py` (`DART.forward`, `get_retained_image_token`, the decoder
 layer returning its keys) and `scripts/v1_5/eval/*.sh` (`--pruned_layer 2 --pivot_image_token 4
 --pivot_text_token 4 --max_num_trunction T`, README example T = 128). This file restates it; no code is copied.
