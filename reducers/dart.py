@@ -73,6 +73,20 @@ class DARTParams:
     def __post_init__(self) -> None:
         check_ranges(self)
 
+    def llm_schedule(self, n: int, n_layers: int | None = None) -> tuple[tuple[int, int], ...]:
+        """((0, N), (K, M)) known before the forward (for matching on equivalent tokens): M = min(budget, N), or
+        the official count image pivots + ⌊budget/(image + text pivots)⌋ per pivot (capped at N; assumes at least
+        `text_pivots` tokens after the image, as every chat prompt has); K ≥ L (`n_layers`): ((0, N),)."""
+        if n_layers is not None and int(self.layer) >= n_layers:
+            return ((0, n),)
+        if self.official_count:
+            ki = min(int(self.image_pivots), n)
+            per = int(self.budget) // (int(self.image_pivots) + int(self.text_pivots))
+            count = min(n, ki + per * (ki + int(self.text_pivots)))
+        else:
+            count = min(int(self.budget), n)
+        return ((0, n), (int(self.layer), count))
+
     def plan(self) -> "DARTPlan":
         return DARTPlan(int(self.layer), int(self.budget), int(self.image_pivots), int(self.text_pivots),
                         bool(self.official_count))

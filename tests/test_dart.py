@@ -48,7 +48,8 @@ def check(vt, toy, params):
     assert torch.equal(red.tokens, vt.features[red.kept])
     if not params.official_count:
         assert red.n_kept == min(params.budget, vt.n), "exactly the budget (capped at N)"
-    assert red.trace.schedule == ((0, vt.n), (params.layer, red.n_kept))
+    assert red.trace.schedule == ((0, vt.n), (params.layer, red.n_kept)) == params.llm_schedule(vt.n, LAYERS), \
+        "the count is known before the forward (matching on equivalent tokens)"
     return red
 
 
