@@ -94,3 +94,25 @@ def test_sweep_fidelity_plan_and_batch_tool_include_them(explorer):
     assert ev.plan(list(STAGED) + ["fastv"], [64, 128]) == [("all", None), ("sparsevlm", None),
                                                           ("pyramiddrop", None), ("fastv", 64), ("fastv", 128)]
     assert ev.parse_methods("sparsevlm,pyramiddrop") == ["sparsevlm", "pyramiddrop"]
+
+
+def test_dart_in_the_llm_through_the_service(explorer):
+    """DART: one stage at layer K, equivalent tokens (K·N + (L − K)·M)/L, matched on equivalent tokens like
+    FastV, the trace the pictures, export and inspector ask."""
+    ex, backend = explorer
+    out, _ = run(explorer, "dart", budget=64)
+    s, red = out.summary, out.reduction
+    assert red.n_kept == s["n_kept"] == 64 and red.layer == 2
+    assert s["equivalent_tokens"] == pytest.approx((2 * 576 + 28 * 64) / 30)
+    assert "L1 norm" in out.pictures.heatmap_caption
+    per = s["per_patch"]
+    assert {"stage1_score", "dart_chosen_by", "dart_cosine"} <= set(per) and len(per["dart_chosen_by"]) == 576
+    json.dumps(s, allow_nan=False)
+    assert any("pivots" in line for line in s["trace_readout"])
+    lines = explore_mod.inspect_patch(out.tokens, red, int(red.kept[0]))["lines"]
+    assert lines[0].startswith("stage 1 (layer 1)")
+    enc = backend.encode(tiny.image(1, (96, 96)))
+    eq_rows = {m: r for m, r, _ in ex.comparison(backend, enc, out.prompt, out.settings, 270, equivalent=True)}
+    assert eq_rows["dart"].n_kept == eq_rows["fastv"].n_kept == 248  # K = 2 both: (2·576 + 28·248)/30 ≈ 270
+    xs, counts, _, _, name = explore_mod.sweep(out.tokens, out.settings, "budget")
+    assert name == "budget" and all(c == min(int(x), 576) for x, c in zip(xs, counts))
