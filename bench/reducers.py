@@ -12,8 +12,8 @@ For each image size and method it prints
          ⌈n/2⌉×⌊n/2⌋ key similarity `k[0::2] @ k[1::2].T`; pooling: one pass over the features `x.sum(0)`;
          FastV: the top-M of the ranking row; VisionZip: the (R − C)×C key similarity of the merged patches to
          the C targets; DivPrune and CDPruner: the N×N similarity of the projected tokens `p @ p.T`, p = 4d wide
-         as LLaVA-1.5-7B's 4096; VisPruner: the N×N feature similarity `x @ x.T`) and cold / floor. DART prunes inside the LLM
-         since it follows its official code: its cost is a forward, timed in bench/latency (IN_LLM).
+         as LLaVA-1.5-7B's 4096; VisPruner: the N×N feature similarity `x @ x.T`) and cold / floor.
+         DART prunes inside the LLM as its official code does: its cost is a forward, timed in bench/latency.
 cold, warm and floor are interleaved repeat by repeat so that other load on the machine hits them alike, and
 every cell is measured in `--runs` (3) runs spread over the benchmark, keeping the one with the lowest cold median.
 Inputs are tests.reference.synthetic (d = 1024 features and keys, e = 768 joint width, 4d = 4096 projected width,

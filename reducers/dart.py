@@ -40,7 +40,9 @@ Deviations, said:
   572), when the image has fewer tokens than image pivots or the text after it fewer than text pivots, and
   K = 0 (no layer K−1); here a pivot takes what is left, the pivot counts are capped, and K ≥ 1;
 - `topk` ties are unspecified; here the earliest candidate (pivots: the lowest index) wins;
-- the official cosine and L1 norms run in the model's dtype (fp16); here float32.
+- the official cosine and L1 norms run in the model's dtype (fp16); here float32;
+- the official selects in the prefill (`seq_length > 1`), i.e. on the prompt; a teacher-forced score here
+  replays that prompt's decision rather than re-selecting with the scored continuation among the text tokens.
 """
 
 from __future__ import annotations
