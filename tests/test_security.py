@@ -34,7 +34,7 @@ CONTROLS = dict(prompt="What is in the picture?", method="prumerge", model=OFFLI
 # the positional inputs of each endpoint after the image, as /gradio_api/call/<name> takes them (the view_api order)
 TAILS = {
     "explore": [],
-    "compare": [None],  # sweep_parameter
+    "compare": [None, False],  # sweep_parameter, match_equivalent
     "answer": [4],  # max_new_tokens
 }
 
