@@ -78,8 +78,8 @@ class SparseVLMParams:
     def __post_init__(self) -> None:
         check_ranges(self)
         if not self.layer1 < self.layer2 < self.layer3:
-            raise ValueError(f"SparseVLM's pruning layers must increase, got {self.layer1}, {self.layer2}, "
-                             f"{self.layer3}")
+            raise ValueError(f"SparseVLM's pruning layers must increase (layer1 < layer2 < layer3), got "
+                             f"layer1={self.layer1}, layer2={self.layer2}, layer3={self.layer3}")
 
     def plan(self) -> "SparseVLMPlan":
         return SparseVLMPlan((int(self.layer1), int(self.layer2), int(self.layer3)), TARGETS[self.target])
